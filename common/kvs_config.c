@@ -1138,15 +1138,6 @@ static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
         rc = check_property_file(ctx, val, k, text);
     if (rc == 0 && strcmp(k, "plugin.library.paths") == 0)
         rc = check_plugin_paths(ctx, val, text);
-    /* Log-first writes rely on the broker keeping each worker's records
-     * once and in order (node_ingest: repeats), which is what idempotence
-     * asks of it. */
-    if (rc == 0 && strcmp(k, "enable.idempotence") == 0 && strcmp(text, "true") != 0)
-        rc = cfg_error(ctx, &val->start_mark,
-                       "kafka.properties.enable.idempotence: %s: kvs's producer of log-first "
-                       "writes must be idempotent (the broker keeps each worker's records once "
-                       "and in order); remove the property",
-                       text);
     if (rc != 0)
         return rc;
     kvs_kv_t *kv = &ctx->cfg->kafka_properties[ctx->cfg->n_kafka_properties++];

@@ -92,38 +92,12 @@ int kvs_schema_state_path(char *buf, size_t len, const char *data_dir, uint32_t 
 #define KVS_SCHEMA_OFFSETS_KEY_MAX 320 /* a key for any topic name kvs accepts */
 #define KVS_SCHEMA_NEXT_FROM_START (-2)
 
-/* After the counters, the record may hold up to KVS_SCHEMA_WRITERS writer
- * entries of KVS_SCHEMA_WRITER_LEN bytes each: for the worker runs whose
- * log-first records (kvs.writer id: an 8-byte run id and a sequence
- * number) were applied from this partition most recently, most recent
- * first, the highest sequence number applied and a hash of that record's
- * key and payload (kvs_hash_record). Ingestion skips a record of such a
- * run whose sequence number is below that one, or equal with the same
- * hash: a second copy of a record in the log (a produce request a broker
- * appended twice), never a first one, since a run produces its records to
- * a partition in sequence order and its idempotent producer keeps that
- * order. Stored with the offsets, in the same transactions, so every
- * replica and every restart decides alike. A record holding no entries
- * (written before they existed, or by Rebuild) starts with none. */
-#define KVS_SCHEMA_WRITERS 8
-#define KVS_SCHEMA_WRITER_LEN 24
-#define KVS_SCHEMA_OFFSETS_MAX_LEN                                                                 \
-    (KVS_SCHEMA_OFFSETS_LEN + KVS_SCHEMA_WRITERS * KVS_SCHEMA_WRITER_LEN)
-
-typedef struct kvs_schema_writer_s {
-    uint8_t run[8]; /* the first 8 bytes of the kvs.writer id */
-    uint64_t seq;   /* the highest sequence number applied from that run */
-    uint64_t hash;  /* kvs_hash_record of that record */
-} kvs_schema_writer_t;
-
 typedef struct kvs_schema_offsets_s {
     int64_t next;       /* offset of the next record to apply (all below are applied);
                            KVS_SCHEMA_NEXT_FROM_START: none, read from the log's start */
     uint64_t applied;   /* records applied, ever */
-    uint64_t skipped;   /* records skipped (no key, bad payload, a repeat), ever */
+    uint64_t skipped;   /* records skipped (no key, bad payload), ever */
     uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
-    uint32_t n_writers; /* entries in writers[], most recent first */
-    kvs_schema_writer_t writers[KVS_SCHEMA_WRITERS];
 } kvs_schema_offsets_t;
 
 /* The __kvs key of (topic, partition): "kafka/<topic>/<partition>".
@@ -168,9 +142,8 @@ void kvs_schema_layout(char *buf, size_t len, const char *topic, const char *par
 int kvs_schema_layout_parse(const void *p, size_t n, char *topic, size_t tlen, char *partitioner,
                             size_t plen, uint32_t *partitions);
 
-/* Encodes `o` into out[0..KVS_SCHEMA_OFFSETS_MAX_LEN); returns the length
- * written (KVS_SCHEMA_OFFSETS_LEN plus its writer entries). */
-size_t kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o);
+/* Encodes `o` into out[0..KVS_SCHEMA_OFFSETS_LEN). */
+void kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o);
 
 /* Decodes a stored record. Returns 0, or -EINVAL for one too short to
  * hold `next` and the counters (then *o is untouched). */

@@ -82,11 +82,9 @@
 #include "node_ingest.h"
 #include "kvs_err.h"
 #include "kvs_fresh.h"
-#include "kvs_hash.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_reads.h"
-#include "kvs_record.h"
 #include "kvs_schema.h"
 #include "kvs_testhook.h"
 #include "node_kafka.h"
@@ -121,7 +119,6 @@ typedef enum {
     SKIP_LONG_KEY,
     SKIP_PAYLOAD,   /* the binding's format refuses it */
     SKIP_TOO_LARGE, /* could not be read back under limits.max_frame */
-    SKIP_REPEAT,    /* a second copy of a log-first record already applied */
     SKIP_KINDS
 } skip_kind_t;
 
@@ -131,12 +128,10 @@ typedef struct part_s {
     int gap_logged;
     int64_t next;       /* offset of the next record to apply */
     uint64_t applied;   /* records applied, ever */
-    uint64_t skipped;   /* records skipped (no key, bad payload, a repeat), ever */
+    uint64_t skipped;   /* records skipped (no key, bad payload), ever */
     uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
-    uint32_t n_writers; /* worker runs whose records were applied here last (repeat_of_applied) */
-    kvs_schema_writer_t writers[KVS_SCHEMA_WRITERS];
-    uint64_t ingested;           /* records this process took from Kafka (not stored: a replica
-                                    bootstrapped from a snapshot shows only the tail it read) */
+    uint64_t ingested;  /* records this process took from Kafka (not stored: a replica
+                           bootstrapped from a snapshot shows only the tail it read) */
     uint64_t committed_ingested; /* `ingested` as of the last commit: a lost batch's records,
                                     read again, count once */
     uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
@@ -351,13 +346,10 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
         pt->applied = o.applied;
         pt->skipped = o.skipped;
         pt->misplaced = o.misplaced;
-        pt->n_writers = o.n_writers;
-        memcpy(pt->writers, o.writers, sizeof(pt->writers));
     } else {
         pt->from_start = 0;
         pt->next = -1; /* none stored: start at auto.offset.reset */
         pt->applied = pt->skipped = pt->misplaced = 0;
-        pt->n_writers = 0;
     }
     pt->fetch_at = -1;
     pt->committed_next = pt->next;
@@ -367,18 +359,13 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
 {
     char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
-    uint8_t v[KVS_SCHEMA_OFFSETS_MAX_LEN];
+    uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
     part_t *pt = &t->parts[p];
-    kvs_schema_offsets_t o = {.next = pt->next,
-                              .applied = pt->applied,
-                              .skipped = pt->skipped,
-                              .misplaced = pt->misplaced,
-                              .n_writers = pt->n_writers};
-    memcpy(o.writers, pt->writers, sizeof(o.writers));
+    kvs_schema_offsets_t o = {pt->next, pt->applied, pt->skipped, pt->misplaced};
     meta_key(key, sizeof(key), t, p);
-    size_t len = kvs_schema_offsets_encode(v, &o);
+    kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
-    return node_store_meta_put(in->store, key, v, len);
+    return node_store_meta_put(in->store, key, v, sizeof(v));
 }
 
 /* ---- cluster: the Kafka cluster a topic's offsets belong to ------------------------- *
@@ -654,57 +641,6 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
     return kvs_buf_append(prev, p, len) != 0 ? -ENOMEM : 0;
 }
 
-/* ---- repeats: a record the log holds twice --------------------------------------- *
- *
- * A broker may append a produce request twice (librdkafka's mock cluster
- * checks sequence numbers only for transactional producers; a request
- * retried across an epoch bump). Applying the second copy of a log-first
- * write after later writes of its key would bring its value back, undoing
- * acknowledged writes. Each partition keeps, for the worker runs whose
- * records it applied most recently, the highest sequence number applied
- * and that record's hash (kvs_schema_writer_t): a record of such a run
- * below it, or equal to it with the same hash, is a second copy, skipped.
- * A first copy is never below: a run produces its records to a partition
- * in sequence order (node_writes assigns the numbers as it sends them, and
- * never sends one again), and its idempotent producer keeps that order.
- * The entries are stored with the offsets, so every replica, and a worker
- * after a restart, decides alike. A record forging another run's id can
- * hide that run's later records here, as it could overwrite them: those
- * writes are never claimed, so they are answered as unknown, never 200. */
-
-/* Whether m repeats a record of a kvs write this partition applied; when
- * not, a record of a kvs write becomes its run's newest entry. */
-static int repeat_of_applied(part_t *pt, const rd_kafka_message_t *m)
-{
-    rd_kafka_headers_t *hdrs;
-    const void *idp;
-    size_t n;
-    if (rd_kafka_message_headers(m, &hdrs) != 0 ||
-        rd_kafka_header_get_last(hdrs, KVS_RECORD_HEADER, &idp, &n) != 0 || n != KVS_RECORD_ID_LEN)
-        return 0;
-    const uint8_t *id = idp;
-    uint64_t seq = 0;
-    for (int i = 0; i < 8; i++)
-        seq = seq << 8 | id[8 + i];
-    uint64_t hash = kvs_hash_record(m->key, m->key_len, m->payload, m->len);
-    uint32_t i = 0;
-    while (i < pt->n_writers && memcmp(pt->writers[i].run, id, 8) != 0)
-        i++;
-    if (i < pt->n_writers &&
-        (seq < pt->writers[i].seq || (seq == pt->writers[i].seq && hash == pt->writers[i].hash)))
-        return 1;
-    if (i == pt->n_writers) { /* a run not among them: the least recent one makes room */
-        if (pt->n_writers < KVS_SCHEMA_WRITERS)
-            pt->n_writers++;
-        i = pt->n_writers - 1;
-    }
-    memmove(&pt->writers[1], &pt->writers[0], i * sizeof(pt->writers[0]));
-    memcpy(pt->writers[0].run, id, 8);
-    pt->writers[0].seq = seq;
-    pt->writers[0].hash = hash;
-    return 0;
-}
-
 /* Applies one record to the batch. Returns 0 or a store error. */
 static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
 {
@@ -712,11 +648,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     const char *why = NULL;
     skip_kind_t kind = SKIP_PAYLOAD;
     int rc = 0;
-    if (repeat_of_applied(pt, m)) {
-        why = "a second copy of a log-first write's record already applied (the same kvs.writer "
-              "id; the broker appended a produce request twice): not applied again";
-        kind = SKIP_REPEAT;
-    } else if (m->key == NULL || m->key_len == 0) {
+    if (m->key == NULL || m->key_len == 0) {
         why = "record has no key";
         kind = SKIP_NO_KEY;
     } else if (m->key_len > KVS_MAX_KEY) {
@@ -854,10 +786,9 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             consumer_event(in, msgs[i]);
     if (todo == 0)
         return 0;
-    int rc = node_store_reserve(in->store, n + parts + in->n_topics,
-                                bytes + parts * (64 + KVS_SCHEMA_OFFSETS_MAX_LEN) +
-                                    in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64),
-                                1);
+    int rc =
+        node_store_reserve(in->store, n + parts + in->n_topics,
+                           bytes + parts * 64 + in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64), 1);
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
@@ -1208,8 +1139,8 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
 {
     part_t *pt = &t->parts[p];
     pt->next = to;
-    int rc = node_store_reserve(in->store, 1,
-                                KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_MAX_LEN, 0);
+    int rc =
+        node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN, 0);
     if (rc == 0) {
         rc = part_save(in, t, p);
         if (rc == 0 && in->lose_skips > 0) {
@@ -1575,7 +1506,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     /* The emptied table and the offsets in one txn. Each offsets record
      * says "from the log's start" (not deleted: with none stored, a restart
      * would start at auto.offset.reset). */
-    kvs_schema_offsets_t o = {.next = KVS_SCHEMA_NEXT_FROM_START};
+    kvs_schema_offsets_t o = {KVS_SCHEMA_NEXT_FROM_START, 0, 0, 0};
     uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
     kvs_schema_offsets_encode(v, &o);
     int rc = node_store_table_pages(in->store, b->table, &pages);

@@ -599,14 +599,6 @@ KVS_TEST(kafka_properties)
     parse_fails("kafka:\n  properties: [acks]\n",
                 "config.yaml:2:15: kafka.properties: expected a mapping of librdkafka "
                 "properties, got a list");
-    /* log-first writes need an idempotent producer: only "true" is taken */
-    c = parse_ok("kafka:\n  properties:\n    enable.idempotence: true\n");
-    CHECK_EQ(c->n_kafka_properties, 1);
-    kvs_config_free(c);
-    parse_fails("kafka:\n  properties:\n    enable.idempotence: false\n",
-                "config.yaml:3:25: kafka.properties.enable.idempotence: false: kvs's producer "
-                "of log-first writes must be idempotent (the broker keeps each worker's records "
-                "once and in order); remove the property");
 }
 
 /* Parses kafka.properties with one property `k` set to `v`; expects
