@@ -80,9 +80,3 @@ int kvs_hash_unhex(const char *text, size_t len, uint8_t out[KVS_HASH_LEN])
     }
     return 0;
 }
-
-uint64_t kvs_hash_record(const void *key, size_t klen, const void *payload, size_t plen)
-{
-    XXH64_hash_t seed = XXH3_64bits(key, klen) ^ (payload != NULL ? 0x9e3779b97f4a7c15ull : 0);
-    return XXH3_64bits_withSeed(payload != NULL ? payload : "", payload != NULL ? plen : 0, seed);
-}

@@ -37,12 +37,6 @@ void kvs_hash_free(kvs_hash_t *h);
 /* One-shot: the canonical digest of p[0..len). */
 void kvs_hash_once(const void *p, size_t len, uint8_t out[KVS_HASH_LEN]);
 
-/* A 64-bit hash of a Kafka record's key and payload (payload NULL: a
- * tombstone, which differs from an empty payload): tells a second copy of
- * a record from another record under the same kvs.writer id
- * (kvs_schema_writer_t). */
-uint64_t kvs_hash_record(const void *key, size_t klen, const void *payload, size_t plen);
-
 /* Lowercase hex of a digest into out (33 bytes with the NUL). */
 void kvs_hash_hex(const uint8_t d[KVS_HASH_LEN], char out[2 * KVS_HASH_LEN + 1]);
 

@@ -125,20 +125,12 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
-size_t kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o)
+void kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o)
 {
     put_u64(out, (uint64_t)o->next);
     put_u64(out + 8, o->applied);
     put_u64(out + 16, o->skipped);
     put_u64(out + 24, o->misplaced);
-    uint32_t n = o->n_recent < KVS_SCHEMA_RECENT ? o->n_recent : KVS_SCHEMA_RECENT;
-    uint8_t *w = out + KVS_SCHEMA_OFFSETS_LEN;
-    for (uint32_t i = 0; i < n; i++, w += KVS_SCHEMA_RECENT_LEN) {
-        memcpy(w, o->recent[i].run, 8);
-        put_u64(w + 8, o->recent[i].seq);
-        put_u64(w + 16, o->recent[i].hash);
-    }
-    return (size_t)(w - out);
 }
 
 int kvs_schema_offsets_decode(const void *p, size_t len, kvs_schema_offsets_t *o)
@@ -150,15 +142,5 @@ int kvs_schema_offsets_decode(const void *p, size_t len, kvs_schema_offsets_t *o
     o->applied = get_u64(b + 8);
     o->skipped = get_u64(b + 16);
     o->misplaced = len >= KVS_SCHEMA_OFFSETS_LEN ? get_u64(b + 24) : 0;
-    /* Writer entries: whole ones only, as many as are known here. */
-    size_t n =
-        len > KVS_SCHEMA_OFFSETS_LEN ? (len - KVS_SCHEMA_OFFSETS_LEN) / KVS_SCHEMA_RECENT_LEN : 0;
-    o->n_recent = (uint32_t)(n < KVS_SCHEMA_RECENT ? n : KVS_SCHEMA_RECENT);
-    const uint8_t *w = b + KVS_SCHEMA_OFFSETS_LEN;
-    for (uint32_t i = 0; i < o->n_recent; i++, w += KVS_SCHEMA_RECENT_LEN) {
-        memcpy(o->recent[i].run, w, 8);
-        o->recent[i].seq = get_u64(w + 8);
-        o->recent[i].hash = get_u64(w + 16);
-    }
     return 0;
 }

@@ -92,37 +92,12 @@ int kvs_schema_state_path(char *buf, size_t len, const char *data_dir, uint32_t 
 #define KVS_SCHEMA_OFFSETS_KEY_MAX 320 /* a key for any topic name kvs accepts */
 #define KVS_SCHEMA_NEXT_FROM_START (-2)
 
-/* After the counters, the record may hold up to KVS_SCHEMA_RECENT entries
- * of KVS_SCHEMA_RECENT_LEN bytes each: the log-first records (those with a
- * kvs.writer id: an 8-byte worker run id and a sequence number) applied
- * from this partition most recently, most recent first, each as its run,
- * its sequence number and a hash of its key and payload
- * (kvs_hash_record). Ingestion skips a record equal to one of them in all
- * three: a second copy of a record in the log (a produce request a broker
- * appended twice), never another record, since a run never gives two
- * records one sequence number. Stored with the offsets, in the same
- * transactions, so every replica and every restart decides alike. A
- * record holding no entries (written before they existed, or by Rebuild)
- * starts with none. */
-#define KVS_SCHEMA_RECENT 32
-#define KVS_SCHEMA_RECENT_LEN 24
-#define KVS_SCHEMA_OFFSETS_MAX_LEN                                                                 \
-    (KVS_SCHEMA_OFFSETS_LEN + KVS_SCHEMA_RECENT * KVS_SCHEMA_RECENT_LEN)
-
-typedef struct kvs_schema_recent_s {
-    uint8_t run[8]; /* the first 8 bytes of its kvs.writer id */
-    uint64_t seq;   /* the last 8, its sequence number in that run */
-    uint64_t hash;  /* kvs_hash_record of the record */
-} kvs_schema_recent_t;
-
 typedef struct kvs_schema_offsets_s {
     int64_t next;       /* offset of the next record to apply (all below are applied);
                            KVS_SCHEMA_NEXT_FROM_START: none, read from the log's start */
     uint64_t applied;   /* records applied, ever */
-    uint64_t skipped;   /* records skipped (no key, bad payload, a repeat), ever */
+    uint64_t skipped;   /* records skipped (no key, bad payload), ever */
     uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
-    uint32_t n_recent;  /* entries in recent[], most recent first */
-    kvs_schema_recent_t recent[KVS_SCHEMA_RECENT];
 } kvs_schema_offsets_t;
 
 /* The __kvs key of (topic, partition): "kafka/<topic>/<partition>".
@@ -167,9 +142,8 @@ void kvs_schema_layout(char *buf, size_t len, const char *topic, const char *par
 int kvs_schema_layout_parse(const void *p, size_t n, char *topic, size_t tlen, char *partitioner,
                             size_t plen, uint32_t *partitions);
 
-/* Encodes `o` into out[0..KVS_SCHEMA_OFFSETS_MAX_LEN); returns the length
- * written (KVS_SCHEMA_OFFSETS_LEN plus its recent entries). */
-size_t kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o);
+/* Encodes `o` into out[0..KVS_SCHEMA_OFFSETS_LEN). */
+void kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o);
 
 /* Decodes a stored record. Returns 0, or -EINVAL for one too short to
  * hold `next` and the counters (then *o is untouched). */

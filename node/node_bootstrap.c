@@ -906,6 +906,9 @@ static void next_peer(boot_t *b)
                      p->node);
         if (ask_peer(b, p, why, sizeof(why)) == 0) {
             b->window_got = 0;
+            /* ask_peer resolved the peer's name, which blocks (seconds,
+             * with a dead nameserver): the peer's time starts after it. */
+            uv_update_time(b->loop);
             uv_timer_start(&b->timer, on_stall, first_answer_ms(b), stall_ms(b));
             return;
         }

@@ -82,11 +82,9 @@
 #include "node_ingest.h"
 #include "kvs_err.h"
 #include "kvs_fresh.h"
-#include "kvs_hash.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_reads.h"
-#include "kvs_record.h"
 #include "kvs_schema.h"
 #include "kvs_testhook.h"
 #include "node_kafka.h"
@@ -121,7 +119,6 @@ typedef enum {
     SKIP_LONG_KEY,
     SKIP_PAYLOAD,   /* the binding's format refuses it */
     SKIP_TOO_LARGE, /* could not be read back under limits.max_frame */
-    SKIP_REPEAT,    /* a second copy of a log-first record already applied */
     SKIP_KINDS
 } skip_kind_t;
 
@@ -131,7 +128,7 @@ typedef struct part_s {
     int gap_logged;
     int64_t next;       /* offset of the next record to apply */
     uint64_t applied;   /* records applied, ever */
-    uint64_t skipped;   /* records skipped (no key, bad payload, a repeat), ever */
+    uint64_t skipped;   /* records skipped (no key, bad payload), ever */
     uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
     uint64_t ingested;  /* records this process took from Kafka (not stored: a replica
                            bootstrapped from a snapshot shows only the tail it read) */
@@ -165,10 +162,6 @@ typedef struct part_s {
     int suspect;         /* one answer said the log ends below `next`: the next one decides
                             (the next one of the same round: an assignment ends a round) */
     uint64_t suspect_ms; /* when that answer's question was asked: the next goes a second later */
-    /* The log-first records applied here last (repeat_of_applied): stored
-     * with the offsets. Last: the fields above are the hot ones. */
-    uint32_t n_recent;
-    kvs_schema_recent_t recent[KVS_SCHEMA_RECENT];
 } part_t;
 
 /* One partition asked about in a ListOffsets query (list_offsets): the
@@ -353,13 +346,10 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
         pt->applied = o.applied;
         pt->skipped = o.skipped;
         pt->misplaced = o.misplaced;
-        pt->n_recent = o.n_recent;
-        memcpy(pt->recent, o.recent, sizeof(pt->recent));
     } else {
         pt->from_start = 0;
         pt->next = -1; /* none stored: start at auto.offset.reset */
         pt->applied = pt->skipped = pt->misplaced = 0;
-        pt->n_recent = 0;
     }
     pt->fetch_at = -1;
     pt->committed_next = pt->next;
@@ -369,18 +359,13 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
 {
     char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
-    uint8_t v[KVS_SCHEMA_OFFSETS_MAX_LEN];
+    uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
     part_t *pt = &t->parts[p];
-    kvs_schema_offsets_t o = {.next = pt->next,
-                              .applied = pt->applied,
-                              .skipped = pt->skipped,
-                              .misplaced = pt->misplaced,
-                              .n_recent = pt->n_recent};
-    memcpy(o.recent, pt->recent, sizeof(o.recent));
+    kvs_schema_offsets_t o = {pt->next, pt->applied, pt->skipped, pt->misplaced};
     meta_key(key, sizeof(key), t, p);
-    size_t len = kvs_schema_offsets_encode(v, &o);
+    kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
-    return node_store_meta_put(in->store, key, v, len);
+    return node_store_meta_put(in->store, key, v, sizeof(v));
 }
 
 /* ---- cluster: the Kafka cluster a topic's offsets belong to ------------------------- *
@@ -656,53 +641,6 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
     return kvs_buf_append(prev, p, len) != 0 ? -ENOMEM : 0;
 }
 
-/* ---- repeats: a record the log holds twice --------------------------------------- *
- *
- * A broker may append a produce request twice: librdkafka's mock cluster
- * checks an idempotent producer's sequence numbers only for transactional
- * producers, so a request retried after a lost answer lands twice (and a
- * later request may land before an earlier one retried: the log's order
- * is not the order the records were sent in), and a producer may replay
- * records it read. Applied again after later writes of its key, the
- * second copy of a log-first write would bring its value back, undoing
- * acknowledged writes. Each partition keeps its most recently applied
- * log-first records (kvs_schema_recent_t: run, sequence number, hash of
- * key and payload); a record equal to one of them is a second copy,
- * skipped. Nothing else is: a run never gives two records one sequence
- * number, and a record that only borrows an id (another key or payload)
- * is no copy. A copy that comes after more than KVS_SCHEMA_RECENT other
- * log-first records of its partition is applied again, as before. The
- * entries are stored with the offsets, so every replica, and a worker
- * after a restart, decides alike. */
-
-/* Whether m is a second copy of a recent log-first record of this
- * partition; when not, a log-first record becomes the newest entry. */
-static int repeat_of_applied(part_t *pt, const rd_kafka_message_t *m)
-{
-    rd_kafka_headers_t *hdrs;
-    const void *idp;
-    size_t n;
-    if (rd_kafka_message_headers(m, &hdrs) != 0 ||
-        rd_kafka_header_get_last(hdrs, KVS_RECORD_HEADER, &idp, &n) != 0 || n != KVS_RECORD_ID_LEN)
-        return 0;
-    const uint8_t *id = idp;
-    uint64_t seq = 0;
-    for (int i = 0; i < 8; i++)
-        seq = seq << 8 | id[8 + i];
-    uint64_t hash = kvs_hash_record(m->key, m->key_len, m->payload, m->len);
-    for (uint32_t i = 0; i < pt->n_recent; i++)
-        if (pt->recent[i].seq == seq && pt->recent[i].hash == hash &&
-            memcmp(pt->recent[i].run, id, 8) == 0)
-            return 1;
-    if (pt->n_recent < KVS_SCHEMA_RECENT)
-        pt->n_recent++;
-    memmove(&pt->recent[1], &pt->recent[0], (pt->n_recent - 1) * sizeof(pt->recent[0]));
-    memcpy(pt->recent[0].run, id, 8);
-    pt->recent[0].seq = seq;
-    pt->recent[0].hash = hash;
-    return 0;
-}
-
 /* Applies one record to the batch. Returns 0 or a store error. */
 static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
 {
@@ -710,11 +648,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     const char *why = NULL;
     skip_kind_t kind = SKIP_PAYLOAD;
     int rc = 0;
-    if (repeat_of_applied(pt, m)) {
-        why = "a second copy of a log-first write's record already applied (the same kvs.writer "
-              "id; the broker appended a produce request twice): not applied again";
-        kind = SKIP_REPEAT;
-    } else if (m->key == NULL || m->key_len == 0) {
+    if (m->key == NULL || m->key_len == 0) {
         why = "record has no key";
         kind = SKIP_NO_KEY;
     } else if (m->key_len > KVS_MAX_KEY) {
@@ -852,10 +786,9 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             consumer_event(in, msgs[i]);
     if (todo == 0)
         return 0;
-    int rc = node_store_reserve(in->store, n + parts + in->n_topics,
-                                bytes + parts * (64 + KVS_SCHEMA_OFFSETS_MAX_LEN) +
-                                    in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64),
-                                1);
+    int rc =
+        node_store_reserve(in->store, n + parts + in->n_topics,
+                           bytes + parts * 64 + in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64), 1);
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
@@ -1206,8 +1139,8 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
 {
     part_t *pt = &t->parts[p];
     pt->next = to;
-    int rc = node_store_reserve(in->store, 1,
-                                KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_MAX_LEN, 0);
+    int rc =
+        node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN, 0);
     if (rc == 0) {
         rc = part_save(in, t, p);
         if (rc == 0 && in->lose_skips > 0) {
@@ -1573,7 +1506,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     /* The emptied table and the offsets in one txn. Each offsets record
      * says "from the log's start" (not deleted: with none stored, a restart
      * would start at auto.offset.reset). */
-    kvs_schema_offsets_t o = {.next = KVS_SCHEMA_NEXT_FROM_START};
+    kvs_schema_offsets_t o = {KVS_SCHEMA_NEXT_FROM_START, 0, 0, 0};
     uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
     kvs_schema_offsets_encode(v, &o);
     int rc = node_store_table_pages(in->store, b->table, &pages);

@@ -1549,7 +1549,7 @@ static int offsets_from_start(node_store_t *s, MDB_txn *txn, const char *topic, 
 {
     char prefix[KVS_SCHEMA_OFFSETS_KEY_MAX];
     uint8_t enc[KVS_SCHEMA_OFFSETS_LEN];
-    kvs_schema_offsets_t o = {.next = KVS_SCHEMA_NEXT_FROM_START};
+    kvs_schema_offsets_t o = {KVS_SCHEMA_NEXT_FROM_START, 0, 0, 0};
     MDB_cursor *cur = NULL;
     int n = 0, plen = kvs_schema_offsets_prefix(prefix, sizeof(prefix), topic);
     kvs_schema_offsets_encode(enc, &o);

@@ -165,10 +165,11 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
     if (r->sets == NULL || t->link >= r->n_links)
         return 0;
     router_link_t *l = &r->links[t->link];
-    /* Any failure: the link's (len 0), or an answer dropped for its size
-     * (len, what it announced; only reads are retried, a write may have
-     * been applied). */
-    int failed = failure != NULL || router_send_status(payload, len) == 503;
+    /* Any failure of the replica: the link's (len 0), or an answer dropped
+     * for its size (len, what it announced; only reads are retried, a
+     * write may have been applied). Not a request too large to send
+     * (unsent, with its own length): the replica was sent nothing. */
+    int failed = failure != NULL ? len == 0 || !t->unsent : router_send_status(payload, len) == 503;
     if (!failed) {
         if (l->avoid_ms != 0)
             router_link_trust(l);

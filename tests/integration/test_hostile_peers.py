@@ -22,6 +22,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -51,7 +52,7 @@ class Worker(Managed):
     ("peer", base port peer_base) serves every shard, as "new" does."""
 
     def __init__(self, shard, peer_base, shards=1, partitions=8, frame_timeout="3s", env=None,
-                 extra_yaml=""):
+                 extra_yaml="", peer_host=HOST):
         self.dir = tempfile.mkdtemp(prefix="kvs-hp-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -70,7 +71,7 @@ class Worker(Managed):
                 "  shards: %d" % shards,
                 "  partitions: %d" % partitions,
                 "  nodes:",
-                '    - {name: peer, address: "%s:%d", shards: [%s]}' % (HOST, peer_base, every),
+                '    - {name: peer, address: "%s:%d", shards: [%s]}' % (peer_host, peer_base, every),
                 '    - {name: new, address: "%s:%d", shards: [%s]}' % (HOST, self.base, every),
                 "node: {name: new}",
                 "limits: {frame_timeout: %s}" % frame_timeout,
@@ -202,6 +203,44 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertTrue(wait_until(lambda: why in w.stderr(), 8), w.stderr())
         self.assertLess(time.monotonic() - asked[0], 8)
         self.assertIsNone(w.proc.poll())
+
+    def test_a_peer_whose_name_resolves_slowly_still_has_five_seconds(self):
+        # Resolving a peer's name blocks the worker's loop (seconds, with
+        # a dead nameserver first in resolv.conf). The first answer's 5 s
+        # were counted from before the lookup, so a 5.5 s lookup expired
+        # them before the connection was made, every time (probe MM).
+        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
+        self.assertTrue(os.path.exists(shim), shim)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        host = "slow-peer.kvs.test"
+        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": host, "KVS_TEST_SLOW_MS": "5500",
+               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        data = b"x" * 1000
+        sent = []
+
+        def answer(c):
+            sent.append(1)
+            c.sendall(chunk_frame(data))
+            time.sleep(60)  # then silent: given up after frame_timeout (30 s)
+
+        peer = self.peer(answer)
+        # The shim answers ::1 first, which the snapshot copy connects to
+        # (it tries no second address): the peer listens there too.
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(v6.close)
+        v6.bind(("::1", peer.port))
+        v6.listen(4)
+
+        def accept6():
+            try:
+                c, _ = v6.accept()
+                peer._first_frame(c)
+            except OSError:
+                pass
+        threading.Thread(target=accept6, daemon=True).start()
+        w = self.worker(0, peer.port, frame_timeout="30s", env=env, peer_host=host)
+        self.assertTrue(wait_until(lambda: sent, 15), w.stderr())
+        self.assertNotIn("no answer within 5000 ms", w.stderr())
 
     def test_a_peer_cut_off_mid_copy_is_asked_again(self):
         # A peer whose connection ends in the middle of the copy (its

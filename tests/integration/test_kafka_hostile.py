@@ -6,7 +6,7 @@ import threading
 import time
 import unittest
 
-from kvstest import pyval, req_hdel, req_hget, req_hset
+from kvstest import pyval, req_hget, req_hset
 from routertest import partition_of
 import kafkatest
 from kafkatest import KCAT, pos_entries, read_topic, wait_until
@@ -65,68 +65,6 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
                          [(key, b"v1"), (other, b"x"), (other, b"evil"), (key, b"v2")])
         self.assertEqual(pyval(resp.values[0]), b"v1", "the answer is the forged record's")
         self.assertEqual(pos_entries(resp.position), [("users", p, recs[3][1])])
-
-    def test_a_second_copy_of_a_kvs_record_is_not_applied_again(self):
-        # A broker may append a produce request twice (the mock broker
-        # does, for an idempotent producer's retry; a producer may replay
-        # records it read). Applied again after later writes, the copy of
-        # a log-first write's record would bring its value back: the
-        # acknowledged later write would be lost. A copy (same kvs.writer
-        # id, key and payload) is skipped, even after the worker restarted
-        # (which writes under a new run id): the partition's recent records
-        # are stored with its offsets.
-        parts = 4
-        m = self.mock({"users": parts})
-        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
-        key, gone = keys_in_partition(1, parts, 2, "dup")
-        markers = keys_in_partition(1, parts, 3, "marker")  # read once ingestion passed a copy
-        with r.client() as c:
-            for req in (req_hset("users", key, b"v1"), req_hset("users", key, b"v2"),
-                        req_hset("users", gone, b"a"), req_hdel("users", gone),
-                        req_hset("users", gone, b"b")):
-                self.assertEqual(c.call(req).status, 200)
-        recs = read_topic(m.bootstrap, "users", parts)
-        first = [x for x in recs if x[2] == key and x[3] == b"v1"][0]
-        tomb = [x for x in recs if x[2] == gone and x[3] is None][0]
-        prod = kafkatest.producer(m.bootstrap, **{"linger.ms": 0})
-
-        def copy(rec, marker):
-            prod.produce("users", key=rec[2], value=rec[3], partition=rec[0],
-                         headers=[("kvs.writer", rec[4]["kvs.writer"])])
-            prod.produce("users", key=marker, value=b"m", partition=rec[0])
-            self.assertEqual(prod.flush(10), 0)
-            with r.client() as c:
-                self.assertTrue(wait_until(lambda: c.hget("users", marker).status == 200, 10))
-        copy(first, markers[0])
-        copy(tomb, markers[1])
-        with r.client() as c:
-            self.assertEqual(pyval(c.hget("users", key).values[0]), b"v2")
-            self.assertEqual(pyval(c.hget("users", gone).values[0]), b"b")
-        self.assertIn("a second copy of a log-first write's record already applied", r.stderr())
-        # After a restart: the entries were stored with the offsets.
-        self.assertEqual(r.stop(), 0)
-        r.start()
-        with r.client() as c:
-            self.assertTrue(wait_until(
-                lambda: c.call(req_hset("users", key, b"v3")).status == 200, 20))
-        copy(first, markers[2])
-        with r.client() as c:
-            self.assertEqual(pyval(c.hget("users", key).values[0]), b"v3")
-        # A record of that run with a lower number than it applied here,
-        # never applied itself, is no copy (the log's order need not be
-        # the order records were sent in: the mock lets a later request
-        # land before an earlier one retried): it is applied.
-        run = b"\x5a" * 8
-        for seq, k, v in ((10, markers[0], b"ten"), (5, markers[1], b"five")):
-            prod.produce("users", key=k, value=v, partition=1,
-                         headers=[("kvs.writer", run + seq.to_bytes(8, "big"))])
-            self.assertEqual(prod.flush(10), 0)
-        with r.client() as c:
-            self.assertTrue(wait_until(
-                lambda: pyval(c.hget("users", markers[1]).values[0]) == b"five", 10))
-            self.assertEqual(pyval(c.hget("users", markers[0]).values[0]), b"ten")
-        # A record that only shares an id (another key or payload) is no
-        # copy: the forged-header test above keeps it applied.
 
     def test_a_consumer_in_kvss_group_takes_nothing_and_is_named(self):
         # Another application subscribes under kvs's group id: kvs assigns

@@ -23,8 +23,8 @@ import unittest
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
 from kvstest import (BUILD_DIR, Client, LogsOnFailure, LoopbackServer, cert_path, free_port,
-                     free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hmset,
-                     req_hset, tls_yaml)
+                     free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hmget,
+                     req_hmset, req_hset, tls_yaml)
 from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
@@ -639,6 +639,86 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreater(len(reads), 0, "no read went to the oversized replica: %r" % asked)
         self.assertEqual(set(statuses), {200}, statuses)
         self.assertIn("more than limits.max_frame", a.stderr())
+
+    def test_a_request_too_large_to_send_leaves_the_replica_trusted(self):
+        """A request refused before it is sent (the router's form of an
+        Hmget just under limits.max_frame, with the session's min_position
+        added, no longer fits) is 413 for the client; the replica it would
+        have gone to did nothing wrong and must not be avoided (probe MM:
+        after an oversized answer counted as a replica's failure, such a
+        request had every read of the shard leave a healthy replica)."""
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
+        mock = self.mock()
+        bases = self.bases(layout)
+        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
+                for n in "ab"]
+        asked, lock = [], threading.Lock()
+        ok = pb.CommandResponse(status=200).SerializeToString()
+
+        def fake(sock):  # a "replica" that answers everything 200
+            sock.settimeout(60)
+            try:
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
+                    name = pb.CommandRequest.FromString(recv_exact(sock, n)).WhichOneof("command")
+                    with lock:
+                        asked.append(name)
+                    sock.sendall(struct.pack(">I", len(ok)) + ok)
+            except (OSError, EOFError):
+                pass
+
+        for shard in (2, 3):
+            srv = LoopbackServer(fake, port=bases["f"] + shard, threaded=True)
+            self.addCleanup(srv.close)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_workers(r)
+        self.wait_serving(b)
+        keys = [k for k in (b"k%d" % i for i in range(5000)) if shard_of_key(k) == 2][:20]
+
+        def to_fake(n):
+            with lock:
+                mark = len(asked)
+            with a.client() as c:
+                for k in (keys * 10)[:n]:
+                    c.call(req_hget(TABLE, k))
+            with lock:
+                return sum(1 for x in asked[mark:] if x == "hget")
+
+        self.assertTrue(wait_until(lambda: 5 <= to_fake(40) <= 35, 10),
+                        "reads of shard 2 are not shared by its two replicas")
+        maxf, ks, i, size = 4 << 20, [], 0, 0  # limits.max_frame's default
+        while size < maxf - 2000:
+            k = b"%0400d" % i
+            i += 1
+            if shard_of_key(k) == 2:
+                ks.append(k)
+                size += len(k) + 3  # the key's tag and length
+        while req_hmget(TABLE, ks).ByteSize() < maxf - 10:
+            k = b"s%d" % i
+            i += 1
+            if shard_of_key(k) == 2:
+                ks.append(k)
+        big = req_hmget(TABLE, ks)
+        refused = 0
+        for attempt in range(20):
+            with a.client(timeout=20) as c:
+                with lock:
+                    mark = len(asked)
+                self.assertEqual(c.call(req_hset(TABLE, keys[0], "v%d" % attempt)).status, 200)
+                with lock:
+                    if any(x == "hset" for x in asked[mark:]):
+                        continue  # written through the fake: no position to add
+                resp = c.call(big)
+                self.assertEqual(resp.status, 413, resp.message)
+                self.assertIn("nothing was sent", resp.message)
+                refused += 1
+                n = to_fake(40)
+                self.assertLessEqual(n, 35, "%d of 40 reads went to one replica: the other "
+                                     "was avoided" % n)
+                break
+        self.assertEqual(refused, 1, "no write went through the real replica")
 
     def test_a_flapping_replica_is_asked_with_a_ping_not_handed_clients_requests(self):
         """A remote "replica" that accepts every connection, reads what it

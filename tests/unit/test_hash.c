@@ -75,16 +75,6 @@ KVS_TEST(sha256_of_pieces)
 }
 
 /* kvs_hash_unhex takes back exactly what kvs_hash_hex writes. */
-KVS_TEST(record_hash_tells_records_apart)
-{
-    uint64_t h = kvs_hash_record("k", 1, "v", 1);
-    CHECK_EQ(kvs_hash_record("k", 1, "v", 1), h); /* the same record */
-    CHECK(kvs_hash_record("k", 1, "w", 1) != h);  /* another payload */
-    CHECK(kvs_hash_record("kv", 2, "", 0) != h);  /* the key/payload boundary */
-    CHECK(kvs_hash_record("k", 1, "", 0) !=       /* an empty payload ... */
-          kvs_hash_record("k", 1, NULL, 0));      /* ... is not a tombstone */
-}
-
 KVS_TEST(hex_round_trip)
 {
     uint8_t d[KVS_HASH_LEN], back[KVS_HASH_LEN];
@@ -102,4 +92,4 @@ KVS_TEST(hex_round_trip)
 }
 
 KVS_TEST_MAIN(KVS_CASE(hex_round_trip), KVS_CASE(vectors), KVS_CASE(streamed_equals_one_shot),
-              KVS_CASE(sha256_of_pieces), KVS_CASE(record_hash_tells_records_apart))
+              KVS_CASE(sha256_of_pieces))

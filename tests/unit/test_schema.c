@@ -7,7 +7,6 @@
 #include "kvs_test.h"
 
 #include <errno.h>
-#include <string.h>
 
 KVS_TEST(format_versions_are_classified)
 {
@@ -51,38 +50,6 @@ KVS_TEST(offsets_of_older_and_newer_layouts_decode)
     CHECK_EQ(kvs_schema_offsets_decode(b, KVS_SCHEMA_OFFSETS_V1_LEN - 1, &out), -EINVAL);
     CHECK_EQ(out.next, -5);
     CHECK_EQ(kvs_schema_offsets_decode(NULL, 0, &out), -EINVAL);
-}
-
-KVS_TEST(offsets_carry_recent_records)
-{
-    uint8_t b[KVS_SCHEMA_OFFSETS_MAX_LEN + KVS_SCHEMA_RECENT_LEN] = {0};
-    kvs_schema_offsets_t in = {.next = 9, .applied = 8, .n_recent = 3};
-    for (uint32_t i = 0; i < 3; i++) {
-        memset(in.recent[i].run, 'a' + (int)i, 8);
-        in.recent[i].seq = 1000 + i;
-        in.recent[i].hash = 0x0102030405060708ull * (i + 1);
-    }
-    size_t len = kvs_schema_offsets_encode(b, &in);
-    CHECK_EQ(len, KVS_SCHEMA_OFFSETS_LEN + 3 * KVS_SCHEMA_RECENT_LEN);
-    kvs_schema_offsets_t out;
-    CHECK_EQ(kvs_schema_offsets_decode(b, len, &out), 0);
-    CHECK_EQ(out.next, 9);
-    CHECK_EQ(out.n_recent, 3);
-    for (uint32_t i = 0; i < 3; i++) {
-        CHECK_EQ(memcmp(out.recent[i].run, in.recent[i].run, 8), 0);
-        CHECK_EQ(out.recent[i].seq, 1000 + i);
-        CHECK_EQ(out.recent[i].hash, in.recent[i].hash);
-    }
-    /* a cut entry is not read; a record of only the counters has none */
-    CHECK_EQ(kvs_schema_offsets_decode(b, len - 1, &out), 0);
-    CHECK_EQ(out.n_recent, 2);
-    CHECK_EQ(kvs_schema_offsets_decode(b, KVS_SCHEMA_OFFSETS_LEN, &out), 0);
-    CHECK_EQ(out.n_recent, 0);
-    /* no more than KVS_SCHEMA_RECENT are kept, encoded or decoded */
-    in.n_recent = KVS_SCHEMA_RECENT + 5;
-    CHECK_EQ(kvs_schema_offsets_encode(b, &in), KVS_SCHEMA_OFFSETS_MAX_LEN);
-    CHECK_EQ(kvs_schema_offsets_decode(b, sizeof(b), &out), 0);
-    CHECK_EQ(out.n_recent, KVS_SCHEMA_RECENT);
 }
 
 KVS_TEST(keys_and_paths)
@@ -145,4 +112,4 @@ KVS_TEST(binding_records_round_trip)
 
 KVS_TEST_MAIN(KVS_CASE(format_versions_are_classified), KVS_CASE(offsets_round_trip),
               KVS_CASE(offsets_of_older_and_newer_layouts_decode), KVS_CASE(keys_and_paths),
-              KVS_CASE(binding_records_round_trip), KVS_CASE(offsets_carry_recent_records))
+              KVS_CASE(binding_records_round_trip))

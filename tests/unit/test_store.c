@@ -1067,7 +1067,7 @@ static void put_offsets(node_store_t *s, const char *topic, int32_t p, int64_t n
 {
     char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
     uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
-    kvs_schema_offsets_t o = {.next = next, .applied = (uint64_t)next};
+    kvs_schema_offsets_t o = {next, (uint64_t)next, 0, 0};
     kvs_schema_offsets_key(key, sizeof(key), topic, p);
     kvs_schema_offsets_encode(v, &o);
     CHECK_EQ(node_store_meta_put(s, key, v, sizeof(v)), 0);
