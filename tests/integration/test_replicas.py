@@ -590,6 +590,40 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 
+    def fake_replica_cluster(self, reply):
+        """Nodes a [0, 1] and b [0-3] started, with "replica" f of shards 2
+        and 3 a server that answers each request with the bytes reply()
+        gives; returns a, b and the list of the commands f was sent (and
+        its lock)."""
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
+        mock = self.mock()
+        bases = self.bases(layout)
+        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
+                for n in "ab"]
+        asked, lock = [], threading.Lock()
+
+        def serve(sock):
+            sock.settimeout(60)
+            try:
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
+                    name = pb.CommandRequest.FromString(recv_exact(sock, n)).WhichOneof("command")
+                    with lock:
+                        asked.append(name)
+                    sock.sendall(reply())
+            except (OSError, EOFError):
+                pass
+
+        for shard in (2, 3):
+            srv = LoopbackServer(serve, port=bases["f"] + shard, threaded=True)
+            self.addCleanup(srv.close)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_workers(r)
+        self.wait_serving(b)
+        return a, b, asked, lock
+
     def test_an_answer_over_max_frame_from_one_replica_is_read_from_another(self):
         """A remote "replica" that answers every request with a frame
         larger than limits.max_frame (a node configured with a larger one,
@@ -597,34 +631,8 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         the link, and a read that got it goes to the other replica, as
         after a 503, instead of failing with 413 (that node's copy of the
         key was never read). Probe LL: 1-3 reads per run answered 413."""
-        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
-        mock = self.mock()
-        bases = self.bases(layout)
-        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
-                for n in "ab"]
         big = (4 << 20) + 1  # limits.max_frame (its 4 MiB default) + 1
-        asked, lock = [], threading.Lock()
-
-        def oversized(sock):
-            sock.settimeout(30)
-            try:
-                while True:
-                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
-                    name = pb.CommandRequest.FromString(recv_exact(sock, n)).WhichOneof("command")
-                    with lock:
-                        asked.append(name)
-                    sock.sendall(struct.pack(">I", big) + bytes(big))
-            except (OSError, EOFError):
-                pass
-
-        for shard in (2, 3):
-            srv = LoopbackServer(oversized, port=bases["f"] + shard, threaded=True)
-            self.addCleanup(srv.close)
-        for r in (a, b):
-            r.start()
-        for r in (a, b):
-            self.wait_workers(r)
-        self.wait_serving(b)
+        a, b, asked, lock = self.fake_replica_cluster(lambda: struct.pack(">I", big) + bytes(big))
         keys, i = [], 0
         with b.client() as c:
             while len(keys) < 40:
@@ -647,34 +655,9 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         have gone to did nothing wrong and must not be avoided (probe MM:
         after an oversized answer counted as a replica's failure, such a
         request had every read of the shard leave a healthy replica)."""
-        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
-        mock = self.mock()
-        bases = self.bases(layout)
-        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
-                for n in "ab"]
-        asked, lock = [], threading.Lock()
         ok = pb.CommandResponse(status=200).SerializeToString()
-
-        def fake(sock):  # a "replica" that answers everything 200
-            sock.settimeout(60)
-            try:
-                while True:
-                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
-                    name = pb.CommandRequest.FromString(recv_exact(sock, n)).WhichOneof("command")
-                    with lock:
-                        asked.append(name)
-                    sock.sendall(struct.pack(">I", len(ok)) + ok)
-            except (OSError, EOFError):
-                pass
-
-        for shard in (2, 3):
-            srv = LoopbackServer(fake, port=bases["f"] + shard, threaded=True)
-            self.addCleanup(srv.close)
-        for r in (a, b):
-            r.start()
-        for r in (a, b):
-            self.wait_workers(r)
-        self.wait_serving(b)
+        a, b, asked, lock = self.fake_replica_cluster(  # a "replica" answering everything 200
+            lambda: struct.pack(">I", len(ok)) + ok)
         keys = [k for k in (b"k%d" % i for i in range(5000)) if shard_of_key(k) == 2][:20]
 
         def to_fake(n):
