@@ -277,9 +277,10 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
         if (!s->done || s->gen != gen)
             continue;
         size_t before = s->buf.len;
-        s->buf.len = 0; /* left empty if the error does not fit: flush_slots closes */
-        if (append_batch_errors(&s->buf, 1, err, node_store_cause(cl->srv->store)) != 0)
-            s->buf.len = 0;
+        s->buf.len = 0;
+        /* An error that does not fit leaves the slot empty (a failed
+         * append adds nothing): flush_slots closes the connection. */
+        (void)append_batch_errors(&s->buf, 1, err, node_store_cause(cl->srv->store));
         kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)before);
         s->held = s->held - before + s->buf.len;
         s->gen = 0;

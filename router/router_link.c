@@ -177,8 +177,7 @@ static const char *link_peer(const router_link_t *l)
  * would otherwise have every one flap at the Ping. */
 static void link_map_ask(router_link_t *l)
 {
-    if (l->map_digest == NULL || l->addr.is_unix || l->map_answered || l->map_asking ||
-        l->map_lost >= LINK_MAP_LOST)
+    if (l->map_digest == NULL || l->map_answered || l->map_asking || l->map_lost >= LINK_MAP_LOST)
         return;
     l->map_next_ms = uv_now(l->loop) + 1000;
     if (router_link_send(l, link_ping, sizeof(link_ping), &l->map_ask, 0) == 0)

@@ -96,10 +96,11 @@ struct router_link_s {
     char last_error[320];
     int seen_up;      /* came up at least once (for the router's readiness) */
     const char *node; /* the replica's node name ("" without a map), for messages */
-    /* This router's map digest (kvs_config_t.map_digest), or NULL: a TCP
-     * link then asks its worker's with a Ping of its own as it comes up
-     * (ctx: &map_ask), and warns when they differ: until a worker
-     * answers it 200 (link_map_ask). */
+    /* This router's map digest (kvs_config_t.map_digest) on a link to
+     * another node's worker (router_main sets it; NULL on every other
+     * link): the link then asks its worker's with a Ping of its own as
+     * it comes up (ctx: &map_ask), and warns when they differ: until a
+     * worker answers it 200 (link_map_ask). */
     const uint8_t *map_digest;
     char map_ask;
     int map_asking;            /* a map Ping is in flight */

@@ -590,16 +590,30 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 
-    def fake_replica_cluster(self, reply):
+    def fake_replica_cluster(self, handle):
         """Nodes a [0, 1] and b [0-3] started, with "replica" f of shards 2
-        and 3 a server that answers each request with the bytes reply()
-        gives; returns a, b and the list of the commands f was sent (and
-        its lock)."""
+        and 3 a loopback server that hands each connection to
+        handle(sock); returns a and b."""
         layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
         mock = self.mock()
         bases = self.bases(layout)
         a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
                 for n in "ab"]
+        for shard in (2, 3):
+            srv = LoopbackServer(handle, port=bases["f"] + shard, threaded=True)
+            self.addCleanup(srv.close)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_workers(r)
+        self.wait_serving(b)  # (not a: its probes of shards 2 and 3 may go to f)
+        return a, b
+
+    @staticmethod
+    def replying(reply):
+        """A fake replica's handler answering each request with reply()'s
+        bytes; returns it, the list of the commands it was sent, and that
+        list's lock."""
         asked, lock = [], threading.Lock()
 
         def serve(sock):
@@ -613,16 +627,19 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                     sock.sendall(reply())
             except (OSError, EOFError):
                 pass
+        return serve, asked, lock
 
-        for shard in (2, 3):
-            srv = LoopbackServer(serve, port=bases["f"] + shard, threaded=True)
-            self.addCleanup(srv.close)
-        for r in (a, b):
-            r.start()
-        for r in (a, b):
-            self.wait_workers(r)
-        self.wait_serving(b)
-        return a, b, asked, lock
+    def keys_on_f(self, b, prefix):
+        """40 keys of shards 2 and 3 (f's), written through b's own workers."""
+        keys, i = [], 0
+        with b.client() as c:
+            while len(keys) < 40:
+                k = b"%s%d" % (prefix, i)
+                i += 1
+                if shard_of_key(k) in (2, 3):
+                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                    keys.append(k)
+        return keys
 
     def test_an_answer_over_max_frame_from_one_replica_is_read_from_another(self):
         """A remote "replica" that answers every request with a frame
@@ -632,15 +649,9 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         after a 503, instead of failing with 413 (that node's copy of the
         key was never read). Probe LL: 1-3 reads per run answered 413."""
         big = (4 << 20) + 1  # limits.max_frame (its 4 MiB default) + 1
-        a, b, asked, lock = self.fake_replica_cluster(lambda: struct.pack(">I", big) + bytes(big))
-        keys, i = [], 0
-        with b.client() as c:
-            while len(keys) < 40:
-                k = b"o%d" % i
-                i += 1
-                if shard_of_key(k) in (2, 3):
-                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
-                    keys.append(k)
+        serve, asked, lock = self.replying(lambda: struct.pack(">I", big) + bytes(big))
+        a, b = self.fake_replica_cluster(serve)
+        keys = self.keys_on_f(b, b"o")
         _, statuses = self.read_for(a, keys, 3.0, threads=2)
         with lock:
             reads = [x for x in asked if x == "hget"]
@@ -656,8 +667,8 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         after an oversized answer counted as a replica's failure, such a
         request had every read of the shard leave a healthy replica)."""
         ok = pb.CommandResponse(status=200).SerializeToString()
-        a, b, asked, lock = self.fake_replica_cluster(  # a "replica" answering everything 200
-            lambda: struct.pack(">I", len(ok)) + ok)
+        serve, asked, lock = self.replying(lambda: struct.pack(">I", len(ok)) + ok)  # all 200
+        a, b = self.fake_replica_cluster(serve)
         keys = [k for k in (b"k%d" % i for i in range(5000)) if shard_of_key(k) == 2][:20]
 
         def to_fake(n):
@@ -716,11 +727,6 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         dropped Ping) runs out within the reconnects of the 5 s (every 50
         ms to 1 s), so a router that sent requests behind its Ping would be
         seen."""
-        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
-        mock = self.mock()
-        bases = self.bases(layout)
-        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
-                for n in "ab"]
         conns, lock = [], threading.Lock()
 
         def flap(sock):
@@ -737,24 +743,10 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             with lock:
                 conns.append(names)
 
-        for shard in (2, 3):
-            srv = LoopbackServer(flap, port=bases["f"] + shard, threaded=True)
-            self.addCleanup(srv.close)
-        for r in (a, b):
-            r.start()
-        for r in (a, b):
-            self.wait_workers(r)
-        self.wait_serving(b)  # (not a: its probes of shards 2 and 3 may go to f)
+        a, b = self.fake_replica_cluster(flap)
         for r in (a, b):  # f keeps a link that sent nothing open (30 s)
             self.wait_links(r)
-        keys, i = [], 0
-        with b.client() as c:  # b's own worker takes these writes
-            while len(keys) < 40:
-                k = b"f%d" % i
-                i += 1
-                if shard_of_key(k) in (2, 3):
-                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
-                    keys.append(k)
+        keys = self.keys_on_f(b, b"f")
         _, statuses = self.read_for(a, keys, 5.0, threads=2)
         self.assertEqual(set(statuses), {200}, statuses)
         with lock:
