@@ -1986,16 +1986,21 @@ void kvs_flusher_forget(kvs_flusher_t *f, kvs_conn_t *c)
 
 /* ---- listening -------------------------------------------------------- */
 
-int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out)
+int kvs_lookup(uv_loop_t *loop, uv_getaddrinfo_t *req, const kvs_addr_t *a, uv_getaddrinfo_cb cb)
 {
-    uv_getaddrinfo_t req;
     struct addrinfo hints;
     char port[8];
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     snprintf(port, sizeof(port), "%u", a->port);
-    int rc = uv_getaddrinfo(loop, &req, NULL, a->host, port, &hints); /* synchronous */
+    return uv_getaddrinfo(loop, req, cb, a->host, port, &hints);
+}
+
+int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out)
+{
+    uv_getaddrinfo_t req;
+    int rc = kvs_lookup(loop, &req, a, NULL); /* synchronous */
     if (rc != 0)
         return rc;
     memcpy(out, req.addrinfo->ai_addr, req.addrinfo->ai_addrlen);

@@ -45,9 +45,11 @@ struct node_ack_s {
     kvs_tls_ctx_t *tls; /* tls.link's, or NULL */
     uv_timer_t timer;   /* the attempt's deadline, or the pause after it */
     uv_getaddrinfo_t resolve;
-    int resolving;  /* the lookup is in flight: `resolve` is not to be reused yet */
-    int late;       /* ... and passed its deadline */
-    attempt_t *att; /* the attempt in flight, or NULL */
+    int resolving;              /* the lookup is in flight: `resolve` is not to be reused yet */
+    int late;                   /* ... and passed its deadline */
+    struct addrinfo *addrs;     /* what the name resolved to ... */
+    struct addrinfo *next_addr; /* ... and the next to try if this connection fails */
+    attempt_t *att;             /* the attempt in flight, or NULL */
     unsigned pause_ms;
     unsigned failures;
     int stopping;
@@ -149,14 +151,16 @@ static int read_owed(node_ack_t *a)
 /* ---- attempts ----------------------------------------------------------------------- */
 
 static void try_again(node_ack_t *a, const char *why);
+static void connect_next(node_ack_t *a, const char *why);
 
 static void on_closed(kvs_conn_t *c)
 {
     free((attempt_t *)c); /* conn is its first member */
 }
 
-/* Ends the attempt in flight, if any: its callbacks change nothing after. */
-static void detach(node_ack_t *a)
+/* Ends the connection in flight, if any: its callbacks change nothing
+ * after. */
+static void detach_conn(node_ack_t *a)
 {
     attempt_t *att = a->att;
     if (att == NULL)
@@ -165,6 +169,14 @@ static void detach(node_ack_t *a)
     att->a = NULL;
     att->conn.data = NULL;
     kvs_conn_close(&att->conn);
+}
+
+/* Ends the attempt: its connection, and the addresses left to try. */
+static void detach(node_ack_t *a)
+{
+    detach_conn(a);
+    uv_freeaddrinfo(a->addrs);
+    a->addrs = a->next_addr = NULL;
 }
 
 /* The sender answered: the file has served its purpose. */
@@ -244,11 +256,51 @@ static void on_connected(uv_connect_t *req, int status)
     if (status != 0 || kvs_conn_start(&att->conn) != 0) {
         snprintf(why, sizeof(why), "cannot connect: %s",
                  uv_strerror(status != 0 ? status : UV_ENOMEM));
-        try_again(a, why);
+        detach_conn(a);
+        connect_next(a, why); /* the name's next address, or again later */
         return;
     }
     if (att->conn.tls == NULL)
         send_ack(&att->conn);
+}
+
+/* Connects to the next address the name resolved to (a dual-stack
+ * name's IPv6 and IPv4, several A records), as clients of such names do;
+ * after the last, tries again later, saying `why` the last one failed. */
+static void connect_next(node_ack_t *a, const char *why)
+{
+    char err[200];
+    while (a->next_addr != NULL) {
+        const struct addrinfo *ai = a->next_addr;
+        a->next_addr = ai->ai_next;
+        attempt_t *att = calloc(1, sizeof(*att));
+        if (att == NULL ||
+            kvs_conn_init(&att->conn, a->loop, 0, ANSWER_MAX, on_frame, on_error, on_closed) != 0) {
+            free(att); /* uv_tcp_init and uv_timer_init do not fail: nothing is open */
+            try_again(a, "out of memory");
+            return;
+        }
+        att->a = a;
+        att->conn.data = a;
+        att->connect.data = att;
+        a->att = att;
+        int rc = 0;
+        if (a->tls != NULL) {
+            att->conn.on_ready = send_ack;
+            rc = kvs_conn_use_tls(&att->conn, a->tls, a->peer.addr.host);
+            if (rc != 0) {
+                try_again(a, kvs_strerror(rc));
+                return;
+            }
+        }
+        rc = uv_tcp_connect(&att->connect, &att->conn.h.tcp, ai->ai_addr, on_connected);
+        if (rc == 0)
+            return;
+        snprintf(err, sizeof(err), "cannot connect: %s", uv_strerror(rc));
+        why = err;
+        detach_conn(a);
+    }
+    try_again(a, why);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -272,32 +324,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         try_again(a, why);
         return;
     }
-    attempt_t *att = calloc(1, sizeof(*att));
-    int rc = att == NULL ? UV_ENOMEM : 0;
-    if (rc == 0)
-        rc = kvs_conn_init(&att->conn, a->loop, 0, ANSWER_MAX, on_frame, on_error, on_closed);
-    if (rc != 0) {
-        free(att);
-        uv_freeaddrinfo(res);
-        try_again(a, "out of memory");
-        return;
-    }
-    att->a = a;
-    att->conn.data = a;
-    att->connect.data = att;
-    a->att = att;
-    if (a->tls != NULL) {
-        att->conn.on_ready = send_ack;
-        rc = kvs_conn_use_tls(&att->conn, a->tls, a->peer.addr.host);
-    }
-    if (rc == 0)
-        rc = uv_tcp_connect(&att->connect, &att->conn.h.tcp, res->ai_addr, on_connected);
-    uv_freeaddrinfo(res);
-    if (rc != 0) {
-        snprintf(why, sizeof(why), "cannot connect: %s",
-                 rc < 0 && rc > -4096 ? uv_strerror(rc) : kvs_strerror(rc));
-        try_again(a, why);
-    }
+    a->addrs = a->next_addr = res;
+    connect_next(a, "no address");
 }
 
 static void on_timer(uv_timer_t *t);
@@ -306,15 +334,10 @@ static void on_timer(uv_timer_t *t);
  * the connection. Its deadline is attempt_ms (ATTEMPT_MS but in tests). */
 static void attempt(node_ack_t *a)
 {
-    struct addrinfo hints;
-    char port[8], why[400];
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(port, sizeof(port), "%u", a->peer.addr.port);
+    char why[400];
     a->resolve.data = a;
     uv_timer_start(&a->timer, on_timer, attempt_ms, 0);
-    int rc = uv_getaddrinfo(a->loop, &a->resolve, on_resolved, a->peer.addr.host, port, &hints);
+    int rc = kvs_lookup(a->loop, &a->resolve, &a->peer.addr, on_resolved);
     if (rc != 0) {
         snprintf(why, sizeof(why), "cannot resolve %s: %s", a->peer.addr.host, uv_strerror(rc));
         try_again(a, why);
@@ -405,6 +428,7 @@ void node_ack_free(node_ack_t *a)
 {
     if (a == NULL)
         return;
+    uv_freeaddrinfo(a->addrs); /* NULL once stopped */
     kvs_tls_ctx_free(a->tls);
     free(a);
 }

@@ -102,7 +102,20 @@
  * a replica while the first peer in the map hangs. */
 #define FIRST_ANSWER_MS 5000u
 
+/* How long looking up a peer's name may take, before the 5 s start: the
+ * resolver's own worst case by default (resolv.conf's timeout of 5 s, two
+ * attempts, three nameservers). The loop goes on meanwhile. */
+#define LOOKUP_MS 30000u
+
 typedef struct node_bootstrap_s boot_t;
+
+/* One connection to a peer, freed once closed. It has its own connect
+ * request: an abandoned connection's request is called back (canceled)
+ * only once its handle closes, after the next connection began. */
+typedef struct dial_s {
+    kvs_conn_t conn; /* first: the close callback's pointer is the dial's */
+    uv_connect_t connect;
+} dial_t;
 
 typedef struct waiter_s { /* a client of the 503 listener */
     kvs_conn_t conn;
@@ -123,6 +136,9 @@ struct node_bootstrap_s {
     uint64_t short_need;        /* a copy stopped short of disk: the free bytes it needed, or 0 */
     int disk_turn;              /* the node's bootstrap-disk.lock, held while copying after
                                  * a shortage (one shard at a time), or -1 */
+    uv_getaddrinfo_t *lookup;   /* the peer's name's lookup (freed when called back), or NULL */
+    struct addrinfo *addrs;     /* what it resolved to ... */
+    struct addrinfo *next_addr; /* ... and the next to try if this connection fails */
     int connected;              /* the connection to the peer being asked completed */
     int heard;                  /* ... and the peer sent a frame on it */
     int moving_in;              /* the map has no replica here: the shard moves in (see wanted) */
@@ -140,8 +156,7 @@ struct node_bootstrap_s {
     uv_timer_t timer;    /* the peer's stall deadline */
     uint64_t window_got; /* bytes since the deadline was last set afresh */
     uint64_t window_ms;  /* its time left while a chunk is written */
-    uv_connect_t connect_req;
-    kvs_conn_t *conn; /* to the peer; NULL between attempts */
+    kvs_conn_t *conn;    /* to the peer (a dial_t's); NULL between attempts */
     uv_fs_t fs;
     uv_work_t work;     /* install_work */
     kvs_tls_ctx_t *tls; /* tls.link: peers' workers speak TLS; or NULL */
@@ -160,6 +175,7 @@ struct node_bootstrap_s {
     int canceled;
     uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
     uint64_t end_delay_ms;  /* KVS_TEST_SNAPSHOT_END_DELAY_MS (test builds), or 0 */
+    uint64_t lookup_ms;     /* LOOKUP_MS, or KVS_TEST_SNAPSHOT_LOOKUP_MS (test builds) */
     atomic_int stop_check;  /* the worker is stopping: end the page check (check_pages) */
 };
 
@@ -253,10 +269,22 @@ static void end_all(boot_t *b)
     uv_close((uv_handle_t *)&b->timer, NULL);
 }
 
+/* The attempt's lookup, if one runs, is ignored when it returns (and
+ * canceled if it has not started), and its addresses are freed. */
+static void forget_addrs(boot_t *b)
+{
+    if (b->lookup != NULL) /* a lookup cannot be stopped once it runs: it is ignored */
+        uv_cancel((uv_req_t *)b->lookup);
+    b->lookup = NULL;
+    uv_freeaddrinfo(b->addrs);
+    b->addrs = b->next_addr = NULL;
+}
+
 /* This peer's attempt is over (`why` != NULL: it failed). */
 static void attempt_over(boot_t *b, const char *why)
 {
     uv_timer_stop(&b->timer);
+    forget_addrs(b);
     if (b->writing) {          /* the file is in use by a thread: finish once the write returns */
         if (why != b->abandon) /* kept, cut to fit, until the write returns */
             snprintf(b->abandon, sizeof(b->abandon), "%.*s", (int)sizeof(b->abandon) - 1,
@@ -714,7 +742,11 @@ static void on_stall(uv_timer_t *t)
 {
     boot_t *b = t->data;
     char why[100];
-    if (!b->heard) { /* not a peer that answered: one whose node is down, or that hangs */
+    if (b->lookup != NULL) { /* its name: a nameserver down; the peer may be fine */
+        b->unreachable = 1;
+        snprintf(why, sizeof(why), "the lookup of its name took longer than %llu ms",
+                 (unsigned long long)b->lookup_ms);
+    } else if (!b->heard) { /* not a peer that answered: one whose node is down, or that hangs */
         b->unreachable = 1;
         snprintf(why, sizeof(why), "no answer within %llu ms (%s)",
                  (unsigned long long)first_answer_ms(b),
@@ -741,69 +773,154 @@ static void on_peer_ready(kvs_conn_t *c)
     send_request(c->data, c);
 }
 
+static int dial_next(boot_t *b, char *why, size_t len);
+
 static void on_connected(uv_connect_t *req, int status)
 {
-    boot_t *b = req->data;
-    kvs_conn_t *c = b->conn;
-    if (c == NULL)
-        return;
-    if (status != 0 || kvs_conn_start(c) != 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "cannot connect: %s", uv_strerror(status));
+    dial_t *d = req->data;
+    boot_t *b = d->conn.data;
+    if (b == NULL)
+        return; /* abandoned */
+    char why[400];
+    if (status != 0 || kvs_conn_start(&d->conn) != 0) {
+        snprintf(why, sizeof(why), "cannot connect: %s", uv_strerror(status ? status : UV_ENOMEM));
+        d->conn.data = NULL;
+        kvs_conn_close(&d->conn);
+        b->conn = NULL;
+        /* The name's next address, if any (one that fails at once too) */
+        if (b->next_addr != NULL && dial_next(b, why, sizeof(why)) == 0)
+            return;
         b->unreachable = 1;
         attempt_over(b, why);
         return;
     }
     b->connected = 1;
-    if (c->tls == NULL)
-        send_request(b, c);
+    if (d->conn.tls == NULL)
+        send_request(b, &d->conn);
 }
 
-/* Starts asking peers[i]. Returns 0, or an error with `why` set. */
-static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
+/* Starts a connection to `sa`. Returns 0, or an error with `why` set
+ * and *refused 1 if connecting to that address failed (0 if anything
+ * else did). */
+static int dial(boot_t *b, const struct sockaddr *sa, int *refused, char *why, size_t len)
 {
-    struct sockaddr_storage ss;
-    b->connected = b->heard = 0;
-    int rc = kvs_resolve(b->loop, &p->addr, &ss);
-    if (rc != 0) {
-        snprintf(why, len, "cannot resolve %s: %s", p->addr.host, uv_strerror(rc));
-        b->unreachable = 1;
-        return rc;
-    }
-    b->fd = open(b->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (b->fd < 0) {
-        snprintf(why, len, "cannot create %.200s: %s", b->part, strerror(errno));
-        return -errno;
-    }
-    kvs_conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
+    *refused = 0;
+    dial_t *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        snprintf(why, len, "out of memory");
         return -ENOMEM;
-    kvs_conn_init(c, b->loop, 0, (uint32_t)b->cfg->max_frame, on_peer_frame, on_peer_error,
-                  on_peer_closed);
+    }
+    kvs_conn_t *c = &d->conn;
+    if (kvs_conn_init(c, b->loop, 0, (uint32_t)b->cfg->max_frame, on_peer_frame, on_peer_error,
+                      on_peer_closed) != 0) { /* uv_tcp_init and uv_timer_init do not fail */
+        snprintf(why, len, "cannot connect: out of memory");
+        kvs_conn_close(c);
+        return -ENOMEM;
+    }
     c->data = b;
     b->conn = c;
+    int rc = 0;
     if (b->tls != NULL) { /* as the router's links to remote workers do */
-        rc = kvs_conn_use_tls(c, b->tls, p->addr.host);
         c->on_ready = on_peer_ready;
+        rc = kvs_conn_use_tls(c, b->tls, b->asked->addr.host);
         if (rc != 0) {
             snprintf(why, len, "cannot start TLS: %s", kvs_strerror(rc));
             return rc;
         }
+    }
+    d->connect.data = d;
+    rc = uv_tcp_connect(&d->connect, &c->h.tcp, sa, on_connected); /* copies sa */
+    if (rc != 0) {
+        snprintf(why, len, "cannot connect: %s", uv_strerror(rc));
+        b->unreachable = 1;
+        *refused = 1;
+    }
+    return rc;
+}
+
+/* Connects to the next address the peer's name resolved to; one that
+ * fails at once (an IPv6 address on a host without IPv6) passes to the
+ * next. Returns 0, or an error with `why` set. */
+static int dial_next(boot_t *b, char *why, size_t len)
+{
+    int rc = UV_EADDRNOTAVAIL, refused = 1;
+    while (refused && b->next_addr != NULL) {
+        const struct addrinfo *ai = b->next_addr;
+        b->next_addr = ai->ai_next;
+        if (b->conn != NULL) { /* the last address's, which failed */
+            b->conn->data = NULL;
+            kvs_conn_close(b->conn);
+            b->conn = NULL;
+        }
+        rc = dial(b, ai->ai_addr, &refused, why, len);
+    }
+    return rc;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    boot_t *b = req->data;
+    int current = b->lookup == req;
+    free(req);
+    if (!current) { /* its attempt is over */
+        uv_freeaddrinfo(res);
+        return;
+    }
+    b->lookup = NULL;
+    char why[400];
+    if (status != 0 || res == NULL) {
+        uv_freeaddrinfo(res);
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", b->asked->addr.host,
+                 status != 0 ? uv_strerror(status) : "no address");
+        b->unreachable = 1;
+        attempt_over(b, why);
+        return;
+    }
+    b->addrs = b->next_addr = res;
+    uv_timer_start(&b->timer, on_stall, first_answer_ms(b), stall_ms(b)); /* the peer's time */
+    if (dial_next(b, why, sizeof(why)) != 0)
+        attempt_over(b, why);
+}
+
+/* Starts asking peers[i]: looks up its name (in libuv's thread pool:
+ * seconds, with a dead nameserver, while the loop answers waiting
+ * clients 503), then connects. Returns 0, or an error with `why` set. */
+static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
+{
+    b->connected = b->heard = 0;
+    b->fd = open(b->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (b->fd < 0) {
+        snprintf(why, len, "cannot create %.200s: %s", b->part, strerror(errno));
+        return -errno;
     }
     b->got = 0;
     b->verified = 0;
     b->abandon[0] = '\0';
     kvs_hash_free(b->hash);
     b->hash = kvs_hash_new();
-    b->connect_req.data = b;
-    rc = b->hash == NULL
-             ? -ENOMEM
-             : uv_tcp_connect(&b->connect_req, &c->h.tcp, (struct sockaddr *)&ss, on_connected);
-    if (rc != 0) {
-        snprintf(why, len, "cannot connect: %s", uv_strerror(rc));
-        b->unreachable = 1;
+    if (b->hash == NULL) {
+        snprintf(why, len, "out of memory");
+        return -ENOMEM;
     }
-    return rc;
+    struct sockaddr_storage ss;
+    int rc;
+    if (uv_ip4_addr(p->addr.host, p->addr.port, (struct sockaddr_in *)&ss) == 0 ||
+        uv_ip6_addr(p->addr.host, p->addr.port, (struct sockaddr_in6 *)&ss) == 0)
+        return dial(b, (const struct sockaddr *)&ss, &rc, why, len);
+    uv_getaddrinfo_t *req = malloc(sizeof(*req));
+    rc = req == NULL ? UV_ENOMEM : 0;
+    if (req != NULL) {
+        req->data = b;
+        rc = kvs_lookup(b->loop, req, &p->addr, on_resolved);
+    }
+    if (rc != 0) {
+        free(req);
+        snprintf(why, len, "cannot resolve %s: %s", p->addr.host, uv_strerror(rc));
+        b->unreachable = 1;
+        return rc;
+    }
+    b->lookup = req;
+    return 0;
 }
 
 /* After a copy stopped short of disk, the next round starts only once
@@ -906,10 +1023,8 @@ static void next_peer(boot_t *b)
                      p->node);
         if (ask_peer(b, p, why, sizeof(why)) == 0) {
             b->window_got = 0;
-            /* ask_peer resolved the peer's name, which blocks (seconds,
-             * with a dead nameserver): the peer's time starts after it. */
-            uv_update_time(b->loop);
-            uv_timer_start(&b->timer, on_stall, first_answer_ms(b), stall_ms(b));
+            uv_timer_start(&b->timer, on_stall,
+                           b->lookup != NULL ? b->lookup_ms : first_answer_ms(b), stall_ms(b));
             return;
         }
         attempt_over(b, why); /* recurses into next_peer once cleaned up */
@@ -941,6 +1056,11 @@ void node_bootstrap_stop(node_bootstrap_t *b)
  * and dispatched only after it (a test that no signal is lost there). */
 static void read_test_hooks(boot_t *b)
 {
+    b->lookup_ms = LOOKUP_MS;
+    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_LOOKUP_MS", &b->lookup_ms))
+        kvs_warn("test hook: a peer's name may take %llu ms to look up "
+                 "(KVS_TEST_SNAPSHOT_LOOKUP_MS)",
+                 (unsigned long long)b->lookup_ms);
     if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_END_DELAY_MS", &b->end_delay_ms))
         kvs_warn("test hook: the loop sleeps %llu ms once a copy is installed "
                  "(KVS_TEST_SNAPSHOT_END_DELAY_MS)",
@@ -1129,6 +1249,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     rc = rc != 0 ? rc : b->canceled ? -ECANCELED : 0;
     if (lock_fd >= 0)
         close(lock_fd);
+    uv_freeaddrinfo(b->addrs); /* NULL but for a loop that could not run */
     kvs_hash_free(b->hash);
     kvs_tls_ctx_free(b->tls);
     free(b->wbuf);

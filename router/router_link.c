@@ -654,14 +654,8 @@ static void link_connect(router_link_t *l)
         link_dial(l, (const struct sockaddr *)&ss);
         return;
     }
-    struct addrinfo hints;
-    char port[8];
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(port, sizeof(port), "%u", l->addr.port);
     l->resolve_req.data = l;
-    int rc = uv_getaddrinfo(l->loop, &l->resolve_req, on_resolved, l->addr.host, port, &hints);
+    int rc = kvs_lookup(l->loop, &l->resolve_req, &l->addr, on_resolved);
     if (rc != 0) {
         snprintf(l->last_error, sizeof(l->last_error), "cannot resolve %s: %s", l->addr.host,
                  uv_strerror(rc));
