@@ -482,14 +482,20 @@ static void on_connected(uv_connect_t *req, int status)
 {
     router_link_t *l = req->data;
     kvs_conn_t *c = (kvs_conn_t *)req->handle->data;
+    int late = l->connect_late && status == UV_ECANCELED; /* given up at router.timeout */
     l->connecting = 0;
+    l->connect_late = 0;
     /* Nobody listens: the worker is gone, not slow. Any other failure (a
      * full listen queue, EAGAIN, is what a stuck worker's socket says)
      * tells nothing new: a hung worker stays hung. */
     if (status == UV_ECONNREFUSED || status == UV_ENOENT)
         l->hung = 0;
     if (l->stopping || status != 0 || kvs_conn_start(c) != 0) {
-        if (!l->stopping && status != 0)
+        if (!l->stopping && late)
+            snprintf(l->last_error, sizeof(l->last_error),
+                     "cannot connect to %s: no connection within router.timeout (%llu ms)",
+                     l->addr_text, (unsigned long long)l->timeout_ms);
+        else if (!l->stopping && status != 0)
             snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
                      uv_strerror(status));
         c->data = NULL;
@@ -582,6 +588,11 @@ static void link_dial(router_link_t *l, const struct sockaddr *sa)
         return;
     }
     l->connecting = 1;
+    /* A host that drops connection attempts (powered off, or a firewall)
+     * would hold the link for the kernel's SYN retries (two minutes)
+     * before the name's next address or the next try: on_timer gives it
+     * up after router.timeout. */
+    uv_timer_start(&l->timer, on_timer, l->timeout_ms, 0);
 }
 
 /* Dials the next address the name resolved to. */
@@ -716,6 +727,15 @@ static void on_timer(uv_timer_t *t)
                  "(%llu ms)",
                  (unsigned long long)l->timeout_ms);
         link_down(l, why);
+        return;
+    }
+    if (l->connecting && l->conn != NULL) {
+        /* Given up: its connect request is called back canceled as the
+         * handle closes (on_connected), which goes on from there. */
+        l->connect_late = 1;
+        l->conn->data = NULL;
+        kvs_conn_close(l->conn);
+        l->conn = NULL;
         return;
     }
     if (!l->up) {

@@ -70,7 +70,8 @@ struct router_link_s {
     struct addrinfo *ai_list; /* the last lookup's addresses, while trying them */
     struct addrinfo *ai_next; /* the next one to try, or NULL */
     int connecting;
-    int handshaking; /* TLS: connected, the handshake under way (bounded by timeout_ms) */
+    int connect_late; /* ... and given up at timeout_ms: its cancellation is being called back */
+    int handshaking;  /* TLS: connected, the handshake under way (bounded by timeout_ms) */
     int up;
     int hung;       /* down since its worker left requests unanswered for timeout_ms (it is there,
                      * slow or stopped, serving from the same files), not since it closed or

@@ -489,6 +489,46 @@ class LifecycleTest(RouterTestCase):
         self.assertTrue(r.wait_all_gone(5))
         sys.stderr.write("slowest pair of requests: %.3f s\n" % worst[0])
 
+    def test_an_address_that_drops_connections_is_given_up_after_router_timeout(self):
+        """Remote shard 1's name resolves to ::1 then 127.0.0.1; on ::1 a
+        host drops connection attempts (its accept queue full, as a host
+        powered off or a firewall does), on 127.0.0.1 its worker listens.
+        A connection that never completes waited for the kernel's own
+        limit (two minutes of SYN retries) before the next address was
+        tried: it is given up after router.timeout."""
+        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
+        self.assertTrue(os.path.exists(shim), shim)
+        port = free_port()
+        hole = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(hole.close)
+        try:
+            hole.bind(("::1", port))
+        except OSError as e:
+            self.skipTest("no IPv6 loopback here: %s" % e)
+        hole.listen(0)
+        for _ in range(3):  # fill the accept queue: later attempts go unanswered
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            self.addCleanup(s.close)
+            s.setblocking(False)
+            s.connect_ex(("::1", port))
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST, "KVS_TEST_SLOW_MS": "10",
+               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        r = self.router(shards=2, partitions=16, remote={1: "%s:%d" % (SLOW_HOST, port)},
+                        timeout="2s", env=env)
+        node_log = open(os.path.join(r.dir, "node1.log"), "wb")
+        self.addCleanup(node_log.close)
+        node = subprocess.Popen([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
+                                 "--shard", "1", "--listen", "%s:%d" % (HOST, port)],
+                                stdin=subprocess.DEVNULL, stdout=node_log, stderr=node_log)
+        self.addCleanup(lambda: node.poll() is None and (node.kill(), node.wait()))
+        k1 = keys_by_shard("hole", 20, 16, 2)[1][0]
+        t0 = time.monotonic()
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: c.call(req_hget("t", k1)).status == 404, 15, 0.1),
+                            "shard 1 never came up at its second address:\n" + r.stderr())
+        self.assertLess(time.monotonic() - t0, 15)
+
     def test_a_reload_while_the_master_starts_is_applied_once_it_can(self):
         """A SIGHUP that reaches the master while it starts (here: resolving
         router.resp_listen, a name that takes 1.5 s) came after it read the
