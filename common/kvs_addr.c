@@ -258,6 +258,27 @@ int kvs_addr_is_unspecified(const kvs_addr_t *a)
     return (k == 4 || k == 6) && memcmp(x, zero, k == 4 ? 4 : 16) == 0;
 }
 
+/* Whether a listener on the unspecified address of kind `kind` (else
+ * none) takes the port of one on an address of kind `other`. */
+static int unspecified_covers(int kind, const uint8_t *x, int other)
+{
+    static const uint8_t zero[16] = {0};
+    if ((kind != 4 && kind != 6) || memcmp(x, zero, kind == 4 ? 4 : 16) != 0)
+        return 0;
+    return kind == 6 || other == 4;
+}
+
+int kvs_addr_listeners_clash(const kvs_addr_t *a, const kvs_addr_t *b)
+{
+    uint8_t x[16], y[16];
+    if (a->is_unix || b->is_unix || a->port != b->port)
+        return 0;
+    if (kvs_addr_same_host(a, b))
+        return 1;
+    int kx = host_kind(a->host, x), ky = host_kind(b->host, y);
+    return unspecified_covers(kx, x, ky) || unspecified_covers(ky, y, kx);
+}
+
 int kvs_addr_is_loopback(const kvs_addr_t *a)
 {
     struct in_addr v4;

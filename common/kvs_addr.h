@@ -43,6 +43,13 @@ int kvs_addr_is_unspecified(const kvs_addr_t *a);
  * Names are never resolved: two names of one host are not recognized. */
 int kvs_addr_same_host(const kvs_addr_t *a, const kvs_addr_t *b);
 
+/* Whether TCP listeners on `a` and `b` would want one port: the same port
+ * and the same host (kvs_addr_same_host), or one of them an unspecified
+ * address that covers the other (0.0.0.0: every IPv4 address; "::",
+ * dual-stack: every address). A name and an address, or 0.0.0.0 and a
+ * name, are not taken to clash: names are never resolved. */
+int kvs_addr_listeners_clash(const kvs_addr_t *a, const kvs_addr_t *b);
+
 /* A host as a tool's --host option gives it, into out[0..cap): "[::1]",
  * written as addresses are written with a port, loses its brackets; any
  * other text is copied. Returns 0, or -1 when it is empty or does not fit

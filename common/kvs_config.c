@@ -1965,6 +1965,65 @@ static int check_map_ports(cfg_ctx_t *ctx)
     return 0;
 }
 
+/* Whether shard `s` runs on this node (its worker listens at node.listen's
+ * PORT+s): a shard of this node in the map, or one cluster.remote does not
+ * name. */
+static int shard_is_local(const kvs_config_t *c, uint32_t s)
+{
+    if (c->self != NULL)
+        return kvs_node_serves(c->self, s);
+    for (size_t i = 0; i < c->n_remote; i++)
+        if (c->remote[i].shard == s)
+            return 0;
+    return 1;
+}
+
+/* The node's own listeners on one port, or on a port of its workers
+ * (node.listen's PORT+N), would fail the start with a port "in use", taken
+ * for another process's: refused here, where --check sees it. */
+static int check_listener_ports(cfg_ctx_t *ctx)
+{
+    const kvs_config_t *c = ctx->cfg;
+    static const char *const names[] = {"router.listen", "router.resp_listen",
+                                        "router.metrics_listen"};
+    const char *specs[] = {c->router_listen, c->resp_listen, c->metrics_listen};
+    kvs_addr_t l[3], w;
+    int tcp[3];
+    for (size_t k = 0; k < 3; k++) {
+        tcp[k] = specs[k] != NULL && specs[k][0] != '\0' &&
+                 kvs_addr_parse(specs[k], 1, &l[k], NULL, 0) == 0 && !l[k].is_unix;
+        for (size_t j = 0; tcp[k] && j < k; j++) {
+            if (!tcp[j] || !kvs_addr_listeners_clash(&l[j], &l[k]))
+                continue;
+            const yaml_mark_t *m = directive_mark(ctx, names[k]);
+            return cfg_error(ctx, m != NULL ? m : directive_mark(ctx, names[j]),
+                             "%s %s: port %u is also %s's (%s); each listener needs a port of "
+                             "its own",
+                             names[k], specs[k], l[k].port, names[j], specs[j]);
+        }
+    }
+    if (c->node_listen[0] == '\0' || kvs_addr_parse(c->node_listen, 1, &w, NULL, 0) != 0 ||
+        w.is_unix)
+        return 0;
+    uint16_t base = w.port;
+    for (uint32_t s = 0; s < c->shards && (uint32_t)base + s <= 65535; s++) {
+        if (!shard_is_local(c, s))
+            continue;
+        w.port = (uint16_t)(base + s);
+        for (size_t k = 0; k < 3; k++) {
+            if (!tcp[k] || !kvs_addr_listeners_clash(&l[k], &w))
+                continue;
+            const yaml_mark_t *m = directive_mark(ctx, names[k]);
+            return cfg_error(ctx, m != NULL ? m : directive_mark(ctx, "node.listen"),
+                             "%s %s: port %u is where shard %u's worker listens (node.listen %s: "
+                             "shard N listens on PORT+N); choose a port outside %u .. %u",
+                             names[k], specs[k], l[k].port, s, c->node_listen, base,
+                             base + c->shards - 1);
+        }
+    }
+    return 0;
+}
+
 /* Remote shard ids were checked against cluster.shards as the file set it
  * so far; check again now that every key is known. */
 static int check_remote(cfg_ctx_t *ctx)
@@ -2460,6 +2519,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
         rc = check_nodes(ctx);
     if (rc == 0)
         rc = check_map_ports(ctx);
+    if (rc == 0)
+        rc = check_listener_ports(ctx);
     if (rc == 0)
         rc = check_paths(ctx);
     if (rc == 0)

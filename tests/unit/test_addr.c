@@ -314,8 +314,42 @@ KVS_TEST(same_host_forms)
     CHECK_EQ(same("[fe80::1%eth0]:1", "[fe80::1%eth0]:2"), 1);
 }
 
+static int clash(const char *x, const char *y)
+{
+    kvs_addr_t a, b;
+    CHECK_EQ(kvs_addr_parse(x, 0, &a, NULL, 0), 0);
+    CHECK_EQ(kvs_addr_parse(y, 0, &b, NULL, 0), 0);
+    CHECK_EQ(kvs_addr_listeners_clash(&a, &b), kvs_addr_listeners_clash(&b, &a));
+    return kvs_addr_listeners_clash(&a, &b);
+}
+
+/* A node's own listeners on one port passed the config check and failed
+ * the start with "another process holds this port". */
+KVS_TEST(listeners_clash_forms)
+{
+    CHECK_EQ(clash("127.0.0.1:7", "127.0.0.1:7"), 1);
+    CHECK_EQ(clash("127.0.0.1:7", "localhost:7"), 1);
+    CHECK_EQ(clash("0.0.0.0:7", "127.0.0.1:7"), 1);
+    CHECK_EQ(clash("0.0.0.0:7", "10.1.2.3:7"), 1);
+    CHECK_EQ(clash("0.0.0.0:7", "[::ffff:10.1.2.3]:7"), 1);
+    CHECK_EQ(clash("[::]:7", "127.0.0.1:7"), 1);
+    CHECK_EQ(clash("[::]:7", "[::1]:7"), 1);
+    CHECK_EQ(clash("[::]:7", "0.0.0.0:7"), 1);
+    CHECK_EQ(clash("[::]:7", "node.example:7"), 1);
+    CHECK_EQ(clash("a.example:7", "A.example.:7"), 1);
+    CHECK_EQ(clash("127.0.0.1:7", "127.0.0.1:8"), 0);
+    CHECK_EQ(clash("[::]:7", "[::]:8"), 0);
+    CHECK_EQ(clash("127.0.0.1:7", "127.0.0.2:7"), 0);
+    CHECK_EQ(clash("0.0.0.0:7", "[::1]:7"), 0);
+    CHECK_EQ(clash("0.0.0.0:7", "localhost:7"), 0); /* localhost may be ::1 first */
+    CHECK_EQ(clash("0.0.0.0:7", "node.example:7"), 0);
+    CHECK_EQ(clash("127.0.0.1:7", "[::1]:7"), 0);
+    CHECK_EQ(clash("unix:/tmp/a.sock", "unix:/tmp/a.sock"), 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
               KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
               KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms),
-              KVS_CASE(host_arg_forms), KVS_CASE(same_host_forms), KVS_CASE(unspecified_forms))
+              KVS_CASE(host_arg_forms), KVS_CASE(same_host_forms), KVS_CASE(unspecified_forms),
+              KVS_CASE(listeners_clash_forms))

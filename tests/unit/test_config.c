@@ -1913,6 +1913,30 @@ KVS_TEST(cluster_nodes_errors)
                      "    - {name: a, address: \"10.0.0.1:100\", shards: [0, 1]}\n"
                      "    - {name: b, address: \"10.0.0.2:200\", shards: [0, 1]}\n",
                      "router.metrics_listen 10.0.0.2:201: port 201 is the port of shard 1's");
+    /* The node's own listeners on one port, or on a port of its workers
+     * (node.listen): the start failed, blaming "another process". */
+    parse_fails("router: {listen: \"127.0.0.1:300\", resp_listen: \"0.0.0.0:300\"}\n",
+                "config.yaml:1:48: router.resp_listen 0.0.0.0:300: port 300 is also "
+                "router.listen's (127.0.0.1:300); each listener needs a port of its own");
+    parse_fails_with("router: {resp_listen: \"127.0.0.1:301\", metrics_listen: "
+                     "\"localhost:301\"}\n",
+                     "router.metrics_listen localhost:301: port 301 is also "
+                     "router.resp_listen's (127.0.0.1:301)");
+    parse_fails_with("router: {metrics_listen: \"[::]:9527\"}\n",
+                     "router.metrics_listen [::]:9527: port 9527 is also router.listen's "
+                     "(127.0.0.1:9527)");
+    parse_fails("cluster: {shards: 4}\nnode: {listen: \"127.0.0.1:9525\"}\n",
+                "config.yaml:2:16: router.listen 127.0.0.1:9527: port 9527 is where shard 2's "
+                "worker listens (node.listen 127.0.0.1:9525: shard N listens on PORT+N); choose "
+                "a port outside 9525 .. 9528");
+    parse_fails_with("cluster: {shards: 4}\nnode: {listen: \"0.0.0.0:9600\"}\n"
+                     "router: {resp_listen: \"127.0.0.1:9603\"}\n",
+                     "router.resp_listen 127.0.0.1:9603: port 9603 is where shard 3's worker");
+    /* Different hosts, or a shard served elsewhere: no clash. */
+    kvs_config_free(parse_ok("router: {listen: \"127.0.0.1:300\", resp_listen: "
+                             "\"127.0.0.2:300\", metrics_listen: \"[::1]:300\"}\n"));
+    kvs_config_free(parse_ok("cluster:\n  shards: 4\n  remote: [{shard: 2, address: "
+                             "\"10.0.0.1:9\"}]\nnode: {listen: \"127.0.0.1:9525\"}\n"));
     /* Ports of shards a node does not serve are no worker's: a routing
      * node (no shards) whose map address is its client port, a node
      * serving shards 2 and 3 only. */
