@@ -69,6 +69,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -912,10 +914,25 @@ int kvs_conn_accept_tls(kvs_conn_t *c, uv_stream_t *server, kvs_tls_ctx_t *tls)
     return kvs_conn_start(c);
 }
 
+/* KVS_CONN_KEEPALIVE_S: libuv sets the idle time; the probes' interval and
+ * count are the kernel's own (75 s, 9) unless set. Best effort: a socket
+ * that refuses is served without. */
+static void conn_keepalive(kvs_conn_t *c)
+{
+    uv_os_fd_t fd;
+    int interval = KVS_CONN_KEEPALIVE_S / 3, count = 3;
+    if (uv_tcp_keepalive(&c->h.tcp, 1, KVS_CONN_KEEPALIVE_S) != 0 ||
+        uv_fileno(&c->h.handle, &fd) != 0)
+        return;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+}
+
 int kvs_conn_start(kvs_conn_t *c)
 {
     if (c->h.handle.type == UV_TCP) {
         uv_tcp_nodelay(&c->h.tcp, 1);
+        conn_keepalive(c);
         conn_note_peer(c);
     }
     c->last_input_ms = uv_now(c->h.handle.loop);

@@ -77,8 +77,14 @@
 #define KVS_CONN_KEEP_BUFFER (256u * 1024u)     /* a drained buffer above this is given back */
 #define KVS_CONN_IDLE_KEEP 4096u                /* ... and above this, once idle for a sweep */
 #define KVS_CONN_DEFAULT_HIGH_WATER (16u << 20) /* when the owner sets none */
-#define KVS_CONN_SLICE_NS 5000000u              /* frames run at most this long a delivery */
-#define KVS_CONN_TURN_NS 20000000u              /* ... and deliveries this long a loop turn */
+/* TCP keepalive on every TCP connection, accepted or made: a peer whose
+ * host vanished without a FIN or a reset (power lost, a NAT or firewall
+ * that dropped the flow) is found out after 300 s idle and three probes
+ * 100 s apart, and its connection closed (a client's max_clients slot, a
+ * router's link), as Redis's tcp-keepalive 300 does. */
+#define KVS_CONN_KEEPALIVE_S 300u
+#define KVS_CONN_SLICE_NS 5000000u /* frames run at most this long a delivery */
+#define KVS_CONN_TURN_NS 20000000u /* ... and deliveries this long a loop turn */
 
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;

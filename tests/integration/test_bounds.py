@@ -84,6 +84,23 @@ def closed_by_peer(sock, timeout):
     return False
 
 
+def tcp_timer(local_port, remote_port):
+    """The kernel's timer on the established loopback socket from
+    local_port to remote_port (/proc/net/tcp: kind 2 is keepalive) as
+    (kind, seconds until it fires), or None if there is no such socket."""
+    hz = os.sysconf("SC_CLK_TCK")
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                local, remote, state, timer = cols[1], cols[2], cols[3], cols[5]
+                if (state == "01" and int(local.split(":")[1], 16) == local_port and
+                        int(remote.split(":")[1], 16) == remote_port):
+                    kind, when = timer.split(":")
+                    return int(kind, 16), int(when, 16) / hz
+    return None
+
+
 class WorkerOutputTest(NodeTestCase):
     def test_worker_stops_executing_for_a_client_that_does_not_read(self):
         """150 Hgetall of a 1 MiB table sent in one write: the worker runs
@@ -406,6 +423,26 @@ class RouterBoundsTest(RouterTestCase):
                 time.sleep(0.2)
             self.assertTrue(closed_by_peer(idle, 0.5))
             self.assertOk(busy.ping())
+
+    def test_client_connections_have_tcp_keepalive(self):
+        """A client whose host vanishes without a FIN or a reset (power
+        lost, a NAT that dropped the flow) held its connection and its
+        max_clients slot for ever with idle_timeout off (the default):
+        every TCP connection has keepalive, first probe after 300 s idle
+        (the kernel's table shows the timer armed, kind 2)."""
+        resp = free_port()
+        r = self.router(shards=1, router_yaml=['resp_listen: "127.0.0.1:%d"' % resp])
+        with r.client() as c, socket.create_connection(("127.0.0.1", resp), timeout=10) as s:
+            self.assertOk(c.ping())
+            s.sendall(b"PING\r\n")
+            self.assertEqual(s.recv(64), b"+PONG\r\n")
+            for server, client in ((r.addr[1], c.sock.getsockname()[1]),
+                                   (resp, s.getsockname()[1])):
+                timer = tcp_timer(server, client)
+                self.assertIsNotNone(timer, "no socket %d -> %d" % (server, client))
+                kind, seconds = timer
+                self.assertEqual(kind, 2, "no keepalive timer on port %d's connection" % server)
+                self.assertTrue(250 < seconds <= 300, seconds)
 
     def test_idle_timeout_spares_the_routers_links(self):
         """The idle timeout is for clients: the router's links to its
