@@ -57,6 +57,8 @@ typedef struct router_try_s {
     uint32_t link;  /* index in router_t.links it was sent on last */
     uint32_t shard;
     int unsent; /* no replica took it: it failed without being sent */
+    uint32_t
+        value_keys; /* the keys it reads values of (Hget, Hmget), for router_session_note_read */
     kvs_buf_t bytes;
 } router_try_t;
 

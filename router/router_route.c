@@ -297,7 +297,8 @@ static uint32_t part_cost(const Kvs__CommandRequest *q, size_t len)
 /* A part of `req` that costs `cost` goes to a worker: counted in its
  * connection's share until `req` is answered. No sum overflows: a request
  * is sent only below the share (1,024), and its parts (at most one per
- * shard, 1,024) cost at most 65,536 each. */
+ * shard, 1,024) cost at most 131,072 each (part_cost and
+ * router_session_read_cost, 65,536 each). */
 static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
 {
     if (req->client == NULL)
@@ -659,6 +660,8 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
     if (router_send_answered(req->router, req, t, part, payload, len, failure))
         return; /* sent to another replica: its answer comes later */
+    if (t->value_keys > 0 && failure == NULL && req->client != NULL)
+        router_session_note_read(router_client_session(req->client), len, t->value_keys);
     /* Not an answer a worker gives: it proves nothing (a write may have
      * run there: its failure says so). */
     char why[160];
@@ -2226,14 +2229,22 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
                       const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
                       const Kvs__CommandRequest *q)
 {
-    if (read_here(r, req, part, shard, msg != NULL ? (const Kvs__CommandRequest *)msg : q))
+    const Kvs__CommandRequest *m = msg != NULL ? (const Kvs__CommandRequest *)msg : q;
+    if (read_here(r, req, part, shard, m))
         return;
     count_forward(r, req, shard);
-    count_at_worker(r, req,
-                    msg != NULL ? part_cost((const Kvs__CommandRequest *)msg,
-                                            protobuf_c_message_get_packed_size(msg))
-                                : part_cost(q, rawlen));
     router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
+    uint32_t cost =
+        msg != NULL ? part_cost(m, protobuf_c_message_get_packed_size(msg)) : part_cost(q, rawlen);
+    t->value_keys = req->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET    ? 1
+                    : req->cmd != KVS__COMMAND_REQUEST__COMMAND_HMGET ? 0
+                    : m != NULL && m->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET
+                        ? (uint32_t)m->hmget->n_keys
+                        : 1;
+    if (t->value_keys > 0 &&
+        req->client != NULL) /* what its answer may cost: a few bytes, or MiB */
+        cost += router_session_read_cost(router_client_session(req->client), t->value_keys);
+    count_at_worker(r, req, cost);
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 

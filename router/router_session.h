@@ -45,6 +45,16 @@
  *    started one after another keep for a while what they sent while it
  *    was larger (up to ROUTER_FAIR_TOTAL times the n-th harmonic number
  *    in all).
+ *  - What a value read costs: a worker's time goes mostly into the bytes
+ *    of its answers, which the request does not show. A key an Hget or
+ *    Hmget reads costs one unit more per ROUTER_FAIR_BYTES of the answer
+ *    the connection's value reads got per key (`answer_per_key`): the
+ *    largest answer so far, coming down a quarter of the way to each
+ *    smaller one; ROUTER_READ_GUESS until the first answer. So a
+ *    connection that pipelines reads of values of megabytes has a few of
+ *    them at a worker at a time, not a thousand (gigabytes that every
+ *    client of the shard would wait behind), while reads of small values
+ *    cost one unit each after their first few answers.
  *
  * Memory: one entry per partition the connection wrote to (at most the
  * bound topics' partitions), plus held requests, which count against the
@@ -68,6 +78,7 @@ typedef struct router_req_s router_req_t;
 #define ROUTER_FAIR_MIN 16
 #define ROUTER_FAIR_BYTES 4096
 #define ROUTER_FAIR_KEYS 8
+#define ROUTER_READ_GUESS (64u << 10) /* bytes per key a first value read is taken to answer */
 
 typedef struct router_pos_s {
     uint32_t binding; /* index in cfg->bindings */
@@ -78,11 +89,12 @@ typedef struct router_pos_s {
 typedef struct router_session_s {
     router_pos_t *pos; /* sorted by (binding, partition) */
     size_t n, cap;
-    uint32_t writes;       /* writes to bound tables sent and not answered */
-    uint32_t queued;       /* writes to bound tables sent and still in the FIFO, answered or not */
-    uint32_t forwarded;    /* requests with a part at a local worker, not answered */
-    uint32_t at_workers;   /* units of work of its requests at workers (fair share) */
-    uint32_t replica_pref; /* where its writes' choice of replica starts (router_replica) */
+    uint32_t writes;     /* writes to bound tables sent and not answered */
+    uint32_t queued;     /* writes to bound tables sent and still in the FIFO, answered or not */
+    uint32_t forwarded;  /* requests with a part at a local worker, not answered */
+    uint32_t at_workers; /* units of work of its requests at workers (fair share) */
+    uint32_t answer_per_key; /* bytes per key of its value reads' answers (0: none yet) */
+    uint32_t replica_pref;   /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     size_t held_bytes;              /* what they count as the client's output (hold) */
     struct router_session_s *next;  /* on the router's release list */
@@ -90,6 +102,13 @@ typedef struct router_session_s {
 } router_session_t;
 
 void router_session_init(router_session_t *s);
+
+/* The units a part reading `keys` values costs beyond part_cost's, from
+ * the answers the session's value reads got (above). */
+uint32_t router_session_read_cost(const router_session_t *s, uint32_t keys);
+
+/* A value read of `keys` keys was answered with `len` bytes. */
+void router_session_note_read(router_session_t *s, size_t len, uint32_t keys);
 void router_session_free(router_session_t *s);
 
 /* Notes the positions of a write answer's token (entries naming no bound

@@ -634,6 +634,38 @@ class RouterBoundsTest(RouterTestCase):
         self.assertEqual(prev[ran_before], "other")  # the held ones ran after it, in order
         self.assertEqual(pyval(other.hget("wfair", "x").values[0]), str(n))
 
+    def test_the_fair_share_prices_value_reads_by_their_answers(self):
+        """A worker's time goes into its answers' bytes, which a read's
+        request does not show. A client whose reads of a key got a 1 MB
+        answer pipelines 200 more (the worker stopped; local reads off, so
+        they go to it), then a newcomer writes the key: priced at one unit
+        each, all 200 were sent ahead of the newcomer's write (200 MB that
+        every client of the shard waited behind; 2,000 of them from each of
+        8 such clients held another client's writes up for 8 s). Priced
+        by their answers (1 unit per 4 KiB of answer per key, 257 units
+        here) a few go, and the newcomer's write runs after them."""
+        r = self.router(shards=1, partitions=8, router_yaml=["local_reads: false"])
+        big, n = "v" * 1000000, 200
+        flood, other = r.client(timeout=30), r.client(timeout=30)
+        self.addCleanup(flood.close)
+        self.addCleanup(other.close)
+        self.assertOk(flood.hset("rfair", "x", big))
+        self.assertEqual(pyval(flood.hget("rfair", "x").values[0]), big)  # the price is learnt
+        with stopped(r.worker_pid(0)):
+            flood.send(*[req_hget("rfair", "x") for _ in range(n)])
+            time.sleep(0.5)  # routed: a few sent, the rest held
+            other.send(req_hset("rfair", "x", "other"))
+            time.sleep(0.3)
+        got = other.recv()
+        self.assertOk(got)
+        self.assertEqual(pyval(got.values[0]), big)
+        seen = [pyval(flood.recv().values[0]) for _ in range(n)]
+        ahead = seen.index("other")
+        self.assertEqual(seen[:ahead], [big] * ahead)
+        self.assertEqual(seen[ahead:], ["other"] * (n - ahead))  # the held ones ran after it
+        self.assertGreaterEqual(ahead, 1)
+        self.assertLessEqual(ahead, 8)
+
     def count_answers(self, sock, n, idle=10.0):
         """Reads frames from `sock` until `n` came or none came for `idle`
         seconds; returns how many came."""

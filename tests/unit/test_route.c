@@ -28,7 +28,7 @@
 
 #define SHARDS 4
 #define PARTITIONS 64
-#define MAX_SENT 32
+#define MAX_SENT 256
 #define KEYS_PER_SHARD 8
 #define TABLE "users"
 
@@ -331,6 +331,12 @@ static void drop_req(void)
         return;
     if (fx.req->bound_write && fx.session.writes > 0)
         fx.session.writes--;
+    if (fx.req->at_worker > 0 && fx.session.at_workers >= fx.req->at_worker) {
+        /* as if answered: its cost leaves the fair share */
+        fx.session.at_workers -= fx.req->at_worker;
+        if (fx.session.at_workers == 0 && fx.r.busy_sessions > 0)
+            fx.r.busy_sessions--;
+    }
     if (fx.req->held) {
         fx.held -= (ptrdiff_t)fx.req->held_payload.len;
         router_route_forget(&fx.r, &fx.session);
@@ -2930,6 +2936,67 @@ KVS_TEST(session_release_waits_for_the_clients_output)
     router_req_free(r2);
 }
 
+/* Answers sent part `i` with 200 and one binary value of `len` bytes. */
+static void reply_value_of(size_t i, size_t len)
+{
+    static uint8_t big[4u << 20];
+    CHECK(len <= sizeof(big));
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    v.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    v.binary_value = (ProtobufCBinaryData){len, big};
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = 1;
+    r.values = &vp;
+    fx.n_completed = 0; /* the case keeps its requests in reqs[] */
+    reply(i, &r);
+    router_route_release(&fx.r);
+}
+
+/* A connection that pipelines reads of values of megabytes (a few bytes
+ * of request each) had a thousand of them at a worker, gigabytes of
+ * answers that every client of the shard waited behind. A value read
+ * costs what its answers turned out to be: 64 KiB a key until the first
+ * answer, then one at a time at 4 MiB, then back to one unit once the
+ * answers are small again. */
+KVS_TEST(fair_share_prices_value_reads_by_their_answers)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    enum { N = 150 };
+    router_req_t *reqs[N];
+    char key[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        reqs[i] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", key);
+    }
+    /* 1 + 16 units each until an answer says more: 61 go, below 1,024 */
+    CHECK_EQ(fx.n_sent, 61);
+    for (size_t i = 0; i < 61; i++)
+        reply_value_of(i, 4u << 20);
+    /* the held go one at a time now (1,025 units: alone below the least share) */
+    CHECK_EQ(fx.n_sent, 62);
+    reply_value_of(61, 4u << 20);
+    CHECK_EQ(fx.n_sent, 63);
+    /* small answers bring the price down a quarter of the way each time:
+     * 4 MiB to below 64 KiB (16 at once) takes about fifteen */
+    size_t answered = 62, rounds = 0;
+    while (fx.n_sent - answered < 16 && rounds < 40) {
+        reply_value_of(answered++, 10);
+        rounds++;
+    }
+    CHECK(rounds >= 10 && rounds <= 20);
+    size_t before = fx.n_sent;
+    while (answered < fx.n_sent)
+        reply_value_of(answered++, 10);
+    CHECK_EQ(fx.n_sent, (size_t)N); /* the rest went as one-unit reads */
+    CHECK(fx.n_sent > before);
+    for (int i = 0; i < N; i++)
+        router_req_free(reqs[i]);
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
+}
+
 KVS_TEST(split_write_answer_merges_positions)
 {
     setup_bound("murmur2", 12);
@@ -3394,4 +3461,5 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(session_holds_reads_behind_its_writes),
               KVS_CASE(session_release_stops_at_the_next_write),
               KVS_CASE(session_release_waits_for_the_clients_output),
+              KVS_CASE(fair_share_prices_value_reads_by_their_answers),
               KVS_CASE(split_write_answer_merges_positions))
