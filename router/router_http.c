@@ -8,7 +8,11 @@
  *    place of the one that waited longest for its client (no scrape in
  *    flight, no answer being written, nothing read or accepted for
  *    HTTP_EVICT_IDLE_MS, no input waiting), so that clients holding
- *    slots idle never keep a scrape out for long;
+ *    slots idle never keep a scrape out for long; failing that, of the
+ *    one whose request has been arriving longest, for HTTP_SLOW_REQUEST_MS
+ *    at least (a scraper's request comes in one packet: clients that
+ *    trickle requests a byte at a time, and reconnect when closed, kept
+ *    every slot busy and every scrape out);
  *    when every one is busy, the new one gets 503 and is closed;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
@@ -66,7 +70,8 @@
 #include <strings.h>
 
 #define HTTP_MAX_CONNS 16
-#define HTTP_EVICT_IDLE_MS 250 /* a connection this quiet may be closed for a new one */
+#define HTTP_EVICT_IDLE_MS 250    /* a connection this quiet may be closed for a new one */
+#define HTTP_SLOW_REQUEST_MS 1000 /* ... and one whose request has been arriving this long */
 #define HTTP_MAX_REQUEST 8192u
 #define HTTP_MAX_URL 1024u
 #define HTTP_TIMEOUT_MS 10000u
@@ -472,22 +477,36 @@ static void refuse(router_http_t *h, uv_stream_t *server)
  * it unanswered). Returns 0, or -1 when every connection is busy. */
 static int evict_one(router_http_t *h)
 {
-    http_conn_t *best = NULL;
+    http_conn_t *best = NULL, *slow = NULL;
     uint64_t now = uv_now(h->loop);
-    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
-        if (hc->conn.group != NULL && hc->scrape == NULL && hc->conn.output_since_ms == 0 &&
-            now - hc->conn.last_input_ms >= HTTP_EVICT_IDLE_MS &&
+    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next) {
+        if (hc->conn.group == NULL || hc->scrape != NULL || hc->conn.output_since_ms != 0)
+            continue;
+        if (now - hc->conn.last_input_ms >= HTTP_EVICT_IDLE_MS &&
             !kvs_conn_input_waiting(&hc->conn) &&
             (best == NULL || hc->conn.last_input_ms <= best->conn.last_input_ms))
             best = hc; /* newest first: on a tie, the older one */
-    if (best == NULL)
+        uint64_t since = hc->conn.partial_since_ms;
+        if (since != 0 && now - since >= HTTP_SLOW_REQUEST_MS &&
+            (slow == NULL || since <= slow->conn.partial_since_ms))
+            slow = hc;
+    }
+    if (best == NULL && slow == NULL)
         return -1;
     if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
         h->evicted_log_ms = now;
-        kvs_warn("metrics listener: at %d connections, closing the one idle longest (%llu ms) "
-                 "for a new one (logged at most every 10 s)",
-                 HTTP_MAX_CONNS, (unsigned long long)(now - best->conn.last_input_ms));
+        if (best != NULL)
+            kvs_warn("metrics listener: at %d connections, closing the one idle longest (%llu "
+                     "ms) for a new one (logged at most every 10 s)",
+                     HTTP_MAX_CONNS, (unsigned long long)(now - best->conn.last_input_ms));
+        else
+            kvs_warn("metrics listener: at %d connections, none idle, closing the one whose "
+                     "request has been arriving longest (%llu ms) for a new one (logged at "
+                     "most every 10 s)",
+                     HTTP_MAX_CONNS, (unsigned long long)(now - slow->conn.partial_since_ms));
     }
+    if (best == NULL)
+        best = slow;
     kvs_conn_close(&best->conn);
     return 0;
 }

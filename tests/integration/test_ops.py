@@ -554,6 +554,45 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertNotIn("limits.frame_timeout", router.stderr())
 
 
+    def test_clients_trickling_requests_keep_no_scrape_out(self):
+        # 16 clients each sending a request a byte every 100 ms, and
+        # reconnecting when closed, took every slot: none was idle, so
+        # every scrape got 503 for as long as they went on (probe OO:
+        # 12 of 13). The one whose request has been arriving longest, 1 s
+        # at least, now makes room for a new connection.
+        r = self.metrics_router(shards=1, partitions=8)
+        stop = threading.Event()
+        req = b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 2000
+
+        def trickle():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection((HOST, self.mport), timeout=10) as s:
+                        for b in req:
+                            if stop.is_set():
+                                return
+                            s.sendall(bytes([b]))
+                            time.sleep(0.1)
+                except OSError:
+                    time.sleep(0.05)  # closed: again at once
+
+        threads = [threading.Thread(target=trickle, daemon=True) for _ in range(16)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.5)  # every slot taken, every request arriving for 1 s and more
+            got = []
+            for _ in range(6):
+                got.append(http_get(self.mport)[0])
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        self.assertEqual(got, [200] * 6)
+        self.assertIn("none idle, closing the one whose request has been arriving longest",
+                      r.stderr())
+
     def test_client_strings_never_become_labels(self):
         # Table names and command names are the clients' to choose; the
         # exposition's series are not: commands count under their kvs
