@@ -576,10 +576,15 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp, int admin)
             kvs_warn("refusing clients of my own socket: %u connected at once (logged at most "
                      "every 10 s)",
                      ROUTER_ADMIN_MAX_CLIENTS);
-        else
-            kvs_warn("refusing clients: %zu connected, limits.max_clients is %u (logged at most "
+        else if (r->n_procs > 1)
+            kvs_warn("refusing %s clients: at %u, this router process's share of "
+                     "limits.max_clients (split among %u router processes) (logged at most "
                      "every 10 s)",
-                     r->n_clients, r->max_clients);
+                     resp ? "RESP" : "protobuf", r->max_clients, r->n_procs);
+        else
+            kvs_warn("refusing %s clients: at %u, limits.max_clients (logged at most "
+                     "every 10 s)",
+                     resp ? "RESP" : "protobuf", r->max_clients);
     }
 }
 
