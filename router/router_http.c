@@ -60,6 +60,7 @@
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_testhook.h"
+#include "kvs_tls.h"
 
 #include <http_parser.h>
 #include <limits.h>
@@ -105,9 +106,10 @@ struct http_conn_s {
     router_http_t *h;
     kvs_codec_t codec;
     http_parser parser;
-    size_t fed;   /* bytes of the buffered input the parser has seen */
-    int complete; /* a whole request ends at `fed` */
-    int error;    /* the 4xx a malformed request gets (the codec failed) */
+    size_t fed;    /* bytes of the buffered input the parser has seen */
+    int complete;  /* a whole request ends at `fed` */
+    int error;     /* the 4xx a malformed request gets (the codec failed) */
+    int tls_hello; /* ... which is a TLS handshake's first record */
     char url[HTTP_MAX_URL + 1];
     size_t url_len;
     int url_too_long;
@@ -262,6 +264,11 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
         enum http_errno e = HTTP_PARSER_ERRNO(&hc->parser);
         if (!hc->complete && (e != HPE_OK || hc->parser.upgrade)) {
             hc->error = e == HPE_INVALID_METHOD && method_token(p, len) ? 501 : 400;
+            /* A record header 0x16 0x03 0x0N where a request starts: a
+             * scraper configured for https (as kvs's TLS ports tell it). */
+            hc->tls_hello = hc->error == 400 && len >= 4 &&
+                            kvs_tls_looks_like_hello((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+                                                     (uint32_t)p[2] << 8 | p[3]);
             return -1;
         }
     }
@@ -429,7 +436,14 @@ static void on_conn_error(kvs_conn_t *c, int err)
         respond_text(hc, 501, "only GET is served, on /metrics\n", NULL);
     else if (err == KVS_EPROTO && hc->error == 413)
         respond_text(hc, 413, "the request is too large\n", NULL);
-    else if (err == KVS_EPROTO)
+    else if (err == KVS_EPROTO && hc->tls_hello) {
+        if (kvs_conn_may_log(c))
+            kvs_warn("closing metrics client %s: it started a TLS handshake; the metrics port "
+                     "speaks plain HTTP (scrape it with http://)",
+                     c->peer);
+        respond_text(hc, 400, "this port speaks plain HTTP, not TLS: scrape it with http://\n",
+                     NULL);
+    } else if (err == KVS_EPROTO)
         respond_text(hc, 400, "malformed HTTP request\n", NULL);
     else if (hc->scrape == NULL)
         kvs_conn_close_after_flush(c); /* EOF: nothing more to answer */

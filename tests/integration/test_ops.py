@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -242,6 +243,26 @@ class MetricsTest(MetricsCase):
                          "HTTP/1.1 200 OK")
         self.assertEqual(raw_http(p, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n"),
                          "HTTP/1.1 414 URI Too Long")
+        # A scraper set for https is told what the port speaks (it was
+        # told only "malformed HTTP request").
+        with socket.create_connection((HOST, p), timeout=10) as s:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            with self.assertRaises((ssl.SSLError, OSError)):
+                ctx.wrap_socket(s, server_hostname="x")
+        with socket.create_connection((HOST, p), timeout=10) as s:
+            s.sendall(b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03" + b"\x00" * 32)
+            got = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        self.assertTrue(got.startswith(b"HTTP/1.1 400 Bad Request\r\n"), got)
+        self.assertIn(b"this port speaks plain HTTP, not TLS: scrape it with http://", got)
+        self.assertIn("it started a TLS handshake; the metrics port speaks plain HTTP",
+                      r.stderr())
         for version in (b" HTTP/9.9", b" HTTP/1.2", b" HTTP/2.0", b""):
             self.assertEqual(raw_http(p, b"GET /metrics" + version + b"\r\n\r\n"),
                              "HTTP/1.1 505 HTTP Version Not Supported", version)
