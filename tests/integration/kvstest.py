@@ -128,6 +128,17 @@ def free_ports(n=1, tries=500):
     raise RuntimeError("no range of %d free ports found" % n)
 
 
+def slow_resolver_env(host, ms):
+    """The environment of a process whose lookups of `host` take `ms`
+    milliseconds and answer ::1 then 127.0.0.1 (libkvs_test_slow_resolver.so,
+    tests/integration/slow_resolver.c), for subprocess's env=."""
+    shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
+    assert os.path.exists(shim), shim
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    return {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": host, "KVS_TEST_SLOW_MS": str(ms),
+            "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago (free_ports)."""
     return free_ports(1)

@@ -22,14 +22,13 @@ import ssl
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
                      Node, cert_path, frame, free_port, free_ports, pb, recv_exact, req_hget,
-                     req_hmset, req_hset, req_ping, tls_yaml, unmount)
+                     req_hmset, req_hset, req_ping, slow_resolver_env, tls_yaml, unmount)
 
 
 class FakePeer(LoopbackServer):
@@ -243,12 +242,8 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         # lookup (probe MM). The copy also tried only the name's first
         # address: a dual-stack name (::1 first, as the shim answers)
         # of a peer listening on IPv4 only was refused every time.
-        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
-        self.assertTrue(os.path.exists(shim), shim)
-        asan = os.environ.get("ASAN_OPTIONS", "")
         host = "slow-peer.kvs.test"
-        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": host, "KVS_TEST_SLOW_MS": "5500",
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        env = slow_resolver_env(host, 5500)
         sent = []
 
         def answer(c):
@@ -294,11 +289,8 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         peer = FakePeer(answer)  # on 127.0.0.1 only
         peer.threaded = True
         self.addCleanup(peer.close)
-        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
-        asan = os.environ.get("ASAN_OPTIONS", "")
         host = "dual-peer.kvs.test"
-        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": host, "KVS_TEST_SLOW_MS": "50",
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        env = slow_resolver_env(host, 50)
         w = self.worker(0, peer.port, env=env, peer_host=host)
         self.assertTrue(wait_until(lambda: "heard that this node installed its copy (recorded)"
                                    in w.stderr(), 3 * TIMEOUT), w.stderr())
@@ -312,12 +304,9 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         # A lookup is given 30 s (the resolver's own worst case by
         # default; 2 s here, through the test hook), then the peer counts
         # as one that could not be reached.
-        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
-        asan = os.environ.get("ASAN_OPTIONS", "")
         host = "slower-peer.kvs.test"
-        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": host, "KVS_TEST_SLOW_MS": "3000",
-               "KVS_TEST_SNAPSHOT_LOOKUP_MS": "2000",
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        env = slow_resolver_env(host, 3000)
+        env["KVS_TEST_SNAPSHOT_LOOKUP_MS"] = "2000"
         w = self.worker(0, free_port(), env=env, peer_host=host)
         why = "snapshot from peer failed: the lookup of its name took longer than 2000 ms"
         self.assertTrue(wait_until(lambda: why in w.stderr(), TIMEOUT), w.stderr())

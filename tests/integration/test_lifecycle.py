@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset
+from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset, slow_resolver_env
 from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
                         shard_of)
 
@@ -412,6 +412,17 @@ class LifecycleTest(RouterTestCase):
 
     # ---- slow name resolution -----------------------------------------------------
 
+    def remote_worker(self, r, shard, port):
+        """Shard `shard` of r's cluster, served by a kvs-node on HOST:`port`
+        as a remote node's worker would be; killed at cleanup."""
+        log = open(os.path.join(r.dir, "node%d.log" % shard), "wb")
+        self.addCleanup(log.close)
+        node = subprocess.Popen([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
+                                 "--shard", str(shard), "--listen", "%s:%d" % (HOST, port)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.addCleanup(lambda: node.poll() is None and (node.kill(), node.wait()))
+        return node
+
     def test_slow_name_resolution_blocks_no_client(self):
         """Remote shard 1 is named by a host name that takes 1 s to resolve
         (every time: the link resolves again at each reconnect). Clients of
@@ -419,21 +430,10 @@ class LifecycleTest(RouterTestCase):
         503 at once while it is unreachable, its name's second address
         (127.0.0.1 after ::1) is tried, and a SIGTERM during a lookup is a
         clean exit."""
-        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
-        self.assertTrue(os.path.exists(shim), shim)
         port = free_port()
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST,
-               "KVS_TEST_SLOW_MS": str(SLOW_MS),
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        env = slow_resolver_env(SLOW_HOST, SLOW_MS)
         r = self.router(shards=2, partitions=16, remote={1: "%s:%d" % (SLOW_HOST, port)}, env=env)
-        # Shard 1 of the same cluster, served by a kvs-node on `port`.
-        node_log = open(os.path.join(r.dir, "node1.log"), "wb")
-        self.addCleanup(node_log.close)
-        node = subprocess.Popen([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
-                                 "--shard", "1", "--listen", "%s:%d" % (HOST, port)],
-                                stdin=subprocess.DEVNULL, stdout=node_log, stderr=node_log)
-        self.addCleanup(lambda: node.poll() is None and (node.kill(), node.wait()))
+        node = self.remote_worker(r, 1, port)
         per = keys_by_shard("dns", 20, 16, 2)
         k0, k1 = per[0][0], per[1][0]
         self.assertEqual((shard_of(k0, 16, 2), shard_of(k1, 16, 2)), (0, 1))
@@ -496,8 +496,6 @@ class LifecycleTest(RouterTestCase):
         A connection that never completes waited for the kernel's own
         limit (two minutes of SYN retries) before the next address was
         tried: it is given up after router.timeout."""
-        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
-        self.assertTrue(os.path.exists(shim), shim)
         port = free_port()
         hole = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         self.addCleanup(hole.close)
@@ -511,17 +509,9 @@ class LifecycleTest(RouterTestCase):
             self.addCleanup(s.close)
             s.setblocking(False)
             s.connect_ex(("::1", port))
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST, "KVS_TEST_SLOW_MS": "10",
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
         r = self.router(shards=2, partitions=16, remote={1: "%s:%d" % (SLOW_HOST, port)},
-                        timeout="2s", env=env)
-        node_log = open(os.path.join(r.dir, "node1.log"), "wb")
-        self.addCleanup(node_log.close)
-        node = subprocess.Popen([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
-                                 "--shard", "1", "--listen", "%s:%d" % (HOST, port)],
-                                stdin=subprocess.DEVNULL, stdout=node_log, stderr=node_log)
-        self.addCleanup(lambda: node.poll() is None and (node.kill(), node.wait()))
+                        timeout="2s", env=slow_resolver_env(SLOW_HOST, 10))
+        self.remote_worker(r, 1, port)
         k1 = keys_by_shard("hole", 20, 16, 2)[1][0]
         t0 = time.monotonic()
         with r.client() as c:
@@ -536,11 +526,7 @@ class LifecycleTest(RouterTestCase):
         ignored (SIG_IGN until the loop's handler), leaving the node on the
         old text without a word. Blocked until the handler exists, it
         reloads then, in the master and (passed on) in every child."""
-        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
-        self.assertTrue(os.path.exists(shim), shim)
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST, "KVS_TEST_SLOW_MS": "1500",
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        env = slow_resolver_env(SLOW_HOST, 1500)
         r = self.router(start=False, shards=2, partitions=8, env=env,
                         router_yaml=['resp_listen: "%s:%d"' % (SLOW_HOST, free_port())],
                         log="{level: info, slow_threshold: off}")
