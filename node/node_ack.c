@@ -32,6 +32,7 @@ typedef struct attempt_s { /* one connection; freed when its handles are closed 
     kvs_conn_t conn;       /* first: the close callback's pointer is the attempt's */
     uv_connect_t connect;
     node_ack_t *a; /* NULL once detached: its callbacks change nothing */
+    int connected;
 } attempt_t;
 
 struct node_ack_s {
@@ -260,6 +261,7 @@ static void on_connected(uv_connect_t *req, int status)
         connect_next(a, why); /* the name's next address, or again later */
         return;
     }
+    att->connected = 1;
     if (att->conn.tls == NULL)
         send_ack(&att->conn);
 }
@@ -367,6 +369,12 @@ static void on_timer(uv_timer_t *t)
     if (a->resolving) { /* the deadline, in the lookup: its callback tries again */
         a->late = 1;
         uv_cancel((uv_req_t *)&a->resolve);
+    } else if (a->att != NULL && !a->att->connected && a->next_addr != NULL) {
+        /* This address drops connection attempts: the name's next one,
+         * with a deadline of its own. */
+        detach_conn(a);
+        uv_timer_start(&a->timer, on_timer, attempt_ms, 0);
+        connect_next(a, "no address");
     } else if (a->att != NULL) { /* the deadline */
         char why[64];
         snprintf(why, sizeof(why), "no answer within %u ms", attempt_ms);

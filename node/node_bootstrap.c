@@ -738,10 +738,26 @@ static void on_peer_closed(kvs_conn_t *c)
         attempt_over(b, "the connection to the peer failed (see above)");
 }
 
+static int dial_next(boot_t *b, char *why, size_t len);
+
 static void on_stall(uv_timer_t *t)
 {
     boot_t *b = t->data;
     char why[100];
+    if (!b->connected && b->conn != NULL && b->next_addr != NULL) {
+        /* This address drops connection attempts: the name's next one
+         * gets a first answer's time of its own. */
+        b->conn->data = NULL;
+        kvs_conn_close(b->conn);
+        b->conn = NULL;
+        char err[400];
+        if (dial_next(b, err, sizeof(err)) != 0) {
+            attempt_over(b, err);
+            return;
+        }
+        uv_timer_start(&b->timer, on_stall, first_answer_ms(b), stall_ms(b));
+        return;
+    }
     if (b->lookup != NULL) { /* its name: a nameserver down; the peer may be fine */
         b->unreachable = 1;
         snprintf(why, sizeof(why), "the lookup of its name took longer than %llu ms",
@@ -772,8 +788,6 @@ static void on_peer_ready(kvs_conn_t *c)
 {
     send_request(c->data, c);
 }
-
-static int dial_next(boot_t *b, char *why, size_t len);
 
 static void on_connected(uv_connect_t *req, int status)
 {

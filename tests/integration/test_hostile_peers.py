@@ -300,6 +300,39 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
             r = c.call(req_hget("t", b"key"))
             self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
 
+    def test_a_dual_stack_peer_whose_ipv6_address_drops_connections_is_copied_over_ipv4(self):
+        # The peer's name resolves to ::1 then 127.0.0.1; on ::1 a host
+        # drops connection attempts, on 127.0.0.1 the peer's worker
+        # listens. The first answer's 5 s ran out on the first address,
+        # and every round asked it again, never the second; so did the
+        # acknowledgement's 10 s. Each address now gets its own time.
+        other = self.managed(Node())
+        with other.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
+        hole = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(hole.close)
+        try:
+            hole.bind(("::1", other.port))
+        except OSError as e:
+            self.skipTest("no IPv6 loopback here: %s" % e)
+        hole.listen(0)
+        for _ in range(3):  # fill the accept queue: later attempts go unanswered
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            self.addCleanup(s.close)
+            s.setblocking(False)
+            s.connect_ex(("::1", other.port))
+        host = "dual-hole.kvs.test"
+        w = self.worker(0, other.port, env=slow_resolver_env(host, 10), peer_host=host,
+                        frame_timeout="30s")
+        self.assertTrue(wait_until(w.serves, 3 * TIMEOUT), w.stderr())
+        self.assertNotIn("snapshot from peer failed", w.stderr())
+        with Client(w.addr) as c:
+            r = c.call(req_hget("t", b"key"))
+            self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
+        owed = os.path.join(w.shard_dir(), "ack-owed")
+        self.assertTrue(wait_until(lambda: not os.path.exists(owed), 3 * TIMEOUT), w.stderr())
+        self.assertNotIn("cannot tell node peer", w.stderr())
+
     def test_a_peer_whose_name_does_not_resolve_in_time_is_asked_again(self):
         # A lookup is given 30 s (the resolver's own worst case by
         # default; 2 s here, through the test hook), then the peer counts
