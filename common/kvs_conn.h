@@ -219,7 +219,8 @@ struct kvs_conn_s {
     kvs_conn_t *held_prev, *held_next; /* its neighbours there */
     uint64_t read_ns;                  /* kvs_now_ns() of the last read, when stamp_reads is set */
     int stamp_reads;                   /* the owner wants read_ns (request latency from arrival) */
-    uint64_t partial_since_ms;         /* loop time an incomplete frame started to wait (0: none) */
+    uint64_t partial_since_ms;         /* loop time + 1 an incomplete frame started to wait (0:
+                                          none; the 1 keeps it from 0) */
     uint64_t output_since_ms;          /* loop time pending output started to wait (0: none) */
     uint64_t unproven_since_ms;        /* loop time its owner started to wait for it to authenticate
                                           (kvs_conn_set_unproven; 0: authenticated, or no need) */

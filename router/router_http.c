@@ -499,10 +499,10 @@ static int evict_one(router_http_t *h)
         if (now - hc->conn.last_input_ms >= HTTP_EVICT_IDLE_MS &&
             !kvs_conn_input_waiting(&hc->conn) &&
             (best == NULL || hc->conn.last_input_ms <= best->conn.last_input_ms))
-            best = hc; /* newest first: on a tie, the older one */
-        uint64_t since = hc->conn.partial_since_ms;
-        if (since != 0 && now - since >= HTTP_SLOW_REQUEST_MS &&
-            (slow == NULL || since <= slow->conn.partial_since_ms))
+            best = hc;                                  /* newest first: on a tie, the older one */
+        uint64_t since = hc->conn.partial_since_ms - 1; /* kvs_conn keeps it + 1, never 0 */
+        if (hc->conn.partial_since_ms != 0 && now - since >= HTTP_SLOW_REQUEST_MS &&
+            (slow == NULL || hc->conn.partial_since_ms <= slow->conn.partial_since_ms))
             slow = hc;
     }
     if (best == NULL && slow == NULL)
@@ -517,7 +517,7 @@ static int evict_one(router_http_t *h)
             kvs_warn("metrics listener: at %d connections, none idle, closing the one whose "
                      "request has been arriving longest (%llu ms) for a new one (logged at "
                      "most every 10 s)",
-                     HTTP_MAX_CONNS, (unsigned long long)(now - slow->conn.partial_since_ms));
+                     HTTP_MAX_CONNS, (unsigned long long)(now - (slow->conn.partial_since_ms - 1)));
     }
     if (best == NULL)
         best = slow;

@@ -614,6 +614,34 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertIn("none idle, closing the one whose request has been arriving longest",
                       r.stderr())
 
+    def test_a_request_that_just_started_is_not_taken_for_a_trickle(self):
+        # 16 connections just made (none idle), one of them starting its
+        # request: a 17th gets 503. The request's start, kept + 1 by
+        # kvs_conn, was read as 2^64 - 1 ms ago and the request closed.
+        # The master (which serves the port) is stopped meanwhile, so that
+        # the byte and the 17th connection come in one loop turn.
+        r = self.metrics_router(shards=1, partitions=8)
+        socks = [socket.create_connection((HOST, self.mport), timeout=10) for _ in range(16)]
+        try:
+            time.sleep(0.1)  # all 16 accepted
+            with stopped(r.proc.pid):
+                socks[0].sendall(b"G")
+                late = socket.create_connection((HOST, self.mport), timeout=10)
+                socks.append(late)
+                late.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            self.assertEqual(late.recv(4096).split(b"\r\n")[0], b"HTTP/1.1 503 Service Unavailable")
+            socks[0].sendall(b"ET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                chunk = socks[0].recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertTrue(got.startswith(b"HTTP/1.1 200 OK"), got[:100])
+        finally:
+            for s in socks:
+                s.close()
+
     def test_client_strings_never_become_labels(self):
         # Table names and command names are the clients' to choose; the
         # exposition's series are not: commands count under their kvs
