@@ -7,6 +7,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_lookup.h"
 #include "kvs_msg.h"
 
 #include <errno.h>
@@ -43,11 +44,9 @@ struct node_ack_s {
     kvs_replica_t peer;
     char name[KVS_NODE_NAME_MAX + 1];
     uint8_t digest[KVS_HASH_LEN];
-    kvs_tls_ctx_t *tls; /* tls.link's, or NULL */
-    uv_timer_t timer;   /* the attempt's deadline, or the pause after it */
-    uv_getaddrinfo_t resolve;
-    int resolving;              /* the lookup is in flight: `resolve` is not to be reused yet */
-    int late;                   /* ... and passed its deadline */
+    kvs_tls_ctx_t *tls;         /* tls.link's, or NULL */
+    uv_timer_t timer;           /* the attempt's deadline, or the pause after it */
+    kvs_lookup_t *lookup;       /* the name's lookup in flight, or NULL */
     struct addrinfo *addrs;     /* what the name resolved to ... */
     struct addrinfo *next_addr; /* ... and the next to try if this connection fails */
     attempt_t *att;             /* the attempt in flight, or NULL */
@@ -305,20 +304,12 @@ static void connect_next(node_ack_t *a, const char *why)
     try_again(a, why);
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+static void on_resolved(kvs_lookup_t *lk, void *data, int status, struct addrinfo *res)
 {
-    node_ack_t *a = req->data;
+    node_ack_t *a = data;
     char why[400];
-    a->resolving = 0;
-    if (a->stopping || a->late) {
-        uv_freeaddrinfo(res);
-        if (!a->stopping) {
-            a->late = 0;
-            snprintf(why, sizeof(why), "the address lookup took longer than %u ms", attempt_ms);
-            try_again(a, why);
-        }
-        return;
-    }
+    (void)lk;
+    a->lookup = NULL;
     if (status != 0 || res == NULL) {
         uv_freeaddrinfo(res);
         snprintf(why, sizeof(why), "cannot resolve %s: %s", a->peer.addr.host,
@@ -337,15 +328,13 @@ static void on_timer(uv_timer_t *t);
 static void attempt(node_ack_t *a)
 {
     char why[400];
-    a->resolve.data = a;
     uv_timer_start(&a->timer, on_timer, attempt_ms, 0);
-    int rc = kvs_lookup(a->loop, &a->resolve, &a->peer.addr, on_resolved);
+    int rc = kvs_lookup_start(a->loop, &a->peer.addr, on_resolved, a, &a->lookup);
     if (rc != 0) {
         snprintf(why, sizeof(why), "cannot resolve %s: %s", a->peer.addr.host, uv_strerror(rc));
         try_again(a, why);
         return;
     }
-    a->resolving = 1;
 }
 
 /* The attempt failed: a pause, then another (logged at the first failure
@@ -366,9 +355,12 @@ static void try_again(node_ack_t *a, const char *why)
 static void on_timer(uv_timer_t *t)
 {
     node_ack_t *a = t->data;
-    if (a->resolving) { /* the deadline, in the lookup: its callback tries again */
-        a->late = 1;
-        uv_cancel((uv_req_t *)&a->resolve);
+    if (a->lookup != NULL) { /* the deadline, in the lookup: given up (its thread runs on) */
+        char why[64];
+        kvs_lookup_abandon(a->lookup);
+        a->lookup = NULL;
+        snprintf(why, sizeof(why), "the address lookup took longer than %u ms", attempt_ms);
+        try_again(a, why);
     } else if (a->att != NULL && !a->att->connected && a->next_addr != NULL) {
         /* This address drops connection attempts: the name's next one,
          * with a deadline of its own. */
@@ -427,8 +419,9 @@ void node_ack_stop(node_ack_t *a)
         return;
     a->stopping = 1;
     detach(a);
-    if (a->resolving)
-        uv_cancel((uv_req_t *)&a->resolve); /* its callback runs before the loop returns */
+    if (a->lookup != NULL) /* its thread runs on, and frees what it finds */
+        kvs_lookup_abandon(a->lookup);
+    a->lookup = NULL;
     uv_close((uv_handle_t *)&a->timer, NULL);
 }
 

@@ -67,6 +67,7 @@
 #include "kvs_hash.h"
 #include "kvs_lmdb.h"
 #include "kvs_log.h"
+#include "kvs_lookup.h"
 #include "kvs_msg.h"
 #include "kvs_schema.h"
 #include "kvs_testhook.h"
@@ -104,7 +105,8 @@
 
 /* How long looking up a peer's name may take, before the 5 s start: the
  * resolver's own worst case by default (resolv.conf's timeout of 5 s, two
- * attempts, three nameservers). The loop goes on meanwhile. */
+ * attempts, three nameservers). The loop goes on meanwhile, and does not
+ * wait for a lookup it gave up on (kvs_lookup). */
 #define LOOKUP_MS 30000u
 
 typedef struct node_bootstrap_s boot_t;
@@ -136,7 +138,7 @@ struct node_bootstrap_s {
     uint64_t short_need;        /* a copy stopped short of disk: the free bytes it needed, or 0 */
     int disk_turn;              /* the node's bootstrap-disk.lock, held while copying after
                                  * a shortage (one shard at a time), or -1 */
-    uv_getaddrinfo_t *lookup;   /* the peer's name's lookup (freed when called back), or NULL */
+    kvs_lookup_t *lookup;       /* the peer's name's lookup, or NULL */
     struct addrinfo *addrs;     /* what it resolved to ... */
     struct addrinfo *next_addr; /* ... and the next to try if this connection fails */
     int connected;              /* the connection to the peer being asked completed */
@@ -273,8 +275,8 @@ static void end_all(boot_t *b)
  * canceled if it has not started), and its addresses are freed. */
 static void forget_addrs(boot_t *b)
 {
-    if (b->lookup != NULL) /* a lookup cannot be stopped once it runs: it is ignored */
-        uv_cancel((uv_req_t *)b->lookup);
+    if (b->lookup != NULL) /* its thread runs on, and frees what it finds */
+        kvs_lookup_abandon(b->lookup);
     b->lookup = NULL;
     uv_freeaddrinfo(b->addrs);
     b->addrs = b->next_addr = NULL;
@@ -871,12 +873,10 @@ static int dial_next(boot_t *b, char *why, size_t len)
     return rc;
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+static void on_resolved(kvs_lookup_t *lk, void *data, int status, struct addrinfo *res)
 {
-    boot_t *b = req->data;
-    int current = b->lookup == req;
-    free(req);
-    if (!current) { /* its attempt is over */
+    boot_t *b = data;
+    if (b->lookup != lk) { /* not called once abandoned: never the case */
         uv_freeaddrinfo(res);
         return;
     }
@@ -896,9 +896,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         attempt_over(b, why);
 }
 
-/* Starts asking peers[i]: looks up its name (in libuv's thread pool:
+/* Starts asking peers[i]: looks up its name (kvs_lookup, in a thread:
  * seconds, with a dead nameserver, while the loop answers waiting
- * clients 503), then connects. Returns 0, or an error with `why` set. */
+ * clients 503; one given up on holds up nothing), then connects. Returns 0, or an error with `why`
+ * set. */
 static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
 {
     b->connected = b->heard = 0;
@@ -921,20 +922,13 @@ static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
     if (uv_ip4_addr(p->addr.host, p->addr.port, (struct sockaddr_in *)&ss) == 0 ||
         uv_ip6_addr(p->addr.host, p->addr.port, (struct sockaddr_in6 *)&ss) == 0)
         return dial(b, (const struct sockaddr *)&ss, &rc, why, len);
-    uv_getaddrinfo_t *req = malloc(sizeof(*req));
-    rc = req == NULL ? UV_ENOMEM : 0;
-    if (req != NULL) {
-        req->data = b;
-        rc = kvs_lookup(b->loop, req, &p->addr, on_resolved);
-    }
+    rc = kvs_lookup_start(b->loop, &p->addr, on_resolved, b, &b->lookup);
     if (rc != 0) {
-        free(req);
+        b->lookup = NULL;
         snprintf(why, len, "cannot resolve %s: %s", p->addr.host, uv_strerror(rc));
         b->unreachable = 1;
-        return rc;
     }
-    b->lookup = req;
-    return 0;
+    return rc;
 }
 
 /* After a copy stopped short of disk, the next round starts only once

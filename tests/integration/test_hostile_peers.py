@@ -52,7 +52,7 @@ class Worker(Managed):
     first_port, a node "first" at that base port precedes "peer"."""
 
     def __init__(self, shard, peer_base, shards=1, partitions=8, frame_timeout="3s", env=None,
-                 extra_yaml="", peer_host=HOST, first_port=None):
+                 extra_yaml="", peer_host=HOST, first_port=None, first_host=HOST):
         self.dir = tempfile.mkdtemp(prefix="kvs-hp-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -72,7 +72,8 @@ class Worker(Managed):
                 "  partitions: %d" % partitions,
                 "  nodes:",
             ] + ([
-                '    - {name: first, address: "%s:%d", shards: [%s]}' % (HOST, first_port, every),
+                '    - {name: first, address: "%s:%d", shards: [%s]}' % (first_host, first_port,
+                                                                      every),
             ] if first_port else []) + [
                 '    - {name: peer, address: "%s:%d", shards: [%s]}' % (peer_host, peer_base, every),
                 '    - {name: new, address: "%s:%d", shards: [%s]}' % (HOST, self.base, every),
@@ -266,6 +267,32 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertNotIn("no answer within 5000 ms", w.stderr())
         self.assertNotIn("failed", w.stderr())
 
+    def test_a_lookup_given_up_on_holds_up_no_start(self):
+        # The first peer's name takes 20 s to look up, past the lookup's
+        # limit (1 s here); the second peer sends the copy at once. The
+        # worker's loop waited for the lookup it had given up on (a
+        # request in libuv's pool cannot be stopped once running), so the
+        # worker served only at 20 s, refusing connections meanwhile
+        # (probe RR).
+        other = self.managed(Node())
+        with other.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"k", "v")).status, 200)
+        host = "hung-first.kvs.test"
+        env = slow_resolver_env(host, 20000)
+        env["KVS_TEST_SNAPSHOT_LOOKUP_MS"] = "1000"
+        t0 = time.monotonic()
+        w = self.worker(0, other.port, env=env, first_host=host, first_port=free_port(),
+                        frame_timeout="30s")
+        self.assertTrue(wait_until(w.serves, 3 * TIMEOUT), w.stderr())
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertIn("snapshot from first failed: the lookup of its name took longer than "
+                      "1000 ms", w.stderr())
+        with Client(w.addr) as c:
+            self.assertEqual(c.call(req_hget("t", b"k")).values[0].string_value, "v")
+        t0 = time.monotonic()
+        self.assertEqual(w.stop(), 0, w.stderr())  # the lookup still runs: no wait for it
+        self.assertLess(time.monotonic() - t0, 5)
+
     def test_a_dual_stack_peer_gets_its_copy_acknowledged_at_its_ipv4_address(self):
         # The installed copy's acknowledgement (shard-0/ack-owed) went to
         # the first address of the peer's name only: a dual-stack name
@@ -344,7 +371,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         why = "snapshot from peer failed: the lookup of its name took longer than 2000 ms"
         self.assertTrue(wait_until(lambda: why in w.stderr(), TIMEOUT), w.stderr())
         self.assertIn("as one could not be reached", w.stderr())
-        self.assertEqual(w.stop(), 0, w.stderr())  # a stop waits for the lookup running
+        self.assertEqual(w.stop(), 0, w.stderr())  # the lookup still running holds up no stop
         self.assertNotIn("starting empty", w.stderr())
 
     def test_a_peer_cut_off_mid_copy_is_asked_again(self):
