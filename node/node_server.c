@@ -1419,7 +1419,12 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
      * turn's commit, so every write of an unbound table acknowledged here
      * is in it, and none comes after (node_handoff). */
     int raised = 0;
-    if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot) && srv->cmd.cfg != NULL) {
+    /* Only a node can take the shard over, and a node names itself (even
+     * to one that runs no map yet: a move onto a map starts there): a copy
+     * asked for without a name (a backup, kvs-cli) is no move, and no map
+     * would ever lift a fence raised for it. */
+    if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot) && srv->cmd.cfg != NULL &&
+        kvs_copied_name_ok(req->node)) {
         int rc = node_handoff_fence(srv->handoff, cl->conn.peer, srv->cmd.cfg, &raised);
         if (rc != 0)
             return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,

@@ -678,6 +678,20 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertTrue("received SIGTERM: draining" in w.stderr() or
                         "signal during the snapshot copy: stopping" in w.stderr(), w.stderr())
 
+    def test_an_anonymous_snapshot_raises_no_fence(self):
+        # A Snapshot asked for without a node name (a backup, a client
+        # that means harm) raised the fence for unbound writes, and with
+        # no map ever to lift it, they were refused for good (probe UU).
+        node = self.managed(Node())
+        with node.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"k", "v")).status, 200)
+        data = snapshot_of(node.addr)
+        self.assertGreater(len(data), 0)
+        with node.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"k", "w")).status, 200)
+        self.assertFalse(os.path.exists(os.path.join(node.data_dir, "shard-0", "copied-out")))
+        self.assertNotIn("writes to tables bound to no topic are refused", node.stderr())
+
     def test_a_sender_that_never_answers_the_acknowledgement_holds_up_no_stop(self):
         # The copy is installed, and the worker says so again on a
         # connection of its own (its shard-0/ack-owed) to a sender that

@@ -479,7 +479,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         _, _, _, a, b = self.a_and_b(layout)
         keys = self.keys_on(2, b"p", 2)
         req = pb.CommandRequest()
-        req.snapshot.SetInParent()
+        req.snapshot.node = "c"  # a node asks (an anonymous copy raises no fence)
         probe = Client(b.socket_path(2))
         probe.send_raw(encode(req))
         probe.close()
@@ -499,7 +499,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         _, _, _, a, b = self.a_and_b(layout)
         self.write_all(b, self.keys_on(2, b"f", 400), "x" * 60000)  # more than is buffered
         req = pb.CommandRequest()
-        req.snapshot.SetInParent()
+        req.snapshot.node = "c"  # a node asks (an anonymous copy raises no fence)
         first = Client(b.socket_path(2), timeout=60)
         first.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         first.send_raw(encode(req))
