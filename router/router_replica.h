@@ -59,6 +59,7 @@ typedef struct router_try_s {
     int unsent; /* no replica took it: it failed without being sent */
     uint32_t
         value_keys; /* the keys it reads values of (Hget, Hmget), for router_session_note_read */
+    int whole_read; /* ... or a part of a whole-table read (Hgetall, Hscan) */
     kvs_buf_t bytes;
 } router_try_t;
 

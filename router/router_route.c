@@ -661,7 +661,11 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     if (router_send_answered(req->router, req, t, part, payload, len, failure))
         return; /* sent to another replica: its answer comes later */
     if (t->value_keys > 0 && failure == NULL && req->client != NULL)
-        router_session_note_read(router_client_session(req->client), len, t->value_keys);
+        router_session_note_read(router_client_session(req->client),
+                                 len < 4096 && answer_status(payload, len) == KVS_STATUS_TOO_LARGE
+                                     ? req->router->cfg->max_frame /* read that far, then refused */
+                                     : len,
+                                 t->value_keys, t->whole_read);
     /* Not an answer a worker gives: it proves nothing (a write may have
      * run there: its failure says so). */
     char why[160];
@@ -2241,9 +2245,14 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
                     : m != NULL && m->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET
                         ? (uint32_t)m->hmget->n_keys
                         : 1;
-    if (t->value_keys > 0 &&
-        req->client != NULL) /* what its answer may cost: a few bytes, or MiB */
-        cost += router_session_read_cost(router_client_session(req->client), t->value_keys);
+    t->whole_read = req->cmd == KVS__COMMAND_REQUEST__COMMAND_HGETALL ||
+                    req->cmd == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    if (t->whole_read)
+        t->value_keys = 1;
+    /* What its answer may cost: a few bytes, or MiB */
+    if (t->value_keys > 0 && req->client != NULL)
+        cost += router_session_read_cost(router_client_session(req->client), t->value_keys,
+                                         t->whole_read);
     count_at_worker(r, req, cost);
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }

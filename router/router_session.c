@@ -17,23 +17,25 @@ void router_session_init(router_session_t *s)
     s->replica_pref = next_pref++;
 }
 
-uint32_t router_session_read_cost(const router_session_t *s, uint32_t keys)
+uint32_t router_session_read_cost(const router_session_t *s, uint32_t keys, int whole)
 {
-    uint64_t per_key = s->answer_per_key > 0 ? s->answer_per_key : ROUTER_READ_GUESS;
+    uint32_t learnt = whole ? s->answer_per_part : s->answer_per_key;
+    uint64_t per_key = learnt > 0 ? learnt : whole ? ROUTER_TABLE_GUESS : ROUTER_READ_GUESS;
     uint64_t units = (uint64_t)keys * per_key / ROUTER_FAIR_BYTES;
     return units < ROUTER_FAIR_TOTAL * 64 ? (uint32_t)units : ROUTER_FAIR_TOTAL * 64;
 }
 
-void router_session_note_read(router_session_t *s, size_t len, uint32_t keys)
+void router_session_note_read(router_session_t *s, size_t len, uint32_t keys, int whole)
 {
     if (keys == 0)
         return;
+    uint32_t *est = whole ? &s->answer_per_part : &s->answer_per_key;
     size_t per = len / keys;
     uint32_t per_key = per < UINT32_MAX ? (uint32_t)per : UINT32_MAX;
-    if (s->answer_per_key == 0 || per_key >= s->answer_per_key)
-        s->answer_per_key = per_key > 0 ? per_key : 1; /* at once: a large answer is no guess */
+    if (*est == 0 || per_key >= *est)
+        *est = per_key > 0 ? per_key : 1; /* at once: a large answer is no guess */
     else /* a quarter of the way down, and never to 0 ("none yet") */
-        s->answer_per_key -= (s->answer_per_key - per_key) / 4 + (s->answer_per_key > 1);
+        *est -= (*est - per_key) / 4 + (*est > 1);
 }
 
 void router_session_free(router_session_t *s)

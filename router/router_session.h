@@ -54,7 +54,10 @@
  *    connection that pipelines reads of values of megabytes has a few of
  *    them at a worker at a time, not a thousand (gigabytes that every
  *    client of the shard would wait behind), while reads of small values
- *    cost one unit each after their first few answers.
+ *    cost one unit each after their first few answers. A whole-table
+ *    read (Hgetall, Hscan) costs so per part, from its own kind's answers
+ *    (ROUTER_TABLE_GUESS at first); one refused as too large counts as
+ *    max_frame, what the worker read before it gave up.
  *
  * Memory: one entry per partition the connection wrote to (at most the
  * bound topics' partitions), plus held requests, which count against the
@@ -78,7 +81,8 @@ typedef struct router_req_s router_req_t;
 #define ROUTER_FAIR_MIN 16
 #define ROUTER_FAIR_BYTES 4096
 #define ROUTER_FAIR_KEYS 8
-#define ROUTER_READ_GUESS (64u << 10) /* bytes per key a first value read is taken to answer */
+#define ROUTER_READ_GUESS (64u << 10)   /* bytes per key a first value read is taken to answer */
+#define ROUTER_TABLE_GUESS (256u << 10) /* ... and a whole-table read's part (Hgetall, Hscan) */
 
 typedef struct router_pos_s {
     uint32_t binding; /* index in cfg->bindings */
@@ -93,8 +97,9 @@ typedef struct router_session_s {
     uint32_t queued;     /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;  /* requests with a part at a local worker, not answered */
     uint32_t at_workers; /* units of work of its requests at workers (fair share) */
-    uint32_t answer_per_key; /* bytes per key of its value reads' answers (0: none yet) */
-    uint32_t replica_pref;   /* where its writes' choice of replica starts (router_replica) */
+    uint32_t answer_per_key;  /* bytes per key of its value reads' answers (0: none yet) */
+    uint32_t answer_per_part; /* bytes per part of its whole-table reads' answers (0: none yet) */
+    uint32_t replica_pref;    /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     size_t held_bytes;              /* what they count as the client's output (hold) */
     struct router_session_s *next;  /* on the router's release list */
@@ -104,11 +109,13 @@ typedef struct router_session_s {
 void router_session_init(router_session_t *s);
 
 /* The units a part reading `keys` values costs beyond part_cost's, from
- * the answers the session's value reads got (above). */
-uint32_t router_session_read_cost(const router_session_t *s, uint32_t keys);
+ * the answers the session's value reads got (above); with `whole`, a part
+ * of a whole-table read (keys 1), from those of its whole-table reads. */
+uint32_t router_session_read_cost(const router_session_t *s, uint32_t keys, int whole);
 
-/* A value read of `keys` keys was answered with `len` bytes. */
-void router_session_note_read(router_session_t *s, size_t len, uint32_t keys);
+/* A value read of `keys` keys (`whole`: a whole-table read's part) was
+ * answered with `len` bytes. */
+void router_session_note_read(router_session_t *s, size_t len, uint32_t keys, int whole);
 void router_session_free(router_session_t *s);
 
 /* Notes the positions of a write answer's token (entries naming no bound

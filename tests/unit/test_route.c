@@ -2997,6 +2997,52 @@ KVS_TEST(fair_share_prices_value_reads_by_their_answers)
     fx.r.busy_sessions = 0;
 }
 
+/* Whole-table reads are priced by their answers too, per part: 256 KiB
+ * until an answer says more, and one refused as too large counts as
+ * max_frame (the worker read that far before it gave up). 8 clients
+ * pipelining Hgetalls of tables past max_frame held others for seconds
+ * at one unit each. */
+KVS_TEST(fair_share_prices_whole_table_reads_by_their_answers)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    enum { N = 10 };
+    router_req_t *reqs[N];
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hgetall g = KVS__HGETALL__INIT;
+    g.table = "plain";
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    q.hgetall = &g;
+    for (int i = 0; i < N; i++)
+        reqs[i] = route_req(&q);
+    /* (1 + 64) units a part, SHARDS parts: 4 requests go below 1,024 */
+    CHECK_EQ(fx.n_sent, 4u * SHARDS);
+    size_t answered = 0;
+    while (answered < 4u * SHARDS) {
+        fx.n_completed = 0;
+        reply_status(answered++, KVS_STATUS_TOO_LARGE, "too large");
+        router_route_release(&fx.r);
+    }
+    /* now 1 + 1,024 units a part: one request at a time */
+    CHECK_EQ(fx.n_sent, 5u * SHARDS);
+    while (answered < 5u * SHARDS) {
+        fx.n_completed = 0;
+        reply_status(answered++, KVS_STATUS_TOO_LARGE, "too large");
+        router_route_release(&fx.r);
+    }
+    CHECK_EQ(fx.n_sent, 6u * SHARDS);
+    while (answered < fx.n_sent) {
+        fx.n_completed = 0;
+        reply_status(answered++, KVS_STATUS_TOO_LARGE, "too large");
+        router_route_release(&fx.r);
+    }
+    CHECK_EQ(fx.n_sent, (size_t)N * SHARDS); /* every one answered in the end */
+    for (int i = 0; i < N; i++)
+        router_req_free(reqs[i]);
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
+}
+
 KVS_TEST(split_write_answer_merges_positions)
 {
     setup_bound("murmur2", 12);
@@ -3462,4 +3508,5 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(session_release_stops_at_the_next_write),
               KVS_CASE(session_release_waits_for_the_clients_output),
               KVS_CASE(fair_share_prices_value_reads_by_their_answers),
+              KVS_CASE(fair_share_prices_whole_table_reads_by_their_answers),
               KVS_CASE(split_write_answer_merges_positions))
