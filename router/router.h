@@ -84,9 +84,12 @@ struct router_s {
     size_t n_free_reqs;
     router_session_t *release; /* sessions whose held requests may go now */
     uint32_t busy_sessions;    /* sessions with requests at workers (router_route: fair share) */
-    kvs_buf_t scratch;         /* a request with positions attached, being sent */
-    router_local_t *local;     /* reads of local shards answered here; NULL: local_reads off */
-    kvs_buf_t local_out;       /* a part's answer built here, before it joins its merge */
+    uint64_t orphan_units;     /* ... and what requests of clients gone still have there */
+    uint64_t total_units;      /* every request's units at workers, orphans' too */
+    struct router_session_s *cap_wait, *cap_wait_tail; /* sessions held at ROUTER_FAIR_CAP */
+    kvs_buf_t scratch;     /* a request with positions attached, being sent */
+    router_local_t *local; /* reads of local shards answered here; NULL: local_reads off */
+    kvs_buf_t local_out;   /* a part's answer built here, before it joins its merge */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
     /* operations (router_ops.c) */
@@ -304,6 +307,13 @@ void router_route_resume(router_t *r, router_session_t *s);
 /* Forgets a closing client's held requests and its place on the release
  * list; the requests are freed. */
 void router_route_forget(router_t *r, router_session_t *s);
+
+/* A closing client's request still at workers frees itself when answered
+ * (req->client becomes NULL); until then its work there keeps counting
+ * against everyone's fair share (r->orphan_units): a client that pipelines
+ * and closes at once, again and again, would otherwise leave work no
+ * share counts, and each new connection a share of its own. */
+void router_route_orphan(router_t *r, router_req_t *req);
 
 /* Completes `req` with a status and message. */
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)

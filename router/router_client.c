@@ -514,8 +514,8 @@ static void on_conn_closed(kvs_conn_t *c)
         if (req->done || req->held || req->deferred || req == cl->auth_req) {
             router_req_free(req);
         } else {
-            req->client = NULL;        /* frees itself when its parts answer */
-            req->info.peer = "(gone)"; /* its name it holds itself */
+            router_route_orphan(r, req); /* frees itself when its parts answer */
+            req->info.peer = "(gone)";   /* its name it holds itself */
         }
     }
     router_session_free(&cl->session);

@@ -250,10 +250,13 @@ void router_req_free(router_req_t *req)
  * no division is needed: the hot path's case. */
 static int share_taken(const router_t *r, uint32_t at)
 {
+    if (r->total_units >= ROUTER_FAIR_CAP)
+        return 1; /* nobody sends: see cap_wait_add */
     if (at < ROUTER_FAIR_MIN)
         return 0;
     uint32_t busy = r->busy_sessions > 0 ? r->busy_sessions : 1;
-    return at >= ROUTER_FAIR_TOTAL / busy;
+    uint64_t total = ROUTER_FAIR_TOTAL > r->orphan_units ? ROUTER_FAIR_TOTAL - r->orphan_units : 0;
+    return at >= total / busy;
 }
 
 /* Puts `s` on the release list: its held requests may go, as far as
@@ -265,6 +268,57 @@ static void release_later(router_t *r, router_session_t *s)
     s->on_release_list = 1;
     s->next = r->release;
     r->release = s;
+}
+
+/* `s` holds requests while the units at workers are at ROUTER_FAIR_CAP:
+ * it is released, in turn, once they come down (cap_release). */
+static void cap_wait_add(router_t *r, router_session_t *s)
+{
+    if (s->on_cap_wait || r->total_units < ROUTER_FAIR_CAP)
+        return;
+    s->on_cap_wait = 1;
+    s->cap_next = NULL;
+    if (r->cap_wait_tail != NULL)
+        r->cap_wait_tail->cap_next = s;
+    else
+        r->cap_wait = s;
+    r->cap_wait_tail = s;
+}
+
+/* The units at workers came below ROUTER_FAIR_CAP: every session held at
+ * it goes on the release list, in the order they were held (those that
+ * find the cap reached again wait again, at the end). */
+static void cap_release(router_t *r)
+{
+    router_session_t *s = r->cap_wait;
+    r->cap_wait = r->cap_wait_tail = NULL;
+    while (s != NULL) {
+        router_session_t *next = s->cap_next;
+        s->on_cap_wait = 0;
+        s->cap_next = NULL;
+        release_later(r, s);
+        s = next;
+    }
+    kvs_flusher_wake(&r->flusher);
+}
+
+static void cap_wait_remove(router_t *r, router_session_t *s)
+{
+    if (!s->on_cap_wait)
+        return;
+    router_session_t *prev = NULL;
+    for (router_session_t *p = r->cap_wait; p != NULL; prev = p, p = p->cap_next)
+        if (p == s) {
+            if (prev != NULL)
+                prev->cap_next = s->cap_next;
+            else
+                r->cap_wait = s->cap_next;
+            if (r->cap_wait_tail == s)
+                r->cap_wait_tail = prev;
+            break;
+        }
+    s->on_cap_wait = 0;
+    s->cap_next = NULL;
 }
 
 /* What a part carrying `q` (NULL: not decoded), `len` bytes encoded,
@@ -308,6 +362,7 @@ static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
         r->busy_sessions++;
     req->at_worker += cost;
     s->at_workers += cost;
+    r->total_units += cost;
 }
 
 /* `req` is answered: what it cost is off its connection's share. */
@@ -317,9 +372,14 @@ static void at_worker_finished(router_req_t *req)
     if (cost == 0)
         return;
     req->at_worker = 0;
-    if (req->client == NULL)
-        return;
     router_t *r = req->router;
+    r->total_units -= cost < r->total_units ? cost : r->total_units;
+    if (r->cap_wait != NULL && r->total_units < ROUTER_FAIR_CAP)
+        cap_release(r);
+    if (req->client == NULL) { /* its client went (router_route_orphan): the work was done */
+        r->orphan_units -= cost < r->orphan_units ? cost : r->orphan_units;
+        return;
+    }
     router_session_t *s = router_client_session(req->client);
     if (s->at_workers == 0)
         return;
@@ -3016,6 +3076,7 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
     s->held_tail = req;
     s->held_bytes += len + reserve;
     router_client_hold(req->client, (ptrdiff_t)(len + reserve));
+    cap_wait_add(req->router, s); /* (if that is why: else released as before) */
     return 1;
 }
 
@@ -3284,8 +3345,10 @@ static void release_session(router_t *r, router_session_t *s)
         router_req_t *req = s->held;
         if (req->held_read && s->writes > 0)
             return; /* a write released just before it is in flight */
-        if (share_taken(r, s->at_workers))
-            return; /* its share is taken again: its next answer releases more */
+        if (share_taken(r, s->at_workers)) {
+            cap_wait_add(r, s); /* at the cap: released when it comes down */
+            return;             /* its share is taken again: its next answer releases more */
+        }
         router_client_t *cl = req->client;
         if (router_client_output_full(cl, s->held_bytes))
             return; /* its output draining releases more */
@@ -3325,8 +3388,15 @@ void router_route_resume(router_t *r, router_session_t *s)
     kvs_flusher_wake(&r->flusher);
 }
 
+void router_route_orphan(router_t *r, router_req_t *req)
+{
+    r->orphan_units += req->at_worker;
+    req->client = NULL;
+}
+
 void router_route_forget(router_t *r, router_session_t *s)
 {
+    cap_wait_remove(r, s);
     if (s->at_workers > 0 && r->busy_sessions > 0)
         r->busy_sessions--; /* its requests still out no longer count (req->client is NULL) */
     s->at_workers = 0;

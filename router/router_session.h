@@ -44,7 +44,15 @@
  *    each. The share is checked as requests are sent, so connections that
  *    started one after another keep for a while what they sent while it
  *    was larger (up to ROUTER_FAIR_TOTAL times the n-th harmonic number
- *    in all).
+ *    in all). Work a closed client left at workers keeps counting, off
+ *    the ROUTER_FAIR_TOTAL every busy connection shares, until done
+ *    (router_route_orphan). And past ROUTER_FAIR_CAP units at workers in
+ *    all (orphans' included) nobody sends, not even below the least
+ *    share: the connections wait in the order they were held, and go as
+ *    the total comes down. Otherwise each new connection's least share
+ *    adds to the work ahead of everyone, and clients that connect,
+ *    pipeline and close at once, again and again, made it grow without
+ *    bound (minutes).
  *  - What a value read costs: a worker's time goes mostly into the bytes
  *    of its answers, which the request does not show. A key an Hget or
  *    Hmget reads costs one unit more per ROUTER_FAIR_BYTES of the answer
@@ -81,6 +89,7 @@ typedef struct router_req_s router_req_t;
 #define ROUTER_FAIR_MIN 16
 #define ROUTER_FAIR_BYTES 4096
 #define ROUTER_FAIR_KEYS 8
+#define ROUTER_FAIR_CAP (4 * ROUTER_FAIR_TOTAL) /* units at workers past which nobody sends */
 #define ROUTER_READ_GUESS (64u << 10)   /* bytes per key a first value read is taken to answer */
 #define ROUTER_TABLE_GUESS (256u << 10) /* ... and a whole-table read's part (Hgetall, Hscan) */
 
@@ -104,6 +113,8 @@ typedef struct router_session_s {
     size_t held_bytes;              /* what they count as the client's output (hold) */
     struct router_session_s *next;  /* on the router's release list */
     int on_release_list;
+    int on_cap_wait;                   /* on the router's list of sessions held at the cap */
+    struct router_session_s *cap_next; /* ... its next */
 } router_session_t;
 
 void router_session_init(router_session_t *s);
