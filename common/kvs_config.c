@@ -1965,10 +1965,7 @@ static int check_map_ports(cfg_ctx_t *ctx)
     return 0;
 }
 
-/* Whether shard `s` runs on this node (its worker listens at node.listen's
- * PORT+s): a shard of this node in the map, or one cluster.remote does not
- * name. */
-static int shard_is_local(const kvs_config_t *c, uint32_t s)
+int kvs_config_shard_is_local(const kvs_config_t *c, uint32_t s)
 {
     if (c->self != NULL)
         return kvs_node_serves(c->self, s);
@@ -2007,7 +2004,7 @@ static int check_listener_ports(cfg_ctx_t *ctx)
         return 0;
     uint16_t base = w.port;
     for (uint32_t s = 0; s < c->shards && (uint32_t)base + s <= 65535; s++) {
-        if (!shard_is_local(c, s))
+        if (!kvs_config_shard_is_local(c, s))
             continue;
         w.port = (uint16_t)(base + s);
         for (size_t k = 0; k < 3; k++) {

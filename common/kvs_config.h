@@ -429,6 +429,11 @@ int kvs_config_local(const kvs_config_t *cfg, uint32_t shard);
 /* True when `node` serves `shard`. */
 int kvs_node_serves(const kvs_node_t *node, uint32_t shard);
 
+/* Whether shard `s` runs on this node (its worker listens at node.listen's
+ * PORT+s): a shard of this node in the map, or, without one, any shard
+ * cluster.remote does not name. */
+int kvs_config_shard_is_local(const kvs_config_t *c, uint32_t s);
+
 /* Copies of `shard` in the cluster: the nodes of cluster.nodes serving it,
  * or 1 (its one worker, here or remote) without a map. */
 uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard);

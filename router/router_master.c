@@ -33,6 +33,7 @@
  * groups, so a terminal's Ctrl-C reaches only the master, which stops them
  * in order.
  */
+#include "router_ports.h"
 #include "router_master.h"
 #include "router_master_int.h"
 
@@ -269,6 +270,7 @@ int router_master_run(const char *config_path, const char *argv0)
     }
     m.loop = uv_default_loop();
     m.start_time = kvs_metrics_unix_now();
+    router_ports_warn_ephemeral(m.cfg);
     master_signals(&m);
     m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));

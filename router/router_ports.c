@@ -17,9 +17,12 @@
  * answers.
  */
 #include "router_ports.h"
+#include "kvs_log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -349,4 +352,84 @@ int router_ports_foreign(const struct sockaddr *addr, const uint64_t *ours, size
     }
     close(fd);
     return rc != 0 ? rc : c.found;
+}
+
+/* ---- the ephemeral range ----------------------------------------------------------- */
+
+/* Whether `port` is in `reserved`'s list ("A,B-C"). */
+static int reserved_has(const char *reserved, unsigned port)
+{
+    for (const char *p = reserved; p != NULL && *p != '\0';) {
+        char *end;
+        unsigned long a = strtoul(p, &end, 10), b = a;
+        if (end == p)
+            return 0;
+        if (*end == '-') {
+            const char *q = end + 1;
+            b = strtoul(q, &end, 10);
+            if (end == q)
+                return 0;
+        }
+        if (port >= a && port <= b)
+            return 1;
+        p = *end == ',' ? end + 1 : end;
+        if (*end != ',')
+            break;
+    }
+    return 0;
+}
+
+unsigned router_ports_ephemeral(unsigned first, unsigned last, const char *range,
+                                const char *reserved, unsigned *low, unsigned *high)
+{
+    if (range == NULL || sscanf(range, "%u %u", low, high) != 2 || *low > *high)
+        return 0;
+    unsigned n = 0;
+    for (unsigned p = first; p <= last && p <= 65535; p++)
+        n += p >= *low && p <= *high && !reserved_has(reserved, p);
+    return n;
+}
+
+/* The first line of a /proc file into buf (cap), or "" when unreadable. */
+static const char *read_line(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    buf[0] = '\0';
+    if (f == NULL)
+        return buf;
+    if (fgets(buf, (int)cap, f) == NULL)
+        buf[0] = '\0';
+    fclose(f);
+    return buf;
+}
+
+void router_ports_warn_ephemeral(const kvs_config_t *cfg)
+{
+    const char *base = cfg->node_listen[0] != '\0' ? cfg->node_listen
+                       : cfg->self != NULL         ? cfg->self->address
+                                                   : NULL;
+    kvs_addr_t a;
+    if (base == NULL || kvs_addr_parse(base, 1, &a, NULL, 0) != 0 || a.is_unix)
+        return; /* workers listen on their unix sockets only */
+    unsigned first = 0, last = 0, n = 0, low = 0, high = 0;
+    char range[64], reserved[4096];
+    read_line("/proc/sys/net/ipv4/ip_local_port_range", range, sizeof(range));
+    read_line("/proc/sys/net/ipv4/ip_local_reserved_ports", reserved, sizeof(reserved));
+    for (uint32_t s = 0; s < cfg->shards; s++) {
+        unsigned port = a.port + s;
+        if (!kvs_config_shard_is_local(cfg, s) ||
+            router_ports_ephemeral(port, port, range, reserved, &low, &high) == 0)
+            continue;
+        if (n++ == 0)
+            first = port;
+        last = port;
+    }
+    if (n == 0)
+        return;
+    kvs_warn("%s: %u worker port(s) in %u..%u lie in the kernel's ephemeral port range "
+             "(%u-%u, net.ipv4.ip_local_port_range): an outgoing connection of any process may "
+             "hold one when a worker (re)starts, and the worker cannot listen until it is let "
+             "go; choose ports below %u, or reserve them (net.ipv4.ip_local_reserved_ports)",
+             cfg->node_listen[0] != '\0' ? "node.listen" : "this node's address in cluster.nodes",
+             n, first, last, low, high, low);
 }

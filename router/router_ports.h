@@ -31,6 +31,7 @@
 #define ROUTER_PORTS_H
 
 #include "kvs_addr.h"
+#include "kvs_config.h"
 #include "kvs_conn.h"
 
 #include <stdint.h>
@@ -86,5 +87,18 @@ int router_ports_overlap(const struct sockaddr *a, const struct sockaddr *b);
  * client. */
 int router_ports_foreign(const struct sockaddr *addr, const uint64_t *ours, size_t n_ours,
                          router_port_sock_t *who);
+
+/* Of the ports first..last, how many lie in the kernel's ephemeral range
+ * `range` ("LOW HIGH", net.ipv4.ip_local_port_range) and are not in
+ * `reserved` ("A,B-C", net.ipv4.ip_local_reserved_ports; NULL or ""
+ * none); *low and *high get the range. 0 when `range` cannot be read. */
+unsigned router_ports_ephemeral(unsigned first, unsigned last, const char *range,
+                                const char *reserved, unsigned *low, unsigned *high);
+
+/* Warns once when this node's workers' TCP ports (node.listen's, or its
+ * map address's, PORT+N for its shards) lie in the kernel's ephemeral
+ * range: an outgoing connection of any process may hold one when a worker
+ * (re)starts, and the worker cannot listen until it is let go. */
+void router_ports_warn_ephemeral(const kvs_config_t *cfg);
 
 #endif

@@ -273,9 +273,27 @@ KVS_TEST(admin_socket_and_its_next_name)
     kvs_config_free(cfg);
 }
 
-KVS_TEST_MAIN(KVS_CASE(admin_socket_and_its_next_name), KVS_CASE(count_auto_and_configured),
-              KVS_CASE(parts_add_up_and_never_zero), KVS_CASE(share_splits_node_limits),
-              KVS_CASE(id_spaces_are_disjoint_and_below_2_53),
+/* Worker ports in the kernel's ephemeral range are warned about (an
+ * outgoing connection took one, and a restarted worker crash-looped on
+ * "address already in use"): counted against the range, less what is
+ * reserved. */
+KVS_TEST(ports_in_the_ephemeral_range)
+{
+    unsigned lo = 0, hi = 0;
+    CHECK_EQ(router_ports_ephemeral(57030, 57033, "32768\t60999\n", "", &lo, &hi), 4u);
+    CHECK_EQ(lo, 32768u);
+    CHECK_EQ(hi, 60999u);
+    CHECK_EQ(router_ports_ephemeral(9700, 9703, "32768\t60999\n", NULL, &lo, &hi), 0u);
+    CHECK_EQ(router_ports_ephemeral(60998, 61001, "32768 60999", "", &lo, &hi), 2u);
+    CHECK_EQ(router_ports_ephemeral(57030, 57033, "32768 60999", "57030-57031,57033\n", &lo, &hi),
+             1u);
+    CHECK_EQ(router_ports_ephemeral(57030, 57033, "", "", &lo, &hi), 0u); /* unreadable */
+    CHECK_EQ(router_ports_ephemeral(57030, 57033, "x", "", &lo, &hi), 0u);
+}
+
+KVS_TEST_MAIN(KVS_CASE(ports_in_the_ephemeral_range), KVS_CASE(admin_socket_and_its_next_name),
+              KVS_CASE(count_auto_and_configured), KVS_CASE(parts_add_up_and_never_zero),
+              KVS_CASE(share_splits_node_limits), KVS_CASE(id_spaces_are_disjoint_and_below_2_53),
               KVS_CASE(a_new_generation_hands_out_no_serving_process_ids),
               KVS_CASE(listening_line_round_trip), KVS_CASE(overlap_of_listening_addresses),
               KVS_CASE(shared_listeners_and_census))
