@@ -349,9 +349,12 @@ static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, si
     size_t lim = max_request < KVS_REDIS_MAX_INLINE ? max_request : KVS_REDIS_MAX_INLINE;
     const uint8_t *nl = memchr(p, '\n', len < lim + 2 ? len : lim + 2);
     size_t n = nl != NULL ? (size_t)(nl - p) : len;
-    if (n > lim && lim < KVS_REDIS_MAX_INLINE)
+    /* The bound is the line's, without its end: a CR before the LF (or
+     * last, its LF still to come) does not count, as with LF alone. */
+    size_t content = n > 0 && p[n - 1] == '\r' && (nl != NULL || n == lim + 1) ? n - 1 : n;
+    if (content > lim && lim < KVS_REDIS_MAX_INLINE)
         return too_large(ps, max_request, 0);
-    if (n > lim)
+    if (content > lim)
         return fail(ps, "Protocol error: too big inline request");
     if (nl == NULL)
         return 0;

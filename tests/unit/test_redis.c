@@ -150,6 +150,20 @@ KVS_TEST(inline_errors)
     memset(s, 'a', big);
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, big, MAXREQ, &used), -1);
     CHECK_STR(ps.error, "Protocol error: too big inline request");
+    /* The bound is the line's without its end: CRLF as LF (the CR was
+     * counted, and a line of exactly the bound ended by CRLF refused). */
+    s[KVS_REDIS_MAX_INLINE] = '\r';
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, KVS_REDIS_MAX_INLINE + 1, MAXREQ, &used),
+             0); /* its LF may come */
+    s[KVS_REDIS_MAX_INLINE + 1] = '\n';
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, KVS_REDIS_MAX_INLINE + 2, MAXREQ, &used), 1);
+    CHECK_EQ(used, KVS_REDIS_MAX_INLINE + 2);
+    s[KVS_REDIS_MAX_INLINE] = 'a';
+    s[KVS_REDIS_MAX_INLINE + 1] = '\r';
+    s[KVS_REDIS_MAX_INLINE + 2] = '\n';
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, KVS_REDIS_MAX_INLINE + 3, MAXREQ, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: too big inline request");
+    memset(s, 'a', big);
     /* Below the inline bound, a smaller request bound (a client that has
      * not authenticated) holds for inline requests, ended or not, and for
      * a multibulk count line that never ends. */
