@@ -278,6 +278,7 @@ static void cap_wait_add(router_t *r, router_session_t *s)
         return;
     s->on_cap_wait = 1;
     s->cap_next = NULL;
+    s->cap_prev = r->cap_wait_tail;
     if (r->cap_wait_tail != NULL)
         r->cap_wait_tail->cap_next = s;
     else
@@ -295,7 +296,7 @@ static void cap_release(router_t *r)
     while (s != NULL) {
         router_session_t *next = s->cap_next;
         s->on_cap_wait = 0;
-        s->cap_next = NULL;
+        s->cap_prev = s->cap_next = NULL;
         release_later(r, s);
         s = next;
     }
@@ -306,19 +307,16 @@ static void cap_wait_remove(router_t *r, router_session_t *s)
 {
     if (!s->on_cap_wait)
         return;
-    router_session_t *prev = NULL;
-    for (router_session_t *p = r->cap_wait; p != NULL; prev = p, p = p->cap_next)
-        if (p == s) {
-            if (prev != NULL)
-                prev->cap_next = s->cap_next;
-            else
-                r->cap_wait = s->cap_next;
-            if (r->cap_wait_tail == s)
-                r->cap_wait_tail = prev;
-            break;
-        }
+    if (s->cap_prev != NULL)
+        s->cap_prev->cap_next = s->cap_next;
+    else
+        r->cap_wait = s->cap_next;
+    if (s->cap_next != NULL)
+        s->cap_next->cap_prev = s->cap_prev;
+    else
+        r->cap_wait_tail = s->cap_prev;
     s->on_cap_wait = 0;
-    s->cap_next = NULL;
+    s->cap_prev = s->cap_next = NULL;
 }
 
 /* What a part carrying `q` (NULL: not decoded), `len` bytes encoded,

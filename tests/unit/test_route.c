@@ -3088,7 +3088,7 @@ KVS_TEST(fair_share_counts_work_of_clients_gone)
 /* Past ROUTER_FAIR_CAP units at workers in all, nobody sends, not even a
  * connection with nothing there (the least share of each new connection
  * added up without bound); it goes, in turn, once the total comes down. */
-KVS_TEST(fair_share_cap_holds_everyone_until_the_work_comes_down)
+static void cap_case(int client_closes)
 {
     setup_bound("murmur2", 12);
     fx.many = 1;
@@ -3114,6 +3114,20 @@ KVS_TEST(fair_share_cap_holds_everyone_until_the_work_comes_down)
     CHECK(next->held);
     CHECK_EQ(fx.n_sent, parts);
     CHECK(fx.session.on_cap_wait);
+    CHECK(fx.r.cap_wait == &fx.session && fx.r.cap_wait_tail == &fx.session);
+    if (client_closes) { /* its client closes while held */
+        router_route_forget(&fx.r, &fx.session);
+        CHECK(!fx.session.on_cap_wait);
+        CHECK(fx.r.cap_wait == NULL && fx.r.cap_wait_tail == NULL);
+        router_route_orphan(&fx.r, big);
+        router_req_free(next); /* held: freed with its client */
+        for (size_t i = 0; i < parts; i++)
+            reply_status(i, 200, ""); /* the orphan frees itself once answered */
+        CHECK_EQ(fx.r.total_units, 0u);
+        CHECK_EQ(fx.r.orphan_units, 0u);
+        CHECK_EQ(fx.n_sent, parts);
+        return;
+    }
     for (size_t i = 0; i < parts; i++) {
         fx.n_completed = 0;
         reply_status(i, 200, "");
@@ -3128,6 +3142,18 @@ KVS_TEST(fair_share_cap_holds_everyone_until_the_work_comes_down)
     fx.session.at_workers = 0;
     fx.r.busy_sessions = 0;
     fx.r.total_units = 0;
+}
+
+KVS_TEST(fair_share_cap_holds_everyone_until_the_work_comes_down)
+{
+    cap_case(0);
+}
+
+/* A client held at the cap closes: it leaves the list, and its work at
+ * the worker counts until answered, then nothing is left. */
+KVS_TEST(fair_share_cap_forgets_a_client_that_closes)
+{
+    cap_case(1);
 }
 
 KVS_TEST(split_write_answer_merges_positions)
@@ -3598,4 +3624,5 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(fair_share_prices_whole_table_reads_by_their_answers),
               KVS_CASE(fair_share_counts_work_of_clients_gone),
               KVS_CASE(fair_share_cap_holds_everyone_until_the_work_comes_down),
+              KVS_CASE(fair_share_cap_forgets_a_client_that_closes),
               KVS_CASE(split_write_answer_merges_positions))
