@@ -384,8 +384,12 @@ static void at_worker_finished(router_req_t *req)
     s->at_workers -= cost < s->at_workers ? cost : s->at_workers;
     if (s->at_workers == 0 && r->busy_sessions > 0)
         r->busy_sessions--;
-    if (s->held != NULL && !share_taken(r, s->at_workers))
+    if (s->held == NULL)
+        return;
+    if (!share_taken(r, s->at_workers))
         release_later(r, s);
+    else
+        cap_wait_add(r, s); /* past the cap: its next answer may never come (at 0) */
 }
 
 /* A write to a bound table was answered (or failed): the session's reads

@@ -17,7 +17,7 @@ import time
 import unittest
 
 from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, pyval, req_hget,
-                     req_hgetall, req_hmget, req_hmset, req_hset, req_ping)
+                     req_hexist, req_hgetall, req_hmget, req_hmset, req_hset, req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids, stopped
 
 MIB = 1 << 20
@@ -667,6 +667,31 @@ class RouterBoundsTest(RouterTestCase):
         self.assertEqual(seen[ahead:], ["other"] * (n - ahead))  # the held ones ran after it
         self.assertGreaterEqual(ahead, 1)
         self.assertLessEqual(ahead, 8)
+
+    def test_a_client_held_by_its_share_goes_on_after_the_cap(self):
+        """A client held by its share (512 of 1,000 pipelined Hexists sent:
+        another client has work there too) whose answers all came while
+        the units at workers were past the 4,096 cap (a third client's
+        Hmget of 300 keys, priced 64 KiB a key until answered) was left on
+        no list: nothing released it, and it got 512 answers of 1,000 for
+        ever (probe VV)."""
+        r = self.router(shards=1, partitions=8, router_yaml=["local_reads: false"])
+        a, b, d = (r.client(timeout=30) for _ in range(3))
+        for c in (a, b, d):
+            self.addCleanup(c.close)
+        n = 1000
+        with stopped(r.worker_pid(0)):
+            d.send(*[req_hexist("t", b"d%d" % i) for i in range(600)])
+            time.sleep(0.5)
+            a.send(*[req_hexist("t", b"k%d" % i) for i in range(n)])
+            time.sleep(0.5)
+            b.send(req_hmget("t", [b"m%d" % i for i in range(300)]))
+            time.sleep(0.5)
+        self.assertOk(b.recv())
+        for _ in range(600):
+            self.assertOk(d.recv())
+        for i in range(n):
+            self.assertOk(a.recv())  # timed out at the 513th
 
     def count_answers(self, sock, n, idle=10.0):
         """Reads frames from `sock` until `n` came or none came for `idle`
