@@ -186,6 +186,11 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta);
  * router_route_resume. */
 int router_client_output_full(router_client_t *cl, size_t not_output);
 
+/* What the client's connection counts as output that the router holds
+ * for it outside the connection (kvs_conn_hold): held requests, answers
+ * done behind an unanswered one, reservations. */
+size_t router_client_held_output(const router_client_t *cl);
+
 /* A single-part request's answer arrived: when `req` is at the head of its
  * client's FIFO, the frame goes straight into the client's output (one
  * copy) and 1 is returned, `req` then being freed; otherwise 0, and the

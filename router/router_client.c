@@ -216,6 +216,11 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta)
     kvs_conn_hold(&cl->conn, delta);
 }
 
+size_t router_client_held_output(const router_client_t *cl)
+{
+    return cl->conn.held;
+}
+
 int router_client_output_full(router_client_t *cl, size_t not_output)
 {
     return kvs_conn_output_full(&cl->conn, not_output);

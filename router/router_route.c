@@ -3352,7 +3352,14 @@ static void release_session(router_t *r, router_session_t *s)
             return;             /* its share is taken again: its next answer releases more */
         }
         router_client_t *cl = req->client;
-        if (router_client_output_full(cl, s->held_bytes))
+        /* What it holds is not output that can drain: the held requests,
+         * and, once the first of them is the oldest the client waits for,
+         * the answers done behind it too (an answer the router gave at
+         * once, a 400, a RESP ECHO), which reach the socket only after it.
+         * Counted, they kept the output "full" for ever. */
+        size_t stuck =
+            router_client_is_head(cl, req) ? router_client_held_output(cl) : s->held_bytes;
+        if (router_client_output_full(cl, stuck))
             return; /* its output draining releases more */
         s->held = req->held_next;
         if (s->held == NULL)

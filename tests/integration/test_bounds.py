@@ -693,6 +693,27 @@ class RouterBoundsTest(RouterTestCase):
         for i in range(n):
             self.assertOk(a.recv())  # timed out at the 513th
 
+    def test_answers_done_behind_a_held_request_do_not_keep_it_held(self):
+        """62 Hgets to a stopped worker (the 62nd held by the share), then
+        200 Digests, each answered 400 by the router at once: those
+        answers wait behind the held Hget, counted as output past the
+        high-water mark, and the held Hget waited for that output to
+        drain, which it could only do after it: 61 answers, then nothing
+        (probe WW)."""
+        r = self.router(shards=1, partitions=8, router_yaml=["local_reads: false"],
+                        extra_yaml="limits: {max_frame: 16KiB, client_output: 64KiB}\n")
+        c = r.client(timeout=30)
+        self.addCleanup(c.close)
+        dig = pb.CommandRequest()
+        dig.digest.table = "t"
+        with stopped(r.worker_pid(0)):
+            c.send(*[req_hget("t", b"k%d" % i) for i in range(62)])
+            time.sleep(0.5)
+            c.send(*[dig] * 200)
+            time.sleep(0.5)
+        statuses = [c.recv().status for _ in range(262)]  # timed out at the 62nd
+        self.assertEqual(statuses, [404] * 62 + [400] * 200)
+
     def count_answers(self, sock, n, idle=10.0):
         """Reads frames from `sock` until `n` came or none came for `idle`
         seconds; returns how many came."""

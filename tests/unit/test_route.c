@@ -182,6 +182,12 @@ int router_client_output_full(router_client_t *cl, size_t not_output)
 
 /* The test client answers its requests as they complete: each is its
  * FIFO's head (a Slowlog runs at once). */
+size_t router_client_held_output(const router_client_t *cl)
+{
+    CHECK(cl == CLIENT);
+    return fx.held > 0 ? (size_t)fx.held : 0;
+}
+
 int router_client_is_head(const router_client_t *cl, const router_req_t *req)
 {
     CHECK(cl == CLIENT);
