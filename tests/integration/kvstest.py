@@ -128,6 +128,27 @@ def free_ports(n=1, tries=500):
     raise RuntimeError("no range of %d free ports found" % n)
 
 
+def black_hole(test, host, port):
+    """A listener on host:port whose accept queue is full, so that later
+    connection attempts there go unanswered (as a host powered off, or a
+    firewall, drops them); closed at the test's cleanup. Skips the test
+    when host (::1) cannot be bound here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    hole = socket.socket(family, socket.SOCK_STREAM)
+    test.addCleanup(hole.close)
+    try:
+        hole.bind((host, port))
+    except OSError as e:
+        test.skipTest("cannot bind %s here: %s" % (host, e))
+    hole.listen(0)
+    for _ in range(3):  # fill the accept queue
+        s = socket.socket(family, socket.SOCK_STREAM)
+        test.addCleanup(s.close)
+        s.setblocking(False)
+        s.connect_ex((host, port))
+    return hole
+
+
 def slow_resolver_env(host, ms):
     """The environment of a process whose lookups of `host` take `ms`
     milliseconds and answer ::1 then 127.0.0.1 (libkvs_test_slow_resolver.so,

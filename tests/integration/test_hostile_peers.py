@@ -28,7 +28,8 @@ import unittest
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
                      Node, cert_path, frame, free_port, free_ports, pb, recv_exact, req_hget,
-                     req_hmset, req_hset, req_ping, slow_resolver_env, tls_yaml, unmount)
+                     req_hmset, req_hset, req_ping, slow_resolver_env, tls_yaml, unmount,
+                     black_hole)
 
 
 class FakePeer(LoopbackServer):
@@ -216,15 +217,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         # abandoned one still held, and the abandoned one's cancellation
         # failed it ("operation canceled"), every round: the shard never
         # copied from the peer that could send it.
-        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(hole.close)
-        hole.bind((HOST, free_port()))
-        hole.listen(0)
-        for _ in range(3):  # fill the accept queue: later attempts go unanswered
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.addCleanup(s.close)
-            s.setblocking(False)
-            s.connect_ex(hole.getsockname())
+        hole = black_hole(self, HOST, free_port())
         other = self.managed(Node())
         with other.client() as c:
             self.assertEqual(c.call(req_hset("t", b"k", "v")).status, 200)
@@ -336,18 +329,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         other = self.managed(Node())
         with other.client() as c:
             self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
-        hole = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        self.addCleanup(hole.close)
-        try:
-            hole.bind(("::1", other.port))
-        except OSError as e:
-            self.skipTest("no IPv6 loopback here: %s" % e)
-        hole.listen(0)
-        for _ in range(3):  # fill the accept queue: later attempts go unanswered
-            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            self.addCleanup(s.close)
-            s.setblocking(False)
-            s.connect_ex(("::1", other.port))
+        black_hole(self, "::1", other.port)
         host = "dual-hole.kvs.test"
         w = self.worker(0, other.port, env=slow_resolver_env(host, 10), peer_host=host,
                         frame_timeout="30s")

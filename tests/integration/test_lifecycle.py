@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset, slow_resolver_env
+from kvstest import (BUILD_DIR, HOST, Node, black_hole, pyval, req_hget, req_hset,
+                     slow_resolver_env)
 from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
                         shard_of)
 
@@ -497,18 +498,7 @@ class LifecycleTest(RouterTestCase):
         limit (two minutes of SYN retries) before the next address was
         tried: it is given up after router.timeout."""
         port = free_port()
-        hole = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        self.addCleanup(hole.close)
-        try:
-            hole.bind(("::1", port))
-        except OSError as e:
-            self.skipTest("no IPv6 loopback here: %s" % e)
-        hole.listen(0)
-        for _ in range(3):  # fill the accept queue: later attempts go unanswered
-            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            self.addCleanup(s.close)
-            s.setblocking(False)
-            s.connect_ex(("::1", port))
+        black_hole(self, "::1", port)
         r = self.router(shards=2, partitions=16, remote={1: "%s:%d" % (SLOW_HOST, port)},
                         timeout="2s", env=slow_resolver_env(SLOW_HOST, 10))
         self.remote_worker(r, 1, port)
