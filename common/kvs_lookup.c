@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,17 @@ struct kvs_lookup_s {
     char host[sizeof(((kvs_addr_t *)0)->host)];
     char port[8];
 };
+
+/* Threads running a lookup, given up on or not. A resolver that hangs for
+ * good (an NSS module stuck) would otherwise keep one more thread for
+ * each lookup given up on, for as long as the process runs. */
+static atomic_uint running;
+static unsigned max_running = KVS_LOOKUP_MAX_THREADS;
+
+void kvs_lookup_set_max_threads(unsigned n)
+{
+    max_running = n;
+}
 
 /* getaddrinfo's error as libuv says it (uv_strerror). */
 static int uv_gai_error(int rc)
@@ -99,6 +111,7 @@ static void *run(void *arg)
     }
     pthread_mutex_unlock(&lk->lock);
     release(lk);
+    atomic_fetch_sub(&running, 1);
     return NULL;
 }
 
@@ -122,25 +135,27 @@ static void on_answer(uv_async_t *a)
 int kvs_lookup_start(uv_loop_t *loop, const kvs_addr_t *a, kvs_lookup_cb cb, void *data,
                      kvs_lookup_t **out)
 {
+    if (atomic_fetch_add(&running, 1) >= max_running) {
+        atomic_fetch_sub(&running, 1);
+        return UV_EAGAIN; /* the caller tries again later, as after a failed lookup */
+    }
     kvs_lookup_t *lk = calloc(1, sizeof(*lk));
-    if (lk == NULL)
-        return UV_ENOMEM;
+    int rc = lk == NULL ? UV_ENOMEM : -pthread_mutex_init(&lk->lock, NULL);
+    if (rc == 0) {
+        rc = uv_async_init(loop, &lk->async, on_answer);
+        if (rc != 0)
+            pthread_mutex_destroy(&lk->lock);
+    }
+    if (rc != 0) {
+        free(lk);
+        atomic_fetch_sub(&running, 1);
+        return rc;
+    }
     snprintf(lk->host, sizeof(lk->host), "%s", a->host);
     snprintf(lk->port, sizeof(lk->port), "%u", a->port);
     lk->cb = cb;
     lk->data = data;
     lk->refs = 2;
-    int rc = pthread_mutex_init(&lk->lock, NULL);
-    if (rc != 0) {
-        free(lk);
-        return -rc;
-    }
-    rc = uv_async_init(loop, &lk->async, on_answer);
-    if (rc != 0) {
-        pthread_mutex_destroy(&lk->lock);
-        free(lk);
-        return rc;
-    }
     lk->async.data = lk;
     uv_unref((uv_handle_t *)&lk->async); /* the loop is not held for the lookup */
     pthread_attr_t attr;
@@ -155,6 +170,7 @@ int kvs_lookup_start(uv_loop_t *loop, const kvs_addr_t *a, kvs_lookup_cb cb, voi
         lk->refs = 1; /* no thread */
         lk->abandoned = 1;
         uv_close((uv_handle_t *)&lk->async, on_closed);
+        atomic_fetch_sub(&running, 1);
         return -rc;
     }
     *out = lk;

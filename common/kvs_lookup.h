@@ -35,12 +35,21 @@ typedef struct kvs_lookup_s kvs_lookup_t;
  * NULL. The lookup is over: `lk` must not be abandoned after. */
 typedef void (*kvs_lookup_cb)(kvs_lookup_t *lk, void *data, int status, struct addrinfo *res);
 
+/* At most this many lookup threads run in a process at once, given up on
+ * or not: a resolver that hangs for good costs that many threads, not one
+ * per lookup given up on. */
+#define KVS_LOOKUP_MAX_THREADS 8
+
 /* Starts looking up a's host (TCP; numeric ones too) and port. Returns 0
- * and *out, or a uv error (no memory, no thread). */
+ * and *out, or a uv error: UV_EAGAIN when KVS_LOOKUP_MAX_THREADS run
+ * already (the caller tries again later), no memory, no thread. */
 int kvs_lookup_start(uv_loop_t *loop, const kvs_addr_t *a, kvs_lookup_cb cb, void *data,
                      kvs_lookup_t **out);
 
 /* The caller no longer wants the answer: the callback is not called. */
 void kvs_lookup_abandon(kvs_lookup_t *lk);
+
+/* Tests: another bound than KVS_LOOKUP_MAX_THREADS. */
+void kvs_lookup_set_max_threads(unsigned n);
 
 #endif

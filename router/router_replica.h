@@ -56,10 +56,9 @@ typedef struct router_try_s {
     uint64_t tried; /* bit i: replica i of the set */
     uint32_t link;  /* index in router_t.links it was sent on last */
     uint32_t shard;
-    int unsent; /* no replica took it: it failed without being sent */
-    uint32_t
-        value_keys; /* the keys it reads values of (Hget, Hmget), for router_session_note_read */
-    int whole_read; /* ... or a part of a whole-table read (Hgetall, Hscan) */
+    int unsent;          /* no replica took it: it failed without being sent */
+    uint32_t value_keys; /* the keys it reads values of (Hget, Hmget; 1 for a part of Hgetall or
+                            Hscan) */
     kvs_buf_t bytes;
 } router_try_t;
 

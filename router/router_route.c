@@ -606,6 +606,12 @@ static void merge_finish(router_req_t *req);
 static void merge_metrics(router_req_t *req, kvs_arena_t *arena);
 static int is_split_write(const route_merge_t *m);
 
+/* Hgetall and Hscan: a part's answer is its shard's share of the table. */
+static int is_whole_read(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
 /* Reads: sent again to another replica when the first fails them. */
 static int is_retryable(Kvs__CommandRequest__CommandCase c)
 {
@@ -722,16 +728,16 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
     if (router_send_answered(req->router, req, t, part, payload, len, failure))
         return; /* sent to another replica: its answer comes later */
-    if (t->value_keys > 0 && failure == NULL && req->client != NULL)
-        router_session_note_read(router_client_session(req->client),
-                                 len < 4096 && answer_status(payload, len) == KVS_STATUS_TOO_LARGE
-                                     ? req->router->cfg->max_frame /* read that far, then refused */
-                                     : len,
-                                 t->value_keys, t->whole_read);
     /* Not an answer a worker gives: it proves nothing (a write may have
      * run there: its failure says so). */
     char why[160];
     uint32_t bad = 0, status = failure == NULL ? answer_status(payload, len) : 0;
+    if (t->value_keys > 0 && status != 0 && req->client != NULL)
+        router_session_note_read(router_client_session(req->client),
+                                 status == KVS_STATUS_TOO_LARGE
+                                     ? req->router->cfg->max_frame /* read that far, then refused */
+                                     : len,
+                                 t->value_keys, is_whole_read(req->cmd));
     if (failure == NULL && status == 0) {
         snprintf(why, sizeof(why),
                  "shard %u sent an answer that is not a CommandResponse (it has no status)",
@@ -2302,19 +2308,15 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
     uint32_t cost =
         msg != NULL ? part_cost(m, protobuf_c_message_get_packed_size(msg)) : part_cost(q, rawlen);
-    t->value_keys = req->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET    ? 1
-                    : req->cmd != KVS__COMMAND_REQUEST__COMMAND_HMGET ? 0
-                    : m != NULL && m->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET
+    int whole = is_whole_read(req->cmd);
+    t->value_keys = req->cmd == KVS__COMMAND_REQUEST__COMMAND_HMGET && m != NULL &&
+                            m->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET
                         ? (uint32_t)m->hmget->n_keys
-                        : 1;
-    t->whole_read = req->cmd == KVS__COMMAND_REQUEST__COMMAND_HGETALL ||
-                    req->cmd == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
-    if (t->whole_read)
-        t->value_keys = 1;
+                        : req->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
+                              req->cmd == KVS__COMMAND_REQUEST__COMMAND_HMGET || whole;
     /* What its answer may cost: a few bytes, or MiB */
     if (t->value_keys > 0 && req->client != NULL)
-        cost += router_session_read_cost(router_client_session(req->client), t->value_keys,
-                                         t->whole_read);
+        cost += router_session_read_cost(router_client_session(req->client), t->value_keys, whole);
     count_at_worker(r, req, cost);
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }

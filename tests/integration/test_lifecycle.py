@@ -411,6 +411,22 @@ class LifecycleTest(RouterTestCase):
                       r.stderr())
         self.assertTrue(r.wait_all_gone(5), "processes left: %r" % procs_for_config(r.config))
 
+    def test_worker_ports_in_the_ephemeral_range_are_warned_about(self):
+        """An outgoing connection of any process may hold a worker's port
+        inside the kernel's ephemeral range when the worker restarts (it
+        then crash-loops): the start says so, naming the range."""
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = map(int, f.read().split())
+        s = socket.socket()
+        s.bind((HOST, 0))  # a port the kernel hands out: in the range
+        port = s.getsockname()[1]
+        s.close()
+        self.assertTrue(lo <= port <= hi)
+        r = self.router(shards=1, partitions=8, node_listen="%s:%d" % (HOST, port))
+        self.assertIn("node.listen: 1 worker port(s) in %d..%d lie in the kernel's ephemeral "
+                      "port range (%d-%d, net.ipv4.ip_local_port_range)" % (port, port, lo, hi),
+                      r.stderr())
+
     # ---- slow name resolution -----------------------------------------------------
 
     def remote_worker(self, r, shard, port):

@@ -105,4 +105,35 @@ KVS_TEST(abandoned_calls_nothing_back)
     usleep(200000); /* the first thread frees what it found (LeakSanitizer) */
 }
 
-KVS_TEST_MAIN(KVS_CASE(answers_on_the_loop), KVS_CASE(abandoned_calls_nothing_back))
+/* The threads are bounded: past the bound a lookup is refused at once
+ * (UV_EAGAIN: its caller tries again later), and a thread that ends, its
+ * lookup given up on or not, makes room again. */
+KVS_TEST(threads_are_bounded)
+{
+    uv_loop_t loop;
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    seen_t s = {0}, t = {0};
+    kvs_addr_t a = addr("127.0.0.1:1");
+    kvs_lookup_t *lk = NULL;
+    kvs_lookup_set_max_threads(0);
+    CHECK_EQ(kvs_lookup_start(&loop, &a, on_answer, &s, &lk), UV_EAGAIN);
+    CHECK(lk == NULL);
+    kvs_lookup_set_max_threads(1);
+    CHECK_EQ(kvs_lookup_start(&loop, &a, on_answer, &s, &s.lk), 0);
+    kvs_lookup_abandon(s.lk);
+    int rc = UV_EAGAIN;
+    for (int i = 0; i < 500 && rc == UV_EAGAIN; i++) { /* once the given-up one's thread ends */
+        rc = kvs_lookup_start(&loop, &a, on_answer, &t, &t.lk);
+        if (rc == UV_EAGAIN)
+            usleep(10000);
+    }
+    CHECK_EQ(rc, 0);
+    wait_for(&loop, &t.calls);
+    CHECK_EQ(t.calls, 1);
+    CHECK_EQ(s.calls, 0);
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
+KVS_TEST_MAIN(KVS_CASE(answers_on_the_loop), KVS_CASE(abandoned_calls_nothing_back),
+              KVS_CASE(threads_are_bounded))
