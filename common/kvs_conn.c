@@ -2003,7 +2003,7 @@ void kvs_flusher_forget(kvs_flusher_t *f, kvs_conn_t *c)
 
 /* ---- listening -------------------------------------------------------- */
 
-int kvs_lookup(uv_loop_t *loop, uv_getaddrinfo_t *req, const kvs_addr_t *a, uv_getaddrinfo_cb cb)
+int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out)
 {
     struct addrinfo hints;
     char port[8];
@@ -2011,13 +2011,8 @@ int kvs_lookup(uv_loop_t *loop, uv_getaddrinfo_t *req, const kvs_addr_t *a, uv_g
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     snprintf(port, sizeof(port), "%u", a->port);
-    return uv_getaddrinfo(loop, req, cb, a->host, port, &hints);
-}
-
-int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out)
-{
     uv_getaddrinfo_t req;
-    int rc = kvs_lookup(loop, &req, a, NULL); /* synchronous */
+    int rc = uv_getaddrinfo(loop, &req, NULL, a->host, port, &hints); /* synchronous */
     if (rc != 0)
         return rc;
     memcpy(out, req.addrinfo->ai_addr, req.addrinfo->ai_addrlen);

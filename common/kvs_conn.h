@@ -652,18 +652,10 @@ typedef union kvs_listener_u {
     uv_pipe_t pipe;
 } kvs_listener_t;
 
-/* Starts looking up a TCP address (a name, or numeric) in libuv's thread
- * pool: `cb` gets its addresses in the order to try them (a dual-stack
- * name's IPv6 and IPv4, several A records), and a connection that fails
- * goes on to the next, as clients of such names do. `req->data` is left
- * for the caller. With cb NULL the lookup is synchronous, its result in
- * req->addrinfo. Returns 0 or a uv error (then cb is not called). */
-int kvs_lookup(uv_loop_t *loop, uv_getaddrinfo_t *req, const kvs_addr_t *a, uv_getaddrinfo_cb cb);
-
 /* Resolves a TCP address (numeric or a name) synchronously, to its first
  * address: only at start-up (binding listeners, before any client is
  * served) and in tools; anything that resolves while serving uses
- * kvs_lookup with a callback. Returns 0 or a uv error. */
+ * kvs_lookup_start (kvs_lookup.h). Returns 0 or a uv error. */
 int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out);
 
 /* Binds and listens on `addr` (TCP with SO_REUSEADDR, or a unix socket whose

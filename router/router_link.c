@@ -27,15 +27,14 @@
  *    once a second, not every BACKOFF_MIN_MS.
  *  - A remote shard named by host name is resolved again on every
  *    (re)connect, so a moved node is found, and asynchronously
- *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
- *    resolver delays only this link, never the loop. `resolving` is set
- *    while a lookup is in flight; it counts as connecting (no second
- *    attempt starts). A lookup cannot be abandoned once a thread runs it:
- *    router_link_stop cancels it if it has not started, and otherwise its
- *    callback, which the loop always runs, sees `stopping` and only frees
- *    the result; so the link must outlive the loop run (it does: the
- *    router frees links after uv_run returns). Numeric addresses are not
- *    resolved at all. When a name has several addresses, a failed connect
+ *    (kvs_lookup: a thread of its own): a slow resolver delays only this
+ *    link, never the loop. `resolving` is set while a lookup is in
+ *    flight; it counts as connecting (no second attempt starts). A lookup
+ *    that has not answered within LINK_LOOKUP_MS is given up (a resolver
+ *    that hangs for good would hold the link for ever) and tried again
+ *    after the backoff; router_link_stop gives up the one in flight, so a
+ *    router's shutdown never waits for a resolver. Numeric addresses are
+ *    not resolved at all. When a name has several addresses, a failed connect
  *    tries the next one at once (ai_next walks ai_list, freed once up, out
  *    of addresses, or stopped).
  *  - An answer larger than limits.max_frame does not break the link: the
@@ -69,7 +68,9 @@
 #include "kvs_frame.h"
 #include "kvs_hash.h"
 #include "kvs_log.h"
+#include "kvs_lookup.h"
 #include "kvs_msg.h"
+#include "kvs_testhook.h"
 #include "router_liveness.h"
 
 #include <errno.h>
@@ -81,6 +82,11 @@
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
+#define LINK_LOOKUP_MS 30000u /* a host name's lookup not answered by then is given up */
+
+/* LINK_LOOKUP_MS, or KVS_TEST_LINK_LOOKUP_MS in test builds: read at the
+ * first link's start (one loop per process). */
+static uint64_t link_lookup_ms;
 /* A link that keeps failing the same way (a TLS handshake the worker
  * refuses) reconnects every BACKOFF_MAX_MS: its connections' lines are
  * budgeted, then counted (one line a minute says how many were left out). */
@@ -631,24 +637,32 @@ static void on_timer_closed(uv_handle_t *h)
     link_maybe_closed(l);
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+static void on_resolved(kvs_lookup_t *lk, void *data, int status, struct addrinfo *res)
 {
-    router_link_t *l = req->data;
+    (void)lk;
+    router_link_t *l = data;
+    l->lookup = NULL;
     l->resolving = 0;
-    if (l->stopping) {
-        uv_freeaddrinfo(res);
-        link_maybe_closed(l);
-        return;
-    }
     if (status != 0 || res == NULL) {
         snprintf(l->last_error, sizeof(l->last_error), "cannot resolve %s: %s", l->addr.host,
                  status != 0 ? uv_strerror(status) : "no address");
-        uv_freeaddrinfo(res);
+        if (res != NULL)
+            freeaddrinfo(res);
         link_arm_timer(l);
         return;
     }
     l->ai_list = l->ai_next = res;
     link_dial_next(l);
+}
+
+/* The lookup in flight is given up: at LINK_LOOKUP_MS, or as the link stops. */
+static void link_abandon_lookup(router_link_t *l)
+{
+    if (!l->resolving)
+        return;
+    kvs_lookup_abandon(l->lookup);
+    l->lookup = NULL;
+    l->resolving = 0;
 }
 
 /* Connects: at once to a unix socket or a numeric address, through an
@@ -665,15 +679,15 @@ static void link_connect(router_link_t *l)
         link_dial(l, (const struct sockaddr *)&ss);
         return;
     }
-    l->resolve_req.data = l;
-    int rc = kvs_lookup(l->loop, &l->resolve_req, &l->addr, on_resolved);
-    if (rc != 0) {
+    int rc = kvs_lookup_start(l->loop, &l->addr, on_resolved, l, &l->lookup);
+    if (rc != 0) { /* UV_EAGAIN: as many lookups as a process may run are running */
         snprintf(l->last_error, sizeof(l->last_error), "cannot resolve %s: %s", l->addr.host,
                  uv_strerror(rc));
         link_arm_timer(l);
         return;
     }
     l->resolving = 1;
+    uv_timer_start(&l->timer, on_timer, link_lookup_ms, 0);
 }
 
 /* ---- timer ------------------------------------------------------------------ */
@@ -727,6 +741,14 @@ static void on_timer(uv_timer_t *t)
                  "(%llu ms)",
                  (unsigned long long)l->timeout_ms);
         link_down(l, why);
+        return;
+    }
+    if (l->resolving) {
+        link_abandon_lookup(l);
+        snprintf(l->last_error, sizeof(l->last_error),
+                 "cannot resolve %s: no answer within %llu ms", l->addr.host,
+                 (unsigned long long)link_lookup_ms);
+        link_arm_timer(l);
         return;
     }
     if (l->connecting && l->conn != NULL) {
@@ -817,6 +839,13 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
                       kvs_tls_ctx_t *tls, router_link_reply_cb on_reply,
                       router_link_state_cb on_state)
 {
+    if (link_lookup_ms == 0) {
+        link_lookup_ms = LINK_LOOKUP_MS;
+        if (kvs_test_hook_u64("KVS_TEST_LINK_LOOKUP_MS", &link_lookup_ms))
+            kvs_warn("test hook: a shard's host name lookup is given up after %llu ms "
+                     "(KVS_TEST_LINK_LOOKUP_MS)",
+                     (unsigned long long)link_lookup_ms);
+    }
     memset(l, 0, sizeof(*l));
     l->loop = loop;
     l->shard = shard;
@@ -907,8 +936,7 @@ void router_link_stop(router_link_t *l)
             kvs_conn_close(l->conn);
         l->conn = NULL;
     }
-    if (l->resolving)
-        uv_cancel((uv_req_t *)&l->resolve_req); /* UV_EBUSY once a thread runs it */
+    link_abandon_lookup(l); /* its callback is not called: nothing waits for the resolver */
     link_forget_addrs(l);
     uv_timer_stop(&l->timer);
     uv_close((uv_handle_t *)&l->timer, on_timer_closed);

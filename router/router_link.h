@@ -65,7 +65,7 @@ struct router_link_s {
     int flapping;     /* its last connection went down within BACKOFF_MAX_MS of coming up */
     kvs_conn_t *conn; /* NULL while down */
     uv_connect_t connect_req;
-    uv_getaddrinfo_t resolve_req; /* a host name's lookup, in flight while `resolving` */
+    struct kvs_lookup_s *lookup; /* a host name's lookup, in flight while `resolving` */
     int resolving;
     struct addrinfo *ai_list; /* the last lookup's addresses, while trying them */
     struct addrinfo *ai_next; /* the next one to try, or NULL */

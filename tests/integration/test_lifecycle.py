@@ -506,6 +506,38 @@ class LifecycleTest(RouterTestCase):
         self.assertTrue(r.wait_all_gone(5))
         sys.stderr.write("slowest pair of requests: %.3f s\n" % worst[0])
 
+    def test_a_lookup_that_never_answers_is_given_up_and_never_holds_a_shutdown(self):
+        """Remote shard 1 is named by a host whose resolver hangs (60 s a
+        lookup). The link's lookup ran in libuv's thread pool, which the
+        loop waits for: a SIGTERM waited for it (a minute here; for ever
+        with a resolver that never answers), and the link waited with it,
+        resolving nothing meanwhile. A lookup not answered within its
+        bound (30 s; 1.5 s by the test hook) is given up and asked again
+        after the backoff, requests meanwhile get 503 naming the lookup,
+        and a shutdown gives up the one in flight."""
+        port = free_port()
+        env = dict(slow_resolver_env(SLOW_HOST, 60000), KVS_TEST_LINK_LOOKUP_MS="1500")
+        r = self.router(shards=2, partitions=16, remote={1: "%s:%d" % (SLOW_HOST, port)},
+                        env=env)
+        k1 = keys_by_shard("hang", 20, 16, 2)[1][0]
+
+        def lookups():
+            return r.stderr().count("kvs-test-slow-resolver: looking up " + SLOW_HOST)
+        self.assertTrue(wait_until(lambda: lookups() >= 2, 10, 0.1),
+                        "the hung lookup was not given up and asked again:\n" + r.stderr())
+        with r.client() as c:
+            t0 = time.monotonic()
+            b = c.call(req_hget("t", k1))
+            self.assertLess(time.monotonic() - t0, 1.0)
+            self.assertEqual(b.status, 503, b.message)
+            self.assertIn("cannot resolve %s: no answer within 1500 ms" % SLOW_HOST, b.message)
+            self.assertOk(c.ping())
+        self.assertTrue(wait_until(lambda: lookups() >= 3, 10, 0.1), r.stderr())
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(), 0, r.stderr())
+        self.assertLess(time.monotonic() - t0, 5, "the shutdown waited for the resolver")
+        self.assertTrue(r.wait_all_gone(5))
+
     def test_an_address_that_drops_connections_is_given_up_after_router_timeout(self):
         """Remote shard 1's name resolves to ::1 then 127.0.0.1; on ::1 a
         host drops connection attempts (its accept queue full, as a host
