@@ -830,6 +830,10 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
             return reply_error(req, "ERR syntax error");
         }
     }
+    /* Rights first: whether a cursor is valid for the table says that
+     * someone walks it now (cursor numbers are handed out in turn). */
+    if (not_allowed(req, KVS__COMMAND_REQUEST__COMMAND_HSCAN, &a[1]))
+        return;
     scan_ctx_t *sc = calloc(1, sizeof(*sc) + (match ? match->len : 0));
     if (sc == NULL)
         return oom(req);
