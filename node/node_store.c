@@ -384,6 +384,30 @@ static int room_again(node_store_t *s)
     return 1;
 }
 
+/* One line of mdb_reader_list: "pid thread txnid", the txnid "-" for a
+ * reader slot that holds no snapshot now; keeps the least txnid held. */
+static int reader_line(const char *msg, void *ctx)
+{
+    size_t *oldest = ctx;
+    long long pid;
+    char thread[64];
+    unsigned long long txnid;
+    if (sscanf(msg, "%lld %63s %llu", &pid, thread, &txnid) == 3 && txnid < *oldest)
+        *oldest = (size_t)txnid;
+    return 0;
+}
+
+/* The freed pages LMDB may reuse now are those of transactions before the
+ * last one and before every snapshot a reader holds (a router's local
+ * reads, a digest, a snapshot copy): the id they must come before. */
+static size_t reusable_before(node_store_t *s, size_t last_txnid)
+{
+    size_t oldest = last_txnid;
+    if (mdb_reader_list(s->env, reader_line, &oldest) < 0)
+        return last_txnid;
+    return oldest;
+}
+
 /* Notes that the disk cannot give the room, what is left of it and the
  * pages earlier commits freed, for room_refuses. No txn may be open. */
 static void go_tight(node_store_t *s)
@@ -406,10 +430,12 @@ static void go_tight(node_store_t *s)
     size_t used = (size_t)info.me_last_pgno + 1;
     s->tight_room = s->room_end > used ? s->room_end - used : 0;
     /* Pages the last commit freed are not reusable before the next one
-     * (LMDB keeps the previous snapshot whole): not counted. */
+     * (LMDB keeps the previous snapshot whole), nor are those a reader's
+     * snapshot may read: not counted. */
+    size_t before = reusable_before(s, (size_t)info.me_last_txnid);
     if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
         if (mdb_cursor_open(txn, 0, &c) == 0) { /* 0: the freelist */
-            n = count_free(c, 0, (size_t)info.me_last_txnid, &s->tight_run, &s->tight_later);
+            n = count_free(c, 0, before, &s->tight_run, &s->tight_later);
             mdb_cursor_close(c);
         }
         if (n < 0)
@@ -434,19 +460,24 @@ static void keep_room(node_store_t *s, int failed)
 
 /* Whether writes that add data, priced `pages` (at their worst) for
  * `bytes` of keys and values, must be refused: the disk is tight, and they
- * are priced over TIGHT_BATCH_PAGES, or they and the open batch's writes
- * do not fit what may be used: the room above TIGHT_KEEP_PAGES, and the
- * pages earlier commits freed (reusable now), except for `bytes` that may
- * hold a value of several pages (which needs them in a row: freed pages
- * seldom are, so it takes new ones). LMDB takes freed pages first; should
- * it not (a reader's snapshot holds them), a batch takes TIGHT_BATCH_PAGES
- * of the room at most: deletes keep TIGHT_KEEP_PAGES - TIGHT_BATCH_PAGES
- * of it at least. */
+ * and the open batch's writes do not fit what may be used: the room above
+ * TIGHT_KEEP_PAGES, and the pages earlier commits freed (reusable now),
+ * except for `bytes` that may hold a value of several pages (which needs
+ * them in a row: freed pages seldom are, so it takes new ones). LMDB takes
+ * freed pages first; should it not, a batch takes TIGHT_BATCH_PAGES of the
+ * room at most: deletes keep TIGHT_KEEP_PAGES - TIGHT_BATCH_PAGES of it at
+ * least. A write priced over TIGHT_BATCH_PAGES (a value of 128 KiB and
+ * more) is a batch of its own, taken only on freed pages: all it may
+ * take, its value's in one run. A disk that filled up once stays tight
+ * while the data file holds what deletes freed (it never shrinks), and
+ * such values were refused for good, whatever the deletes had freed. */
 static int room_short(const node_store_t *s, size_t pages, size_t bytes)
 {
     /* with the open batch, or in a batch of its own after it commits */
     size_t batch =
         s->wtxn != NULL && !s->alone && s->op_pages + pages <= s->txn_budget ? s->op_pages : 0;
+    if (pages > TIGHT_BATCH_PAGES) /* alone, on freed pages only: its value's in a row */
+        return pages_of(s, bytes) > s->tight_run || pages > s->tight_free;
     size_t usable = s->tight_room > TIGHT_KEEP_PAGES ? s->tight_room - TIGHT_KEEP_PAGES : 0;
     if (bytes < s->psize / 2 || pages_of(s, bytes) <= s->tight_run)
         usable += s->tight_free;
@@ -475,8 +506,7 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
         return 0;
     if (!room_short(s, pages, bytes))
         return 0;
-    if (pages > TIGHT_BATCH_PAGES || s->wtxn != NULL || s->broken ||
-        s->tight_later <= TIGHT_LATER_MIN ||
+    if (s->wtxn != NULL || s->broken || s->tight_later <= TIGHT_LATER_MIN ||
         (s->later_ms != 0 && now - s->later_ms < ROOM_RETRY_MS))
         return 1;
     s->tight_later = 0;

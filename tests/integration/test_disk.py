@@ -493,6 +493,39 @@ class FullDiskStartTest(RouterTestCase):
             failed = [k for k in stored[:2000] if c.hdel("t", k).status != 200]
             self.assertEqual(failed, [])
 
+    def test_large_values_fit_in_what_deletes_freed_on_a_full_disk(self):
+        """A disk that filled up stays full for the file system after
+        deletes (data.mdb never shrinks), so the worker stays tight, and
+        writes priced over a quarter of the deletes' room (a value of
+        128 KiB or more) were refused for good, however much the deletes
+        had freed: a probe's 300 KB values got 507 after a DEL of 100 MB,
+        after a restart too. Such a write is taken alone on freed pages,
+        its value's in a row, and deletes still commit after."""
+        r = self.tmpfs_router("20M", shards=1, partitions=8)
+        r.start()
+        with r.client() as c:
+            full, i = 0, 0
+            while full == 0 and i < 20000:
+                keys = ["b%06d" % (i + j) for j in range(50)]
+                i += 50
+                for a in c.pipeline(req_hset("big", k, "v" * 3000) for k in keys):
+                    if a.status == 507:
+                        full += 1
+                    else:
+                        self.assertEqual(a.status, 200, a.message)
+            self.assertGreater(full, 0, "the disk never filled up")
+            self.assertEqual(c.hset("t", "v300k", "x" * 300000).status, 507)
+            self.assertEqual(c.call(pb.CommandRequest(hclear=pb.Hclear(table="big"))).status, 200)
+            time.sleep(1.2)  # past ROOM_RETRY_MS: the disk is asked again, and is still full
+            for j, size in enumerate((140000, 300000, 1000000)):
+                a = c.hset("t", "v%d" % j, "x" * size)
+                self.assertEqual(a.status, 200, "%d bytes: %s" % (size, a.message))
+            self.assertEqual(len(pyval(c.hget("t", "v2").values[0])), 1000000)
+            for j in range(3):
+                self.assertEqual(c.hdel("t", "v%d" % j).status, 200)
+        self.assertIn("the disk has no room for the 512 KiB", r.stderr())
+        self.assertNotIn("the disk has room again", r.stderr())  # still tight all along
+
     def test_writes_come_back_once_the_disk_has_room_again(self):
         """A worker that went tight (no room for the deletes' room) asks
         for it again at most a second after refusing a write: once space
