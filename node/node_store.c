@@ -1089,6 +1089,53 @@ int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages)
     return rc;
 }
 
+/* On a tight disk (Disk, above) a drop's free list, a page number per page
+ * of the table, is written whole by its commit: a table of more than
+ * clear_drop_pages needs more of the room than a batch may take (a
+ * probe's DEL of a 200 MB table got 507 on every try, whatever the room).
+ * So its keys are deleted first, in key order, in commits that each free
+ * about as many pages (a value's overflow pages and the leaves
+ * emptied; the pages a piece copies are its path, reused as it goes), and
+ * the rest is dropped. Each piece's commit is for good: a clear that
+ * fails midway (the room ran out after all) leaves the keys deleted so
+ * far deleted, as a split delete would. */
+static size_t clear_drop_pages(const node_store_t *s)
+{
+    return (size_t)TIGHT_BATCH_PAGES / 2 * s->psize / sizeof(uint64_t); /* a record of 16 pages */
+}
+
+static int clear_in_pieces(node_store_t *s, const char *table)
+{
+    for (;;) {
+        MDB_stat st;
+        MDB_cursor *c;
+        MDB_val k, v;
+        kvs_dbimap_entry_t *e = kvs_dbimap_lookup(&s->tables, table);
+        if (e == NULL)
+            return KVS_ENOTFOUND;
+        int rc = mdb_stat(s->wtxn, e->dbi, &st);
+        if (rc != 0)
+            return batch_fail(s, "mdb_stat", rc);
+        if (!s->tight || stat_pages(&st) <= clear_drop_pages(s))
+            return 0;
+        if ((rc = mdb_cursor_open(s->wtxn, e->dbi, &c)) != 0)
+            return batch_fail(s, "mdb_cursor_open", rc);
+        for (size_t freed = 0; rc == 0 && freed < clear_drop_pages(s);) {
+            rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+            if (rc == 0) {
+                freed += 1 + (v.mv_size > s->psize / 2 ? pages_of(s, v.mv_size) : 0);
+                rc = mdb_cursor_del(c, 0);
+            }
+        }
+        mdb_cursor_close(c);
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return batch_fail(s, "mdb_cursor_del", rc);
+        wrote(s, e->dbi);
+        if ((rc = batch_commit(s)) != 0 || (rc = batch_begin(s, 0, 0)) != 0)
+            return rc;
+    }
+}
+
 int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
 {
     MDB_stat st;
@@ -1099,7 +1146,10 @@ int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
     if (rc != 0 || pages == 0)
         return rc; /* missing or empty: nothing to write */
     /* What the drop writes is the free list: a page number per page. */
-    rc = batch_room(s, (size_t)pages * sizeof(uint64_t));
+    size_t drop = s->tight && pages > clear_drop_pages(s) ? clear_drop_pages(s) : (size_t)pages;
+    rc = batch_room(s, drop * sizeof(uint64_t));
+    if (rc == 0)
+        rc = clear_in_pieces(s, table);
     kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&s->tables, table) : NULL;
     if (rc != 0 || e == NULL)
         return rc != 0 ? rc : KVS_ENOTFOUND;

@@ -526,6 +526,38 @@ class FullDiskStartTest(RouterTestCase):
         self.assertIn("the disk has no room for the 512 KiB", r.stderr())
         self.assertNotIn("the disk has room again", r.stderr())  # still tight all along
 
+    def test_one_clear_of_a_large_table_commits_on_a_full_disk(self):
+        """A drop's commit writes LMDB's list of the pages it frees, 8 bytes
+        a page, whole: for a table of 200 MB, 400 KB, more than the room
+        kept for deletes, so a probe's DEL of it got 507 on every try, and
+        nothing short of freeing space outside kvs helped. On a full disk
+        a large table's keys are now deleted in pieces, each its own
+        commit, and the rest dropped: the one Hclear answers 200, the table
+        is gone, and writes are taken again."""
+        r = self.tmpfs_router("200M", shards=1, partitions=8)
+        r.start()
+        with r.client(timeout=60) as c:
+            full, i = 0, 0
+            while full == 0 and i < 20000:
+                keys = ["b%06d" % (i + j) for j in range(20)]
+                i += 20
+                for a in c.pipeline(req_hset("big", k, "v" * 30000) for k in keys):
+                    if a.status == 507:
+                        full += 1
+                    else:
+                        self.assertEqual(a.status, 200, a.message)
+            self.assertGreater(full, 0, "the disk never filled up")
+            self.assertGreater(i, 5000)
+            a = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
+            self.assertEqual(a.status, 200, a.message)
+            n = c.call(pb.CommandRequest(hlen=pb.Hlen(table="big"))).values[0].integer_value
+            self.assertEqual(n, 0)
+            time.sleep(1.2)  # the refused writes' retry of the room
+            for j in range(20):
+                a = c.hset("t", "after%d" % j, "x" * 30000)
+                self.assertEqual(a.status, 200, a.message)
+        self.assertEqual(r.stop(), 0, r.stderr()[-3000:])
+
     def test_writes_come_back_once_the_disk_has_room_again(self):
         """A worker that went tight (no room for the deletes' room) asks
         for it again at most a second after refusing a write: once space
