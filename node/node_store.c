@@ -97,6 +97,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -744,10 +745,23 @@ static int batch_commit(node_store_t *s)
     return 0;
 }
 
+/* Whether `bytes` more of address space can be mapped now. */
+static int map_fits(uint64_t bytes)
+{
+    if (bytes == 0)
+        return 1;
+    void *p =
+        mmap(NULL, (size_t)bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return 0;
+    munmap(p, (size_t)bytes);
+    return 1;
+}
+
 /* Grows the map when less than a quarter (or MIN_FREE_PAGES) is free, when
  * `need` pages would not fit twice, or after an MDB_MAP_FULL. No txn may be
- * active. */
-static void map_grow(node_store_t *s, size_t need)
+ * active. Returns 0, or -ENOMEM when it should grow and cannot (logged). */
+static int map_grow(node_store_t *s, size_t need)
 {
     size_t total = s->map_size / s->psize;
     size_t free_pages = total > s->used ? total - s->used : 0;
@@ -757,13 +771,30 @@ static void map_grow(node_store_t *s, size_t need)
     if (want < total / 4)
         want = total / 4;
     if (free_pages >= want && !s->grow)
-        return;
+        return 0;
     if (s->pins > 0)
-        return; /* another thread reads the map: it must not move (batch_begin says so) */
+        return 0; /* another thread reads the map: it must not move (batch_begin says so) */
     uint64_t size = s->grow ? s->map_size * 2 : s->map_size;
-    s->grow = 0;
     while (size / s->psize < s->used + want)
         size *= 2;
+    /* A map that cannot be had (RLIMIT_AS, overcommit) is better refused
+     * than failed: mdb_env_set_mapsize unmaps first and leaves nothing
+     * mapped if the new map fails. So the growth is tried out first (an
+     * unused mapping of what it adds), and when it does not fit, the
+     * least growth that holds the batch twice. */
+    uint64_t least =
+        ((uint64_t)(s->used + need * 2) * s->psize + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+    if (!map_fits(size - s->map_size))
+        size = least > s->map_size && map_fits(least - s->map_size) ? least : 0;
+    if (size == 0) {
+        if (kvs_log_budget_take(&s->write_errs, kvs_now_ns() / 1000000))
+            kvs_error("the LMDB map cannot grow from %llu MiB: no address space for the larger "
+                      "map (%s: RLIMIT_AS, ulimit -v, or the kernel's overcommit rules); writes "
+                      "that need more room are refused until it can, reads go on",
+                      (unsigned long long)(s->map_size >> 20), strerror(ENOMEM));
+        return -ENOMEM;
+    }
+    s->grow = 0;
     read_release(s);
     /* Without a write map this only remaps: it costs address space, not
      * disk. mdb_env_set_mapsize unmaps before it remaps, so if it fails the
@@ -778,6 +809,7 @@ static void map_grow(node_store_t *s, size_t need)
     kvs_info("map size grown from %llu to %llu MiB", (unsigned long long)(s->map_size >> 20),
              (unsigned long long)(size >> 20));
     s->map_size = size;
+    return 0;
 }
 
 /* Frees the reader slots of processes that died: a slot that held a
@@ -822,8 +854,10 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
     s->op_pages = 0;
     s->bytes = 0;
     size_t need = batch_pages(s, op_pages, bytes);
-    map_grow(s, need);
+    int grown = map_grow(s, need);
     size_t total = s->map_size / s->psize;
+    if (grown != 0 && (total < s->used || total - s->used < need))
+        return grown; /* the map cannot hold the batch and cannot grow */
     if (s->pins > 0 && (total < s->used || total - s->used < 2 * need))
         return -EAGAIN; /* the map would have to grow under a snapshot or digest */
     size_t budget = (total - s->used) / 2;

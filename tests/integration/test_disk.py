@@ -19,13 +19,15 @@ What is checked:
 """
 import os
 import re
+import resource
 import shutil
 import subprocess
 import threading
 import time
 import unittest
 
-from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset, unmount
+from kvstest import (SANITIZED, NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset,
+                     status_kib, unmount)
 from routertest import RouterTestCase
 from kafkatest import wait_until
 
@@ -108,6 +110,37 @@ class DiskTest(NodeTestCase):
             self.assertEqual(allocated(n), disk)
             self.assertEqual(map_size(c), mapped)
             self.assertEqual(pyval(c.hget("t", "present").values[0]), "v")
+
+    @unittest.skipIf(SANITIZED, "a sanitizer's shadow memory needs more address space")
+    def test_a_map_that_cannot_grow_refuses_writes_and_serves_on(self):
+        """mdb_env_set_mapsize unmaps first: a larger map the process
+        could not have (RLIMIT_AS, overcommit) left nothing mapped, and the
+        worker aborted, at every write that needed the map to grow, after
+        each restart. The growth is tried out first: writes that need it
+        get an error, the worker serves on, and what was stored reads."""
+        n = self.node(storage={"map_size": "16MiB"})
+        with n.client() as c:
+            self.assertOk(c.hset("t", "k0", "v" * 1000))
+            vm = status_kib(n.pid, "VmSize") << 10
+            resource.prlimit(n.pid, resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))
+            refused = None
+            for i in range(1, 200):
+                a = c.hset("t", "k%d" % i, "v" * (1 << 20))
+                if a.status != 200:
+                    refused = a
+                    break
+            self.assertIsNotNone(refused, "the map never had to grow")
+            self.assertEqual(refused.status, 500, refused.message)
+            self.assertIn("Cannot allocate memory", refused.message)
+            self.assertEqual(len(pyval(c.hget("t", "k0").values[0])), 1000)
+            self.assertOk(c.hset("t", "small", "v"))  # what fits the map is taken
+            self.assertOk(c.hdel("t", "small"))
+            resource.prlimit(n.pid, resource.RLIMIT_AS,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            a = c.hset("t", "after", "v" * (1 << 20))
+            self.assertOk(a)  # it grows once it can
+        self.assertEqual(n.proc.poll(), None, "the worker exited:\n" + n.stderr()[-2000:])
+        self.assertIn("the LMDB map cannot grow from", n.stderr())
 
     def test_hmdel_of_many_keys_does_not_balloon_the_map(self):
         # Deleting 20,000 small keys in one request dirties at most the few
