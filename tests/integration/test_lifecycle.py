@@ -426,6 +426,18 @@ class LifecycleTest(RouterTestCase):
         self.assertIn("node.listen: 1 worker port(s) in %d..%d lie in the kernel's ephemeral "
                       "port range (%d-%d, net.ipv4.ip_local_port_range)" % (port, port, lo, hi),
                       r.stderr())
+        self.assertNotIn("router.listen: port", r.stderr())  # the harness picks outside it
+        r.stop()
+        # The client ports alike (a restart meets a port held by a
+        # connection just the same; probe AB's node failed to start so).
+        s = socket.socket()
+        s.bind((HOST, 0))
+        rport = s.getsockname()[1]
+        s.close()
+        r = self.router(shards=1, partitions=8,
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        self.assertIn("router.resp_listen: port %d lies in the kernel's ephemeral port range "
+                      "(%d-%d, net.ipv4.ip_local_port_range)" % (rport, lo, hi), r.stderr())
 
     # ---- slow name resolution -----------------------------------------------------
 
