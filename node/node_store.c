@@ -153,6 +153,7 @@ struct node_store_s {
     uint64_t emptied_gen;        /* node_store_tables_emptied counted in batch gen-1 ... */
     uint32_t emptied_seen;       /* ... these */
     int lock_fd;
+    int env_open; /* mdb_env_open succeeded: there is something to sync at close */
     node_store_fail_cb fail_cb;
     void *fail_arg;
     node_store_broken_cb broken_cb;
@@ -2390,6 +2391,7 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
         snprintf(err, errlen, "%s: cannot open LMDB environment: %s", o->dir, mdb_strerror(rc));
         return KVS_ESTORE;
     }
+    s->env_open = 1;
     clear_dead_readers(s, o->dir);
     if ((rc = pages_present(s, o->dir, err, errlen)) != 0)
         return rc;
@@ -2534,7 +2536,8 @@ int node_store_close(node_store_t *s)
         rc = batch_commit(s);
         if (s->rtxn != NULL)
             mdb_txn_abort(s->rtxn);
-        int src = mdb_env_sync(s->env, 1); /* storage.sync batch: the last meta page */
+        /* storage.sync batch: the last meta page (none when it never opened) */
+        int src = s->env_open ? mdb_env_sync(s->env, 1) : 0;
         if (src != 0) {
             kvs_error("closing: the last sync failed (%s): the last commit may be undone by "
                       "power loss",

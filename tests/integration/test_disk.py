@@ -142,6 +142,24 @@ class DiskTest(NodeTestCase):
         self.assertEqual(n.proc.poll(), None, "the worker exited:\n" + n.stderr()[-2000:])
         self.assertIn("the LMDB map cannot grow from", n.stderr())
 
+    @unittest.skipIf(SANITIZED, "a sanitizer's shadow memory needs more address space")
+    def test_an_environment_that_never_opened_is_not_said_to_lose_a_commit(self):
+        """A worker whose environment failed to open (here its 1 GiB map
+        does not fit the address space it may have) also logged "the last
+        sync failed ...: the last commit may be undone by power loss", of
+        a commit it never made."""
+        n = self.node(start=False)
+        wrapper = os.path.join(n.dir, "limited")
+        with open(wrapper, "w") as f:
+            f.write('#!/bin/sh\nexec prlimit --as=%d %s "$@"\n' % (600 << 20, n.exe))
+        os.chmod(wrapper, 0o755)
+        n.exe = wrapper
+        with self.assertRaises(Exception):
+            n.start()
+        n.proc.wait(10)
+        self.assertIn("cannot open LMDB environment: Cannot allocate memory", n.stderr())
+        self.assertNotIn("the last sync failed", n.stderr())
+
     def test_hmdel_of_many_keys_does_not_balloon_the_map(self):
         # Deleting 20,000 small keys in one request dirties at most the few
         # hundred pages they live on; priced at a tree path per key it grew
