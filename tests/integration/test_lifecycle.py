@@ -188,6 +188,10 @@ class LifecycleTest(RouterTestCase):
             out = subprocess.run([router, "--config", r.config] + bad, capture_output=True,
                                  text=True, timeout=30)
             self.assertEqual(out.returncode, 2, out.stderr)
+        out = subprocess.run([router, "--config", r.config, "--print", "listen"],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertIn("--print listen: only data_dir can be printed", out.stderr)
         self.assert_nothing_started(r)
 
     def reload_refused(self, make, remove, refused_router, refused_node):
