@@ -1868,6 +1868,9 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
     size_t argc = rs->ps.argc;
+    char first = a[0].len > 0 ? (char)(a[0].p[0] | 0x20) : '\0';
+    if (!rs->multi && first != 'm' && first != 'e' && first != 'd' && first != 'w' && first != 'u')
+        return 0; /* the hot path (HGET, HSET, ...): one look */
     int multi = kvs_redis_arg_is(&a[0], "multi"), exec = kvs_redis_arg_is(&a[0], "exec");
     int discard = kvs_redis_arg_is(&a[0], "discard"), watch = kvs_redis_arg_is(&a[0], "watch");
     int unwatch = kvs_redis_arg_is(&a[0], "unwatch");
