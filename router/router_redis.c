@@ -93,10 +93,10 @@ struct router_redis_s {
     kvs_codec_t codec;
     uint64_t id;
     int resp3;
-    int quit;               /* QUIT seen: later commands are ignored */
-    int multi;              /* MULTI seen, no EXEC or DISCARD yet (transaction_command) */
-    uint32_t multi_refused; /* ... and the commands refused since */
-    router_name_t *name;    /* CLIENT SETNAME (a reference), or NULL */
+    int quit;            /* QUIT seen: later commands are ignored */
+    int multi;           /* MULTI seen, no EXEC or DISCARD yet (transaction_command) */
+    int multi_aborted;   /* ... and a command was refused since: EXEC aborts */
+    router_name_t *name; /* CLIENT SETNAME (a reference), or NULL */
     /* HELLO ... AUTH being checked (the client reads nothing meanwhile):
      * applied when the check succeeds. */
     int hello_ver;
@@ -1864,7 +1864,8 @@ static void unknown_command(router_redis_t *rs, router_req_t *req)
  * of it ran. DISCARD ends it; WATCH is refused (there are no optimistic
  * locks either); UNWATCH has nothing to undo. QUIT still quits.
  * Returns 1 when it answered the command. */
-static int transaction_command(router_redis_t *rs, router_client_t *cl, router_req_t *req)
+static int transaction_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                               const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
     size_t argc = rs->ps.argc;
@@ -1874,13 +1875,10 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
     int multi = kvs_redis_arg_is(&a[0], "multi"), exec = kvs_redis_arg_is(&a[0], "exec");
     int discard = kvs_redis_arg_is(&a[0], "discard"), watch = kvs_redis_arg_is(&a[0], "watch");
     int unwatch = kvs_redis_arg_is(&a[0], "unwatch");
-    if (!multi && !exec && !discard && !watch && !unwatch &&
-        (!rs->multi || kvs_redis_arg_is(&a[0], "quit")))
+    int word = multi || exec || discard || watch || unwatch;
+    if (!word && (!rs->multi || kvs_redis_arg_is(&a[0], "quit")))
         return 0;
-    if (!router_client_authenticated(cl)) {
-        reply_error(req, "NOAUTH Authentication required.");
-    } else if ((watch && argc < 2) ||
-               (!watch && (multi || exec || discard || unwatch) && argc != 1)) {
+    if (word && (watch ? argc < 2 : argc != 1)) { /* as Redis: the arity before the rights */
         char name[16];
         size_t n = a[0].len < sizeof(name) - 1 ? a[0].len : sizeof(name) - 1;
         for (size_t i = 0; i < n; i++)
@@ -1893,13 +1891,15 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
             rs->multi = 0;
         } else {
             reply_error(req, "ERR wrong number of arguments for '%s' command", name);
-            rs->multi_refused += rs->multi;
+            rs->multi_aborted |= rs->multi;
         }
+    } else if (!router_client_authenticated(cl)) {
+        reply_error(req, "NOAUTH Authentication required.");
     } else if (multi && rs->multi) {
-        reply_error(req, "ERR MULTI calls can not be nested");
+        reply_error(req, "ERR MULTI calls can not be nested"); /* not queued: no abort */
     } else if (multi) {
         rs->multi = 1;
-        rs->multi_refused = 0;
+        rs->multi_aborted = 0;
         reply_ok(req);
     } else if ((exec || discard) && !rs->multi) {
         reply_error(req, "ERR %s without MULTI", exec ? "EXEC" : "DISCARD");
@@ -1907,7 +1907,7 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
         rs->multi = 0;
         if (discard) {
             reply_ok(req);
-        } else if (rs->multi_refused > 0) {
+        } else if (rs->multi_aborted) {
             reply_error(req, "EXECABORT Transaction discarded because of previous errors.");
         } else { /* nothing was sent between: an empty transaction ran */
             req->resp.len = 0;
@@ -1919,13 +1919,19 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
                                    : "ERR kvs has no transactions: WATCH is not supported");
     } else if (unwatch && !rs->multi) {
         reply_ok(req); /* nothing is watched */
-    } else {
-        reply_error(req,
-                    "ERR kvs has no transactions: '%.*s' was not queued and does not run; "
-                    "EXEC will discard the transaction (send the commands without MULTI, e.g. "
-                    "redis-py's pipeline(transaction=False))",
-                    shown(&a[0]), (const char *)a[0].p);
-        rs->multi_refused++;
+    } else { /* a command after MULTI (UNWATCH too): refused, in Redis's words where it has some */
+        if (cmd == NULL && !unwatch)
+            unknown_command(rs, req);
+        else if (cmd != NULL && ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
+                                 (cmd->arity < 0 && argc < (size_t)-cmd->arity)))
+            reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+        else
+            reply_error(req,
+                        "ERR kvs has no transactions: '%.*s' was not queued and does not run; "
+                        "EXEC will discard the transaction (send the commands without MULTI, "
+                        "e.g. redis-py's pipeline(transaction=False))",
+                        shown(&a[0]), (const char *)a[0].p);
+        rs->multi_aborted = 1;
     }
     return 1;
 }
@@ -2040,9 +2046,9 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
      * delivered after, by router_client_routed, never under the handler. */
     req->in_route = 1;
     unsigned long failures = kvs_redis_reply_failures();
-    int answered = transaction_command(rs, cl, req);
-    if (cmd != NULL && !answered)
+    if (cmd != NULL) /* MULTI and its words are none of kvs's commands */
         note_command(rs, req, cmd);
+    int answered = transaction_command(rs, cl, req, cmd);
     if (answered) {
         /* MULTI, EXEC, ... or a command after MULTI */
     } else if (cmd == NULL) {
