@@ -85,6 +85,7 @@
 #include "kvs_log.h"
 #include "kvs_place.h"
 #include "kvs_schema.h"
+#include "kvs_testhook.h"
 #include "kvs_time.h"
 
 #include <errno.h>
@@ -353,6 +354,14 @@ static int ask_room(node_store_t *s)
                        (off_t)DELETE_ROOM_PAGES * (off_t)s->psize) == 0
                  ? 0
                  : errno;
+    uint64_t no_room;
+    if (kvs_test_hook_u64("KVS_TEST_NO_ROOM", &no_room) && no_room != 0) {
+        static int said;
+        if (!said++)
+            kvs_warn("test hook: the disk is taken to give no room for deletes "
+                     "(KVS_TEST_NO_ROOM)");
+        rc = ENOSPC; /* what tight decides, seen on a disk with space */
+    }
     if (rc == 0) {
         s->room_end = used + DELETE_ROOM_PAGES;
         return 1;
@@ -487,6 +496,7 @@ static int room_short(const node_store_t *s, size_t pages, size_t bytes)
 }
 
 static int recommit(node_store_t *s, const char *what);
+static int batch_commit(node_store_t *s);
 
 /* Pages the last commit freed become reusable only after one more commit;
  * while every write that adds data is refused, none comes (one Hclear on a
@@ -506,6 +516,17 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
     uint64_t now = kvs_now_ns() / 1000000;
     if (now - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
         return 0;
+    /* A write priced over TIGHT_BATCH_PAGES is a batch of its own on freed
+     * pages, so it is weighed against them once the open batch (a large
+     * write just before it, say) committed and took its share: counted
+     * before, two such writes in one turn both passed, and the second took
+     * the deletes' room. */
+    if (pages > TIGHT_BATCH_PAGES && s->wtxn != NULL && !s->reserved) {
+        if (batch_commit(s) != 0)
+            return 1;
+        if (!s->tight)
+            return 0;
+    }
     if (!room_short(s, pages, bytes))
         return 0;
     if (s->wtxn != NULL || s->broken || s->tight_later <= TIGHT_LATER_MIN ||
@@ -1151,8 +1172,8 @@ static int clear_in_pieces(node_store_t *s, const char *table)
         int rc = mdb_stat(s->wtxn, e->dbi, &st);
         if (rc != 0)
             return batch_fail(s, "mdb_stat", rc);
-        if (!s->tight || stat_pages(&st) <= clear_drop_pages(s))
-            return 0;
+        if (s->reserved || !s->tight || stat_pages(&st) <= clear_drop_pages(s))
+            return 0; /* a reservation (a Rebuild's clear and offsets) commits whole or not */
         if ((rc = mdb_cursor_open(s->wtxn, e->dbi, &c)) != 0)
             return batch_fail(s, "mdb_cursor_open", rc);
         for (size_t freed = 0; rc == 0 && freed < clear_drop_pages(s);) {
@@ -1166,7 +1187,8 @@ static int clear_in_pieces(node_store_t *s, const char *table)
         if (rc != 0 && rc != MDB_NOTFOUND)
             return batch_fail(s, "mdb_cursor_del", rc);
         wrote(s, e->dbi);
-        if ((rc = batch_commit(s)) != 0 || (rc = batch_begin(s, 0, 0)) != 0)
+        size_t next = clear_drop_pages(s) * sizeof(uint64_t); /* the next piece, or the drop */
+        if ((rc = batch_commit(s)) != 0 || (rc = batch_begin(s, write_pages(s, next), next)) != 0)
             return rc;
     }
 }
