@@ -85,6 +85,7 @@
 #include "kvs_log.h"
 #include "kvs_place.h"
 #include "kvs_schema.h"
+#include "kvs_testhook.h"
 #include "kvs_time.h"
 
 #include <errno.h>
@@ -97,6 +98,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -152,6 +154,7 @@ struct node_store_s {
     uint64_t emptied_gen;        /* node_store_tables_emptied counted in batch gen-1 ... */
     uint32_t emptied_seen;       /* ... these */
     int lock_fd;
+    int env_open; /* mdb_env_open succeeded: there is something to sync at close */
     node_store_fail_cb fail_cb;
     void *fail_arg;
     node_store_broken_cb broken_cb;
@@ -351,6 +354,14 @@ static int ask_room(node_store_t *s)
                        (off_t)DELETE_ROOM_PAGES * (off_t)s->psize) == 0
                  ? 0
                  : errno;
+    uint64_t no_room;
+    if (kvs_test_hook_u64("KVS_TEST_NO_ROOM", &no_room) && no_room != 0) {
+        static int said;
+        if (!said++)
+            kvs_warn("test hook: the disk is taken to give no room for deletes "
+                     "(KVS_TEST_NO_ROOM)");
+        rc = ENOSPC; /* what tight decides, seen on a disk with space */
+    }
     if (rc == 0) {
         s->room_end = used + DELETE_ROOM_PAGES;
         return 1;
@@ -384,6 +395,30 @@ static int room_again(node_store_t *s)
     return 1;
 }
 
+/* One line of mdb_reader_list: "pid thread txnid", the txnid "-" for a
+ * reader slot that holds no snapshot now; keeps the least txnid held. */
+static int reader_line(const char *msg, void *ctx)
+{
+    size_t *oldest = ctx;
+    long long pid;
+    char thread[64];
+    unsigned long long txnid;
+    if (sscanf(msg, "%lld %63s %llu", &pid, thread, &txnid) == 3 && txnid < *oldest)
+        *oldest = (size_t)txnid;
+    return 0;
+}
+
+/* The freed pages LMDB may reuse now are those of transactions before the
+ * last one and before every snapshot a reader holds (a router's local
+ * reads, a digest, a snapshot copy): the id they must come before. */
+static size_t reusable_before(node_store_t *s, size_t last_txnid)
+{
+    size_t oldest = last_txnid;
+    if (mdb_reader_list(s->env, reader_line, &oldest) < 0)
+        return last_txnid;
+    return oldest;
+}
+
 /* Notes that the disk cannot give the room, what is left of it and the
  * pages earlier commits freed, for room_refuses. No txn may be open. */
 static void go_tight(node_store_t *s)
@@ -406,10 +441,12 @@ static void go_tight(node_store_t *s)
     size_t used = (size_t)info.me_last_pgno + 1;
     s->tight_room = s->room_end > used ? s->room_end - used : 0;
     /* Pages the last commit freed are not reusable before the next one
-     * (LMDB keeps the previous snapshot whole): not counted. */
+     * (LMDB keeps the previous snapshot whole), nor are those a reader's
+     * snapshot may read: not counted. */
+    size_t before = reusable_before(s, (size_t)info.me_last_txnid);
     if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
         if (mdb_cursor_open(txn, 0, &c) == 0) { /* 0: the freelist */
-            n = count_free(c, 0, (size_t)info.me_last_txnid, &s->tight_run, &s->tight_later);
+            n = count_free(c, 0, before, &s->tight_run, &s->tight_later);
             mdb_cursor_close(c);
         }
         if (n < 0)
@@ -434,19 +471,24 @@ static void keep_room(node_store_t *s, int failed)
 
 /* Whether writes that add data, priced `pages` (at their worst) for
  * `bytes` of keys and values, must be refused: the disk is tight, and they
- * are priced over TIGHT_BATCH_PAGES, or they and the open batch's writes
- * do not fit what may be used: the room above TIGHT_KEEP_PAGES, and the
- * pages earlier commits freed (reusable now), except for `bytes` that may
- * hold a value of several pages (which needs them in a row: freed pages
- * seldom are, so it takes new ones). LMDB takes freed pages first; should
- * it not (a reader's snapshot holds them), a batch takes TIGHT_BATCH_PAGES
- * of the room at most: deletes keep TIGHT_KEEP_PAGES - TIGHT_BATCH_PAGES
- * of it at least. */
+ * and the open batch's writes do not fit what may be used: the room above
+ * TIGHT_KEEP_PAGES, and the pages earlier commits freed (reusable now),
+ * except for `bytes` that may hold a value of several pages (which needs
+ * them in a row: freed pages seldom are, so it takes new ones). LMDB takes
+ * freed pages first; should it not, a batch takes TIGHT_BATCH_PAGES of the
+ * room at most: deletes keep TIGHT_KEEP_PAGES - TIGHT_BATCH_PAGES of it at
+ * least. A write priced over TIGHT_BATCH_PAGES (a value of 128 KiB and
+ * more) is a batch of its own, taken only on freed pages: all it may
+ * take, its value's in one run. A disk that filled up once stays tight
+ * while the data file holds what deletes freed (it never shrinks), and
+ * such values were refused for good, whatever the deletes had freed. */
 static int room_short(const node_store_t *s, size_t pages, size_t bytes)
 {
     /* with the open batch, or in a batch of its own after it commits */
     size_t batch =
         s->wtxn != NULL && !s->alone && s->op_pages + pages <= s->txn_budget ? s->op_pages : 0;
+    if (pages > TIGHT_BATCH_PAGES) /* alone, on freed pages only: its value's in a row */
+        return pages_of(s, bytes) > s->tight_run || pages > s->tight_free;
     size_t usable = s->tight_room > TIGHT_KEEP_PAGES ? s->tight_room - TIGHT_KEEP_PAGES : 0;
     if (bytes < s->psize / 2 || pages_of(s, bytes) <= s->tight_run)
         usable += s->tight_free;
@@ -454,6 +496,7 @@ static int room_short(const node_store_t *s, size_t pages, size_t bytes)
 }
 
 static int recommit(node_store_t *s, const char *what);
+static int batch_commit(node_store_t *s);
 
 /* Pages the last commit freed become reusable only after one more commit;
  * while every write that adds data is refused, none comes (one Hclear on a
@@ -473,10 +516,20 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
     uint64_t now = kvs_now_ns() / 1000000;
     if (now - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
         return 0;
+    /* A write priced over TIGHT_BATCH_PAGES is a batch of its own on freed
+     * pages, so it is weighed against them once the open batch (a large
+     * write just before it, say) committed and took its share: counted
+     * before, two such writes in one turn both passed, and the second took
+     * the deletes' room. */
+    if (pages > TIGHT_BATCH_PAGES && s->wtxn != NULL && !s->reserved) {
+        if (batch_commit(s) != 0)
+            return 1;
+        if (!s->tight)
+            return 0;
+    }
     if (!room_short(s, pages, bytes))
         return 0;
-    if (pages > TIGHT_BATCH_PAGES || s->wtxn != NULL || s->broken ||
-        s->tight_later <= TIGHT_LATER_MIN ||
+    if (s->wtxn != NULL || s->broken || s->tight_later <= TIGHT_LATER_MIN ||
         (s->later_ms != 0 && now - s->later_ms < ROOM_RETRY_MS))
         return 1;
     s->tight_later = 0;
@@ -714,10 +767,23 @@ static int batch_commit(node_store_t *s)
     return 0;
 }
 
+/* Whether `bytes` more of address space can be mapped now. */
+static int map_fits(uint64_t bytes)
+{
+    if (bytes == 0)
+        return 1;
+    void *p =
+        mmap(NULL, (size_t)bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return 0;
+    munmap(p, (size_t)bytes);
+    return 1;
+}
+
 /* Grows the map when less than a quarter (or MIN_FREE_PAGES) is free, when
  * `need` pages would not fit twice, or after an MDB_MAP_FULL. No txn may be
- * active. */
-static void map_grow(node_store_t *s, size_t need)
+ * active. Returns 0, or -ENOMEM when it should grow and cannot (logged). */
+static int map_grow(node_store_t *s, size_t need)
 {
     size_t total = s->map_size / s->psize;
     size_t free_pages = total > s->used ? total - s->used : 0;
@@ -727,13 +793,30 @@ static void map_grow(node_store_t *s, size_t need)
     if (want < total / 4)
         want = total / 4;
     if (free_pages >= want && !s->grow)
-        return;
+        return 0;
     if (s->pins > 0)
-        return; /* another thread reads the map: it must not move (batch_begin says so) */
+        return 0; /* another thread reads the map: it must not move (batch_begin says so) */
     uint64_t size = s->grow ? s->map_size * 2 : s->map_size;
-    s->grow = 0;
     while (size / s->psize < s->used + want)
         size *= 2;
+    /* A map that cannot be had (RLIMIT_AS, overcommit) is better refused
+     * than failed: mdb_env_set_mapsize unmaps first and leaves nothing
+     * mapped if the new map fails. So the growth is tried out first (an
+     * unused mapping of what it adds), and when it does not fit, the
+     * least growth that holds the batch twice. */
+    uint64_t least =
+        ((uint64_t)(s->used + need * 2) * s->psize + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+    if (!map_fits(size - s->map_size))
+        size = least > s->map_size && map_fits(least - s->map_size) ? least : 0;
+    if (size == 0) {
+        if (kvs_log_budget_take(&s->write_errs, kvs_now_ns() / 1000000))
+            kvs_error("the LMDB map cannot grow from %llu MiB: no address space for the larger "
+                      "map (%s: RLIMIT_AS, ulimit -v, or the kernel's overcommit rules); writes "
+                      "that need more room are refused until it can, reads go on",
+                      (unsigned long long)(s->map_size >> 20), strerror(ENOMEM));
+        return -ENOMEM;
+    }
+    s->grow = 0;
     read_release(s);
     /* Without a write map this only remaps: it costs address space, not
      * disk. mdb_env_set_mapsize unmaps before it remaps, so if it fails the
@@ -748,6 +831,7 @@ static void map_grow(node_store_t *s, size_t need)
     kvs_info("map size grown from %llu to %llu MiB", (unsigned long long)(s->map_size >> 20),
              (unsigned long long)(size >> 20));
     s->map_size = size;
+    return 0;
 }
 
 /* Frees the reader slots of processes that died: a slot that held a
@@ -792,8 +876,10 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
     s->op_pages = 0;
     s->bytes = 0;
     size_t need = batch_pages(s, op_pages, bytes);
-    map_grow(s, need);
+    int grown = map_grow(s, need);
     size_t total = s->map_size / s->psize;
+    if (grown != 0 && (total < s->used || total - s->used < need))
+        return grown; /* the map cannot hold the batch and cannot grow */
     if (s->pins > 0 && (total < s->used || total - s->used < 2 * need))
         return -EAGAIN; /* the map would have to grow under a snapshot or digest */
     size_t budget = (total - s->used) / 2;
@@ -1059,6 +1145,54 @@ int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages)
     return rc;
 }
 
+/* On a tight disk (Disk, above) a drop's free list, a page number per page
+ * of the table, is written whole by its commit: a table of more than
+ * clear_drop_pages needs more of the room than a batch may take (a
+ * probe's DEL of a 200 MB table got 507 on every try, whatever the room).
+ * So its keys are deleted first, in key order, in commits that each free
+ * about as many pages (a value's overflow pages and the leaves
+ * emptied; the pages a piece copies are its path, reused as it goes), and
+ * the rest is dropped. Each piece's commit is for good: a clear that
+ * fails midway (the room ran out after all) leaves the keys deleted so
+ * far deleted, as a split delete would. */
+static size_t clear_drop_pages(const node_store_t *s)
+{
+    return (size_t)TIGHT_BATCH_PAGES / 2 * s->psize / sizeof(uint64_t); /* a record of 16 pages */
+}
+
+static int clear_in_pieces(node_store_t *s, const char *table)
+{
+    for (;;) {
+        MDB_stat st;
+        MDB_cursor *c;
+        MDB_val k, v;
+        kvs_dbimap_entry_t *e = kvs_dbimap_lookup(&s->tables, table);
+        if (e == NULL)
+            return KVS_ENOTFOUND;
+        int rc = mdb_stat(s->wtxn, e->dbi, &st);
+        if (rc != 0)
+            return batch_fail(s, "mdb_stat", rc);
+        if (s->reserved || !s->tight || stat_pages(&st) <= clear_drop_pages(s))
+            return 0; /* a reservation (a Rebuild's clear and offsets) commits whole or not */
+        if ((rc = mdb_cursor_open(s->wtxn, e->dbi, &c)) != 0)
+            return batch_fail(s, "mdb_cursor_open", rc);
+        for (size_t freed = 0; rc == 0 && freed < clear_drop_pages(s);) {
+            rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+            if (rc == 0) {
+                freed += 1 + (v.mv_size > s->psize / 2 ? pages_of(s, v.mv_size) : 0);
+                rc = mdb_cursor_del(c, 0);
+            }
+        }
+        mdb_cursor_close(c);
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return batch_fail(s, "mdb_cursor_del", rc);
+        wrote(s, e->dbi);
+        size_t next = clear_drop_pages(s) * sizeof(uint64_t); /* the next piece, or the drop */
+        if ((rc = batch_commit(s)) != 0 || (rc = batch_begin(s, write_pages(s, next), next)) != 0)
+            return rc;
+    }
+}
+
 int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
 {
     MDB_stat st;
@@ -1069,7 +1203,10 @@ int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
     if (rc != 0 || pages == 0)
         return rc; /* missing or empty: nothing to write */
     /* What the drop writes is the free list: a page number per page. */
-    rc = batch_room(s, (size_t)pages * sizeof(uint64_t));
+    size_t drop = s->tight && pages > clear_drop_pages(s) ? clear_drop_pages(s) : (size_t)pages;
+    rc = batch_room(s, drop * sizeof(uint64_t));
+    if (rc == 0)
+        rc = clear_in_pieces(s, table);
     kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&s->tables, table) : NULL;
     if (rc != 0 || e == NULL)
         return rc != 0 ? rc : KVS_ENOTFOUND;
@@ -2276,6 +2413,7 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
         snprintf(err, errlen, "%s: cannot open LMDB environment: %s", o->dir, mdb_strerror(rc));
         return KVS_ESTORE;
     }
+    s->env_open = 1;
     clear_dead_readers(s, o->dir);
     if ((rc = pages_present(s, o->dir, err, errlen)) != 0)
         return rc;
@@ -2420,7 +2558,8 @@ int node_store_close(node_store_t *s)
         rc = batch_commit(s);
         if (s->rtxn != NULL)
             mdb_txn_abort(s->rtxn);
-        int src = mdb_env_sync(s->env, 1); /* storage.sync batch: the last meta page */
+        /* storage.sync batch: the last meta page (none when it never opened) */
+        int src = s->env_open ? mdb_env_sync(s->env, 1) : 0;
         if (src != 0) {
             kvs_error("closing: the last sync failed (%s): the last commit may be undone by "
                       "power loss",

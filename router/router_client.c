@@ -665,8 +665,11 @@ static void on_connection(uv_stream_t *server, int status)
 static void listen_failed(const char *where, int rc)
 {
     if (rc == UV_EADDRINUSE)
-        kvs_error("cannot listen on %s: %s (another process holds this port without sharing "
-                  "it, SO_REUSEPORT, or runs as another user); stop it or choose another port",
+        kvs_error("cannot listen on %s: %s (another process listens on this port without "
+                  "sharing it, SO_REUSEPORT, or runs as another user; or a connection holds it "
+                  "as its own local port, as any outgoing connection may a port in the kernel's "
+                  "ephemeral range, net.ipv4.ip_local_port_range: `ss -tanp` shows which); stop "
+                  "it or choose another port",
                   where, uv_strerror(rc));
     else
         kvs_error("cannot listen on %s: %s", where, uv_strerror(rc));

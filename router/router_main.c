@@ -227,7 +227,10 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             m->reload_from = optarg;
         } else if (ch == 'P') {
             m->print = optarg;
-            bad |= strcmp(optarg, "data_dir") != 0; /* the one key asked for so far */
+            if (strcmp(optarg, "data_dir") != 0) { /* the one key asked for so far */
+                fprintf(stderr, "kvs-router: --print %s: only data_dir can be printed\n", optarg);
+                bad = 1;
+            }
         } else if (ch == 'C') {
             m->check = 1;
         } else {

@@ -403,8 +403,30 @@ static const char *read_line(const char *path, char *buf, size_t cap)
     return buf;
 }
 
+/* A client port (router.listen, ...) `text` in the ephemeral range: said. */
+static void warn_listener(const char *key, const char *text, const char *range,
+                          const char *reserved)
+{
+    kvs_addr_t a;
+    unsigned low = 0, high = 0;
+    if (text == NULL || text[0] == '\0' || kvs_addr_parse(text, 1, &a, NULL, 0) != 0 || a.is_unix ||
+        router_ports_ephemeral(a.port, a.port, range, reserved, &low, &high) == 0)
+        return;
+    kvs_warn("%s: port %u lies in the kernel's ephemeral port range (%u-%u, "
+             "net.ipv4.ip_local_port_range): an outgoing connection of any process may hold it "
+             "when kvs (re)starts, and kvs cannot listen on it until it is let go; choose a port "
+             "below %u, or reserve it (net.ipv4.ip_local_reserved_ports)",
+             key, a.port, low, high, low);
+}
+
 void router_ports_warn_ephemeral(const kvs_config_t *cfg)
 {
+    char range[64], reserved[4096];
+    read_line("/proc/sys/net/ipv4/ip_local_port_range", range, sizeof(range));
+    read_line("/proc/sys/net/ipv4/ip_local_reserved_ports", reserved, sizeof(reserved));
+    warn_listener("router.listen", cfg->router_listen, range, reserved);
+    warn_listener("router.resp_listen", cfg->resp_listen, range, reserved);
+    warn_listener("router.metrics_listen", cfg->metrics_listen, range, reserved);
     const char *base = cfg->node_listen[0] != '\0' ? cfg->node_listen
                        : cfg->self != NULL         ? cfg->self->address
                                                    : NULL;
@@ -412,9 +434,6 @@ void router_ports_warn_ephemeral(const kvs_config_t *cfg)
     if (base == NULL || kvs_addr_parse(base, 1, &a, NULL, 0) != 0 || a.is_unix)
         return; /* workers listen on their unix sockets only */
     unsigned first = 0, last = 0, n = 0, low = 0, high = 0;
-    char range[64], reserved[4096];
-    read_line("/proc/sys/net/ipv4/ip_local_port_range", range, sizeof(range));
-    read_line("/proc/sys/net/ipv4/ip_local_reserved_ports", reserved, sizeof(reserved));
     for (uint32_t s = 0; s < cfg->shards; s++) {
         unsigned port = a.port + s;
         if (!kvs_config_shard_is_local(cfg, s) ||

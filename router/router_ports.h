@@ -96,9 +96,11 @@ unsigned router_ports_ephemeral(unsigned first, unsigned last, const char *range
                                 const char *reserved, unsigned *low, unsigned *high);
 
 /* Warns once when this node's workers' TCP ports (node.listen's, or its
- * map address's, PORT+N for its shards) lie in the kernel's ephemeral
- * range: an outgoing connection of any process may hold one when a worker
- * (re)starts, and the worker cannot listen until it is let go. */
+ * map address's, PORT+N for its shards), or its client ports
+ * (router.listen, resp_listen, metrics_listen), lie in the kernel's
+ * ephemeral range: an outgoing connection of any process may hold one when
+ * a worker or the node (re)starts, and it cannot listen until it is let
+ * go. */
 void router_ports_warn_ephemeral(const kvs_config_t *cfg);
 
 #endif

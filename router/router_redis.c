@@ -94,6 +94,8 @@ struct router_redis_s {
     uint64_t id;
     int resp3;
     int quit;            /* QUIT seen: later commands are ignored */
+    int multi;           /* MULTI seen, no EXEC or DISCARD yet (transaction_command) */
+    int multi_aborted;   /* ... and a command was refused since: EXEC aborts */
     router_name_t *name; /* CLIENT SETNAME (a reference), or NULL */
     /* HELLO ... AUTH being checked (the client reads nothing meanwhile):
      * applied when the check succeeds. */
@@ -830,6 +832,10 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
             return reply_error(req, "ERR syntax error");
         }
     }
+    /* Rights first: whether a cursor is valid for the table says that
+     * someone walks it now (cursor numbers are handed out in turn). */
+    if (not_allowed(req, KVS__COMMAND_REQUEST__COMMAND_HSCAN, &a[1]))
+        return;
     scan_ctx_t *sc = calloc(1, sizeof(*sc) + (match ? match->len : 0));
     if (sc == NULL)
         return oom(req);
@@ -1845,6 +1851,91 @@ static void unknown_command(router_redis_t *rs, router_req_t *req)
                 (const char *)a[0].p, args);
 }
 
+/* ---- MULTI / EXEC ---------------------------------------------------------------------------
+ *
+ * kvs runs no transactions: the commands of one MULTI may go to several
+ * shards' workers, each committing what it is sent. MULTI used to answer
+ * "unknown command" and the commands after it ran as any other: a client
+ * library's transaction (redis-py's default pipeline) applied them and
+ * then raised an error for its EXEC, and a client that retried applied
+ * them twice. So MULTI is taken as Redis takes it (+OK), every command
+ * after it is refused as not queued, and EXEC answers EXECABORT, as Redis
+ * does for a transaction with a command refused while queuing: nothing
+ * of it ran. DISCARD ends it; WATCH is refused (there are no optimistic
+ * locks either); UNWATCH has nothing to undo. QUIT still quits.
+ * Returns 1 when it answered the command. */
+static int transaction_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                               const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t argc = rs->ps.argc;
+    char first = a[0].len > 0 ? (char)(a[0].p[0] | 0x20) : '\0';
+    if (!rs->multi && first != 'm' && first != 'e' && first != 'd' && first != 'w' && first != 'u')
+        return 0; /* the hot path (HGET, HSET, ...): one look */
+    int multi = kvs_redis_arg_is(&a[0], "multi"), exec = kvs_redis_arg_is(&a[0], "exec");
+    int discard = kvs_redis_arg_is(&a[0], "discard"), watch = kvs_redis_arg_is(&a[0], "watch");
+    int unwatch = kvs_redis_arg_is(&a[0], "unwatch");
+    int word = multi || exec || discard || watch || unwatch;
+    if (!word && (!rs->multi || kvs_redis_arg_is(&a[0], "quit")))
+        return 0;
+    if (word && (watch ? argc < 2 : argc != 1)) { /* as Redis: the arity before the rights */
+        char name[16];
+        size_t n = a[0].len < sizeof(name) - 1 ? a[0].len : sizeof(name) - 1;
+        for (size_t i = 0; i < n; i++)
+            name[i] = (char)(a[0].p[i] | 0x20); /* one of the words above: letters */
+        name[n] = '\0';
+        if (exec) { /* Redis's EXEC aborts whatever its error, and so ends a MULTI */
+            reply_error(req,
+                        "EXECABORT Transaction discarded because of: wrong number of arguments "
+                        "for 'exec' command");
+            rs->multi = 0;
+        } else {
+            reply_error(req, "ERR wrong number of arguments for '%s' command", name);
+            rs->multi_aborted |= rs->multi;
+        }
+    } else if (!router_client_authenticated(cl)) {
+        reply_error(req, "NOAUTH Authentication required.");
+    } else if (multi && rs->multi) {
+        reply_error(req, "ERR MULTI calls can not be nested"); /* not queued: no abort */
+    } else if (multi) {
+        rs->multi = 1;
+        rs->multi_aborted = 0;
+        reply_ok(req);
+    } else if ((exec || discard) && !rs->multi) {
+        reply_error(req, "ERR %s without MULTI", exec ? "EXEC" : "DISCARD");
+    } else if (exec || discard) {
+        rs->multi = 0;
+        if (discard) {
+            reply_ok(req);
+        } else if (rs->multi_aborted) {
+            reply_error(req, "EXECABORT Transaction discarded because of previous errors.");
+        } else { /* nothing was sent between: an empty transaction ran */
+            req->resp.len = 0;
+            kvs_redis_array(&req->resp, 0);
+            finish_raw(req);
+        }
+    } else if (watch) {
+        reply_error(req, rs->multi ? "ERR WATCH inside MULTI is not allowed" /* not queued */
+                                   : "ERR kvs has no transactions: WATCH is not supported");
+    } else if (unwatch && !rs->multi) {
+        reply_ok(req); /* nothing is watched */
+    } else { /* a command after MULTI (UNWATCH too): refused, in Redis's words where it has some */
+        if (cmd == NULL && !unwatch)
+            unknown_command(rs, req);
+        else if (cmd != NULL && ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
+                                 (cmd->arity < 0 && argc < (size_t)-cmd->arity)))
+            reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+        else
+            reply_error(req,
+                        "ERR kvs has no transactions: '%.*s' was not queued and does not run; "
+                        "EXEC will discard the transaction (send the commands without MULTI, "
+                        "e.g. redis-py's pipeline(transaction=False))",
+                        shown(&a[0]), (const char *)a[0].p);
+        rs->multi_aborted = 1;
+    }
+    return 1;
+}
+
 /* A hash command's key and fields (cmd->args), checked before it runs, so
  * that what is wrong is said in Redis's terms. Answers and returns 1 if
  * one is refused. */
@@ -1955,17 +2046,21 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
      * delivered after, by router_client_routed, never under the handler. */
     req->in_route = 1;
     unsigned long failures = kvs_redis_reply_failures();
-    if (cmd != NULL)
+    if (cmd != NULL) /* MULTI and its words are none of kvs's commands */
         note_command(rs, req, cmd);
-    if (cmd == NULL)
+    int answered = transaction_command(rs, cl, req, cmd);
+    if (answered) {
+        /* MULTI, EXEC, ... or a command after MULTI */
+    } else if (cmd == NULL) {
         unknown_command(rs, req);
-    else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
-             (cmd->arity < 0 && argc < (size_t)-cmd->arity))
+    } else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
+               (cmd->arity < 0 && argc < (size_t)-cmd->arity)) {
         reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
-    else if (!router_client_authenticated(cl) && strstr(cmd->flags, "no_auth") == NULL)
+    } else if (!router_client_authenticated(cl) && strstr(cmd->flags, "no_auth") == NULL) {
         reply_error(req, "NOAUTH Authentication required.");
-    else if (!args_refused(req, cmd, rs->ps.argv, argc))
+    } else if (!args_refused(req, cmd, rs->ps.argv, argc)) {
         cmd->fn(rs, cl, req, cmd);
+    }
     /* A reply written here that misses a piece is not sent: the client
      * is closed instead (client_flush_done, for an empty reply). */
     if (req->done && req->raw && kvs_redis_reply_failures() != failures)

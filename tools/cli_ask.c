@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define ANSWER_STEP (1u << 20) /* an answer's buffer starts at this and doubles */
 
@@ -113,7 +114,13 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
     snprintf(port, sizeof(port), "%u", a->port);
     if (cli_net_open(&net, a->is_unix ? a->path : NULL, a->host, port, timeout, err, sizeof(err)) !=
         0) {
-        snprintf(why, len, "cannot connect: %s", err);
+        if (a->is_unix)
+            snprintf(why, len, "cannot connect to unix:%s: %s%s", a->path, err,
+                     a->path[0] != '/' ? " (data_dir is relative: to the node's working "
+                                         "directory, and kvs-cli was run elsewhere)"
+                                       : "");
+        else
+            snprintf(why, len, "cannot connect to %s:%u: %s", a->host, a->port, err);
         return NULL;
     }
     int rc = cli_ask_on(&net, q, timeout, NULL, &r, err, sizeof(err));
@@ -190,8 +197,7 @@ Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_
                      "in this command",
                      hung_key);
         else
-            snprintf(why, len,
-                     "not asked: %s %s gave no answer for %g s earlier in this command",
+            snprintf(why, len, "not asked: %s %s gave no answer for %g s earlier in this command",
                      rep->addr.is_unix ? "the worker at" : "node", down_key, down_s);
         if (skipped != NULL)
             *skipped = 1;
@@ -218,4 +224,16 @@ Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_
         (hung != NULL || (hung = walk_node(w, hung_key, 1)) != NULL))
         hung->silent = 1;
     return r;
+}
+
+void cli_replicas_reach(const kvs_config_t *cfg, uint32_t shard, kvs_replica_t *reps, int n)
+{
+    struct stat st;
+    for (int i = 0; i < n; i++) {
+        kvs_replica_t *r = &reps[i];
+        kvs_addr_t tcp;
+        if (r->local && r->addr.is_unix && stat(r->addr.path, &st) != 0 && cfg->self != NULL &&
+            kvs_cluster_node_addr(cfg->self, shard, &tcp) == 0)
+            r->addr = tcp;
+    }
 }

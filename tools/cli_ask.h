@@ -59,14 +59,22 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
 
 typedef struct cli_walk_node_s {
     char key[256];
-    double unreachable_since; /* its first failure without an answer since its last answer; 0: none */
-    int silent;               /* asked nothing more: 1 hung, 2 down */
+    double
+        unreachable_since; /* its first failure without an answer since its last answer; 0: none */
+    int silent;            /* asked nothing more: 1 hung, 2 down */
 } cli_walk_node_t;
 
 typedef struct cli_walk_s {
     cli_walk_node_t *nodes; /* those that failed once */
     int n, cap;
 } cli_walk_t;
+
+/* This node's replicas of `shard` among reps[0..n) are its workers' unix
+ * sockets, under data_dir; one that is not there from where kvs-cli runs
+ * (a relative data_dir is the node's working directory's: a systemd unit's
+ * /var/lib/kvs) is asked at the node's address in the map instead, where
+ * the worker listens for other nodes. */
+void cli_replicas_reach(const kvs_config_t *cfg, uint32_t shard, kvs_replica_t *reps, int n);
 
 /* Frees what the walk remembers; it may be used again after. */
 void cli_walk_free(cli_walk_t *w);

@@ -114,6 +114,7 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
     kvs_replica_t reps[KVS_MAX_REPLICAS];
     answer_t *ans = calloc(KVS_MAX_REPLICAS, sizeof(*ans));
     int n = kvs_cluster_replicas(cfg, shard, reps, KVS_MAX_REPLICAS, NULL, 0);
+    cli_replicas_reach(cfg, shard, reps, n);
     if (ans == NULL || n <= 0) {
         free(ans);
         fprintf(stderr, "kvs-cli: shard %u: no replica address\n", shard);

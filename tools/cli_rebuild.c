@@ -52,6 +52,7 @@ int cli_rebuild_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tab
             continue;
         kvs_replica_t reps[KVS_MAX_REPLICAS];
         int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, NULL, 0);
+        cli_replicas_reach(cfg, s, reps, n);
         if (n <= 0) {
             fprintf(stderr, "kvs-cli: shard %u: no replica address\n", s);
             rc = 1;

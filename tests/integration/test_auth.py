@@ -723,6 +723,34 @@ class RespAuthTest(RouterTestCase):
                           b"$1"])
         self.assertIn(b"-NOPERM user \"alice\" may not run Hset on table \"pub\"", got)
 
+    def test_hscan_rights_come_before_its_cursor(self):
+        """HSCAN looked its cursor up before the rights check: a user
+        without rights on a table got "invalid cursor" for every number
+        but the one another user's walk of it held, which got NOPERM
+        (cursor numbers are handed out in turn, so a user's own walk
+        shows which are near). So whether a table exists and is being
+        walked was there to find out. Every cursor on a table the user
+        may not read is NOPERM now."""
+        self.resp_router()
+        ops = self.redis(username="ops", password="ops-pw")
+        ops.hset("secret", mapping={"f%03d" % i: "v" for i in range(300)})
+        cur, page = ops.hscan("secret", 0, count=10)
+        self.assertNotEqual(cur, 0)
+        alice = self.redis(username="alice", password="alice-pw")
+        alice.hset("orders1", mapping={"f%03d" % i: "v" for i in range(300)})
+        own, _ = alice.hscan("orders1", 0, count=10)
+        self.assertNotEqual(own, 0)
+        for c in (cur, cur + 1, own, 12345, 0):
+            with self.assertRaisesRegex(redis.exceptions.NoPermissionError,
+                                        'user "alice" may not run Hscan on table "secret"'):
+                alice.hscan("secret", c)
+        # ... and for a table nobody walks or that does not exist
+        for t in ("payroll", "secret-2"):
+            with self.assertRaisesRegex(redis.exceptions.NoPermissionError, t):
+                alice.hscan(t, cur)
+        # a user with rights still continues the walk
+        self.assertTrue(ops.hscan("secret", cur, count=10)[1])
+
     def test_del_of_several_keys_is_all_or_nothing_on_rights(self):
         # alice may write orders*, not pub: a DEL naming both deletes
         # nothing; an EXISTS needs read on every key.

@@ -19,13 +19,15 @@ What is checked:
 """
 import os
 import re
+import resource
 import shutil
 import subprocess
 import threading
 import time
 import unittest
 
-from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset, unmount
+from kvstest import (SANITIZED, NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset,
+                     status_kib, unmount)
 from routertest import RouterTestCase
 from kafkatest import wait_until
 
@@ -108,6 +110,55 @@ class DiskTest(NodeTestCase):
             self.assertEqual(allocated(n), disk)
             self.assertEqual(map_size(c), mapped)
             self.assertEqual(pyval(c.hget("t", "present").values[0]), "v")
+
+    @unittest.skipIf(SANITIZED, "a sanitizer's shadow memory needs more address space")
+    def test_a_map_that_cannot_grow_refuses_writes_and_serves_on(self):
+        """mdb_env_set_mapsize unmaps first: a larger map the process
+        could not have (RLIMIT_AS, overcommit) left nothing mapped, and the
+        worker aborted, at every write that needed the map to grow, after
+        each restart. The growth is tried out first: writes that need it
+        get an error, the worker serves on, and what was stored reads."""
+        n = self.node(storage={"map_size": "16MiB"})
+        with n.client() as c:
+            self.assertOk(c.hset("t", "k0", "v" * 1000))
+            vm = status_kib(n.pid, "VmSize") << 10
+            resource.prlimit(n.pid, resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))
+            refused = None
+            for i in range(1, 200):
+                a = c.hset("t", "k%d" % i, "v" * (1 << 20))
+                if a.status != 200:
+                    refused = a
+                    break
+            self.assertIsNotNone(refused, "the map never had to grow")
+            self.assertEqual(refused.status, 500, refused.message)
+            self.assertIn("Cannot allocate memory", refused.message)
+            self.assertEqual(len(pyval(c.hget("t", "k0").values[0])), 1000)
+            self.assertOk(c.hset("t", "small", "v"))  # what fits the map is taken
+            self.assertOk(c.hdel("t", "small"))
+            resource.prlimit(n.pid, resource.RLIMIT_AS,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            a = c.hset("t", "after", "v" * (1 << 20))
+            self.assertOk(a)  # it grows once it can
+        self.assertEqual(n.proc.poll(), None, "the worker exited:\n" + n.stderr()[-2000:])
+        self.assertIn("the LMDB map cannot grow from", n.stderr())
+
+    @unittest.skipIf(SANITIZED, "a sanitizer's shadow memory needs more address space")
+    def test_an_environment_that_never_opened_is_not_said_to_lose_a_commit(self):
+        """A worker whose environment failed to open (here its 1 GiB map
+        does not fit the address space it may have) also logged "the last
+        sync failed ...: the last commit may be undone by power loss", of
+        a commit it never made."""
+        n = self.node(start=False)
+        wrapper = os.path.join(n.dir, "limited")
+        with open(wrapper, "w") as f:
+            f.write('#!/bin/sh\nexec prlimit --as=%d %s "$@"\n' % (600 << 20, n.exe))
+        os.chmod(wrapper, 0o755)
+        n.exe = wrapper
+        with self.assertRaises(Exception):
+            n.start()
+        n.proc.wait(10)
+        self.assertIn("cannot open LMDB environment: Cannot allocate memory", n.stderr())
+        self.assertNotIn("the last sync failed", n.stderr())
 
     def test_hmdel_of_many_keys_does_not_balloon_the_map(self):
         # Deleting 20,000 small keys in one request dirties at most the few
@@ -492,6 +543,71 @@ class FullDiskStartTest(RouterTestCase):
             self.assertLess(taken, 20)
             failed = [k for k in stored[:2000] if c.hdel("t", k).status != 200]
             self.assertEqual(failed, [])
+
+    def test_large_values_fit_in_what_deletes_freed_on_a_full_disk(self):
+        """A disk that filled up stays full for the file system after
+        deletes (data.mdb never shrinks), so the worker stays tight, and
+        writes priced over a quarter of the deletes' room (a value of
+        128 KiB or more) were refused for good, however much the deletes
+        had freed: a probe's 300 KB values got 507 after a DEL of 100 MB,
+        after a restart too. Such a write is taken alone on freed pages,
+        its value's in a row, and deletes still commit after."""
+        r = self.tmpfs_router("20M", shards=1, partitions=8)
+        r.start()
+        with r.client() as c:
+            full, i = 0, 0
+            while full == 0 and i < 20000:
+                keys = ["b%06d" % (i + j) for j in range(50)]
+                i += 50
+                for a in c.pipeline(req_hset("big", k, "v" * 3000) for k in keys):
+                    if a.status == 507:
+                        full += 1
+                    else:
+                        self.assertEqual(a.status, 200, a.message)
+            self.assertGreater(full, 0, "the disk never filled up")
+            self.assertEqual(c.hset("t", "v300k", "x" * 300000).status, 507)
+            self.assertEqual(c.call(pb.CommandRequest(hclear=pb.Hclear(table="big"))).status, 200)
+            time.sleep(1.2)  # past ROOM_RETRY_MS: the disk is asked again, and is still full
+            for j, size in enumerate((140000, 300000, 1000000)):
+                a = c.hset("t", "v%d" % j, "x" * size)
+                self.assertEqual(a.status, 200, "%d bytes: %s" % (size, a.message))
+            self.assertEqual(len(pyval(c.hget("t", "v2").values[0])), 1000000)
+            for j in range(3):
+                self.assertEqual(c.hdel("t", "v%d" % j).status, 200)
+        self.assertIn("the disk has no room for the 512 KiB", r.stderr())
+        self.assertNotIn("the disk has room again", r.stderr())  # still tight all along
+
+    def test_one_clear_of_a_large_table_commits_on_a_full_disk(self):
+        """A drop's commit writes LMDB's list of the pages it frees, 8 bytes
+        a page, whole: for a table of 200 MB, 400 KB, more than the room
+        kept for deletes, so a probe's DEL of it got 507 on every try, and
+        nothing short of freeing space outside kvs helped. On a full disk
+        a large table's keys are now deleted in pieces, each its own
+        commit, and the rest dropped: the one Hclear answers 200, the table
+        is gone, and writes are taken again."""
+        r = self.tmpfs_router("200M", shards=1, partitions=8)
+        r.start()
+        with r.client(timeout=60) as c:
+            full, i = 0, 0
+            while full == 0 and i < 20000:
+                keys = ["b%06d" % (i + j) for j in range(20)]
+                i += 20
+                for a in c.pipeline(req_hset("big", k, "v" * 30000) for k in keys):
+                    if a.status == 507:
+                        full += 1
+                    else:
+                        self.assertEqual(a.status, 200, a.message)
+            self.assertGreater(full, 0, "the disk never filled up")
+            self.assertGreater(i, 5000)
+            a = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
+            self.assertEqual(a.status, 200, a.message)
+            n = c.call(pb.CommandRequest(hlen=pb.Hlen(table="big"))).values[0].integer_value
+            self.assertEqual(n, 0)
+            time.sleep(1.2)  # the refused writes' retry of the room
+            for j in range(20):
+                a = c.hset("t", "after%d" % j, "x" * 30000)
+                self.assertEqual(a.status, 200, a.message)
+        self.assertEqual(r.stop(), 0, r.stderr()[-3000:])
 
     def test_writes_come_back_once_the_disk_has_room_again(self):
         """A worker that went tight (no room for the deletes' room) asks

@@ -188,6 +188,10 @@ class LifecycleTest(RouterTestCase):
             out = subprocess.run([router, "--config", r.config] + bad, capture_output=True,
                                  text=True, timeout=30)
             self.assertEqual(out.returncode, 2, out.stderr)
+        out = subprocess.run([router, "--config", r.config, "--print", "listen"],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertIn("--print listen: only data_dir can be printed", out.stderr)
         self.assert_nothing_started(r)
 
     def reload_refused(self, make, remove, refused_router, refused_node):
@@ -426,6 +430,18 @@ class LifecycleTest(RouterTestCase):
         self.assertIn("node.listen: 1 worker port(s) in %d..%d lie in the kernel's ephemeral "
                       "port range (%d-%d, net.ipv4.ip_local_port_range)" % (port, port, lo, hi),
                       r.stderr())
+        self.assertNotIn("router.listen: port", r.stderr())  # the harness picks outside it
+        r.stop()
+        # The client ports alike (a restart meets a port held by a
+        # connection just the same; probe AB's node failed to start so).
+        s = socket.socket()
+        s.bind((HOST, 0))
+        rport = s.getsockname()[1]
+        s.close()
+        r = self.router(shards=1, partitions=8,
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        self.assertIn("router.resp_listen: port %d lies in the kernel's ephemeral port range "
+                      "(%d-%d, net.ipv4.ip_local_port_range)" % (rport, lo, hi), r.stderr())
 
     # ---- slow name resolution -----------------------------------------------------
 

@@ -341,6 +341,19 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         rc, out = self.digest(b)
         self.assertEqual(rc, 0, out)
         self.assertEqual(out.count("replicas agree"), SHARDS, out)
+        # A relative data_dir is the node's working directory's (a systemd
+        # unit's /var/lib/kvs): from elsewhere kvs-cli found no socket and
+        # said the node's own replicas did not answer. It asks them at the
+        # node's address in the map then.
+        rel = os.path.join(b.dir, "relative.yaml")
+        with open(b.config) as f, open(rel, "w") as g:
+            g.write(re.sub(r"(?m)^data_dir: .*$", "data_dir: ./data-of-b", f.read()))
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", rel, "--timeout", "5",
+                            "digest", TABLE], stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=30, cwd=a.dir)
+        out2 = p.stdout.decode() + p.stderr.decode()
+        self.assertEqual(p.returncode, 0, out2)
+        self.assertEqual(out2.count("replicas agree"), SHARDS, out2)
         lines = [ln.split() for ln in out.splitlines() if ln.startswith("  ")]
         self.assertEqual(len(lines), 2 * SHARDS, out)
         for ln in lines:  # name, digest, keys, "keys", "at", position

@@ -736,6 +736,67 @@ class RedisBenchmarkTest(RespTestCase):
         self.assertGreater(int(self.cli("hlen", "myhash").stdout), 500)
 
 
+class TransactionTest(RespTestCase):
+    """kvs runs no transactions. MULTI answered "unknown command" and the
+    commands after it ran: redis-py's default pipeline (MULTI ... EXEC)
+    applied every write and then raised an error, and a client that
+    retried applied them twice. MULTI is taken, every command after it is
+    refused, and EXEC aborts: nothing of it runs."""
+
+    def test_redis_py_transaction_raises_and_applies_nothing(self):
+        self.resp_router()
+        c = self.redis()
+        c.hset("acct", mapping={"bal": 100, "last": "none"})
+        p = c.pipeline()  # transaction=True, redis-py's default
+        p.hincrby("acct", "bal", -30)
+        p.hset("acct", "last", "withdraw")
+        with self.assertRaisesRegex(redis.exceptions.ResponseError, "no transactions"):
+            p.execute()
+        self.assertEqual(c.hgetall("acct"), {b"bal": b"100", b"last": b"none"})
+        p = c.pipeline(transaction=False)  # what the error advises
+        p.hincrby("acct", "bal", -30)
+        p.hset("acct", "last", "withdraw")
+        self.assertEqual(p.execute(), [70, 0])
+        self.assertEqual(c.hgetall("acct"), {b"bal": b"70", b"last": b"withdraw"})
+
+    def test_multi_exec_discard_answer_as_redis_does_for_a_refused_command(self):
+        self.resp_router()
+        s = self.raw()
+        got = self.exchange(s, b"HSET h n 1\r\nMULTI\r\nHINCRBY h n 5\r\nhset h m 2\r\n"
+                            b"EXEC\r\nHGETALL h\r\n", until=b"$1\r\nn\r\n$1\r\n1\r\n")
+        lines = got.split(b"\r\n")
+        self.assertEqual(lines[0], b":1")
+        self.assertEqual(lines[1], b"+OK")
+        self.assertTrue(lines[2].startswith(b"-ERR kvs has no transactions: 'HINCRBY' was not "
+                                            b"queued"), got)
+        self.assertTrue(lines[3].startswith(b"-ERR kvs has no transactions: 'hset'"), got)
+        self.assertEqual(lines[4], b"-EXECABORT Transaction discarded because of previous errors.")
+        self.assertEqual(lines[5:10], [b"*2", b"$1", b"n", b"$1", b"1"])  # nothing ran
+        # the misuses, word for word as Redis
+        for send, want in ((b"EXEC\r\n", b"-ERR EXEC without MULTI\r\n"),
+                           (b"DISCARD\r\n", b"-ERR DISCARD without MULTI\r\n"),
+                           (b"MULTI x\r\n", b"-ERR wrong number of arguments for 'multi' "
+                                             b"command\r\n"),
+                           (b"UNWATCH\r\n", b"+OK\r\n"),
+                           (b"MULTI\r\nMULTI\r\nDISCARD\r\n",
+                            b"+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n"),
+                           (b"MULTI\r\nEXEC\r\n", b"+OK\r\n*0\r\n"),
+                           (b"MULTI\r\nWATCH h\r\nEXEC\r\n",  # WATCH is not queued
+                            b"+OK\r\n-ERR WATCH inside MULTI is not allowed\r\n*0\r\n"),
+                           (b"MULTI\r\nEXEC x\r\nEXEC\r\n",  # a bad EXEC ends it
+                            b"+OK\r\n-EXECABORT Transaction discarded because of: wrong number "
+                            b"of arguments for 'exec' command\r\n-ERR EXEC without MULTI\r\n")):
+            self.assertEqual(self.exchange(s, send, until=want[-20:]), want, send)
+        self.assertTrue(self.exchange(s, b"WATCH h\r\n", until=b"\r\n").startswith(
+            b"-ERR kvs has no transactions: WATCH"))
+        # DISCARD ends it: the commands after run again
+        self.assertEqual(self.exchange(s, b"MULTI\r\nHSET h z 1\r\nDISCARD\r\nHSET h z 1\r\n",
+                                       until=b":1\r\n")[-4:], b":1\r\n")
+        self.assertEqual(self.redis().hget("h", "z"), b"1")
+        # QUIT still quits, inside MULTI too
+        self.assertEqual(self.exchange(s, b"MULTI\r\nQUIT\r\n"), b"+OK\r\n+OK\r\n")
+
+
 class RawProtocolTest(RespTestCase):
     def test_resp3_after_hello_3(self):
         self.resp_router()

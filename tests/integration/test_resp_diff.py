@@ -700,6 +700,35 @@ class HashCommandsTest(RespDiffTestCase):
             C("QUIT", "x"),
         ])
 
+    def test_transactions(self):
+        """kvs runs no transactions (README): MULTI is taken, every command
+        after it is refused rather than queued, and EXEC aborts, as Redis's
+        does when a command was refused while queuing; the misuses and an
+        empty transaction answer as Redis's."""
+        refused = (b"-ERR kvs has no transactions: '%s' was not queued and does not run; EXEC "
+                   b"will discard the transaction (send the commands without MULTI, e.g. "
+                   b"redis-py's pipeline(transaction=False))\r\n")
+        self.run_session([
+            C("EXEC"), C("DISCARD"), C("MULTI", "x"), C("EXEC", "x"), C("DISCARD", "x"),
+            C("UNWATCH"), C("UNWATCH", "x"), C("WATCH"),
+            D(["WATCH", "h"], b"-ERR kvs has no transactions: WATCH is not supported\r\n",
+              b"+OK\r\n"),
+            C("UNWATCH"),
+            C("MULTI"), C("MULTI"), C("DISCARD"),
+            C("MULTI"), C("EXEC"),
+            C("MULTI"), C("WATCH", "h"), C("EXEC"),
+            C("MULTI"), C("EXEC", "x"), C("EXEC"),
+            # refused while queuing in Redis's words where it has some: EXEC aborts
+            C("multi"), C("nosuch", "a"), C("exec"),
+            C("MULTI"), C("HGET", "h"), C("EXEC"),
+            C("MULTI"), D(["UNWATCH"], refused % b"UNWATCH", b"+QUEUED\r\n"),
+            D(["EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+              b"*1\r\n+OK\r\n"),
+            C("MULTI"), D(["HSET", "h", "f", "v"], refused % b"HSET", b"+QUEUED\r\n"),
+            C("DISCARD"),
+            C("HGETALL", "h"), C("HSET", "h", "f", "v"), C("HGETALL", "h"),
+        ])
+
     def test_command_info_and_docs_of_subcommands(self):
         """COMMAND INFO and DOCS look up "container|sub" as Redis 7 does,
         and a container's entry lists its subcommands."""

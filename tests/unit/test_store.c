@@ -660,6 +660,102 @@ KVS_TEST(clear_works_on_a_full_disk)
     node_store_close(s);
 }
 
+/* KVS_TEST_NO_ROOM: from the next look for room on, the disk is taken to
+ * give none (the store goes tight while the disk has space), so what a
+ * tight store decides is seen without a full disk. `grow` is a write that
+ * makes the data file grow into the room, so the store looks. */
+static void go_tight(node_store_t *s)
+{
+    static char big[600000];
+    memset(big, 'g', sizeof(big));
+    setenv("KVS_TEST_NO_ROOM", "1", 1);
+    CHECK_EQ(node_store_put(s, "grow", "g", 1, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_put(s, "grow", "h", 1, big, sizeof(big)), KVS_EFULL); /* tight now */
+}
+
+/* On a tight disk a client's Hclear of a large table commits in pieces;
+ * a Rebuild's clear runs in a reservation with the offsets it resets,
+ * which must commit whole or not at all: split, a failure (or a crash)
+ * after the first pieces left the table partly emptied under its old
+ * offsets, and ingestion never wrote the deleted keys again. */
+KVS_TEST(a_large_clear_in_a_reservation_is_never_split)
+{
+    fresh_dir();
+    node_store_opts_t o = opts(0, "p");
+    o.map_size = 256u << 20;
+    node_store_t *s = open_ok(o);
+    char key[32], val[3000];
+    memset(val, 'v', sizeof(val));
+    CHECK_EQ(node_store_meta_put(s, "kafka/x/0", "17", 2), 0);
+    for (int i = 0; i < 9000; i++) {
+        snprintf(key, sizeof(key), "k%06d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+        if (i % 500 == 499)
+            CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK_EQ(node_store_end_turn(s), 0);
+    uint64_t pages = 0, n = 0;
+    CHECK_EQ(node_store_table_pages(s, "t", &pages), 0);
+    CHECK(pages > 8192); /* a free list of more than 16 pages: split when it may be */
+    go_tight(s);
+    CHECK_EQ(node_store_reserve(s, 3, (size_t)pages * 8 + 64, 0), 0);
+    (void)node_store_clear(s, "t", NULL);
+    CHECK_EQ(node_store_reserve_end(s, KVS_ESTORE), KVS_ESTORE); /* a later part failed */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_count(s, "t", &n), 0);
+    CHECK_EQ(n, 9000);
+    /* a client's Hclear alone: in pieces, and whole */
+    CHECK_EQ(node_store_clear(s, "t", &n), 0);
+    CHECK_EQ(n, 9000);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    unsetenv("KVS_TEST_NO_ROOM");
+    s = open_ok(o);
+    CHECK_EQ(node_store_count(s, "t", &n), 0);
+    CHECK_EQ(n, 0);
+    node_slice_t v;
+    CHECK_EQ(node_store_meta_get(s, "kafka/x/0", &v), 0);
+    CHECK(v.len == 2 && memcmp(v.p, "17", 2) == 0);
+    node_store_close(s);
+}
+
+/* On a tight disk a large write goes alone on freed pages. Two in one turn
+ * were both weighed against the pages freed before the turn, so the second
+ * took new pages: the room kept for deletes. The second is weighed once
+ * the first committed. */
+KVS_TEST(two_large_writes_in_a_turn_are_weighed_one_after_the_other)
+{
+    fresh_dir();
+    node_store_opts_t o = opts(0, "p");
+    o.map_size = 64u << 20;
+    node_store_t *s = open_ok(o);
+    static char val[200000];
+    memset(val, 'v', sizeof(val));
+    char key[32];
+    for (int i = 0; i < 8; i++) {
+        snprintf(key, sizeof(key), "v%d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    go_tight(s);
+    CHECK_EQ(node_store_del(s, "t", "v0", 2), 0); /* some 49 pages in a row, freed */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    for (int i = 0; i < 2; i++) { /* two commits: they are reusable */
+        put_str(s, "u", "tiny", "x");
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK_EQ(node_store_put(s, "t", "a", 1, val, 120000), 0); /* 30 pages of them */
+    CHECK_EQ(node_store_put(s, "t", "b", 1, val, 120000), KVS_EFULL);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "b", NULL));
+    node_slice_t v;
+    CHECK_EQ(node_store_get(s, "t", "a", 1, &v), 0);
+    CHECK_EQ(v.len, 120000);
+    unsetenv("KVS_TEST_NO_ROOM");
+    node_store_close(s);
+}
+
 static uint64_t allocated(void)
 {
     struct stat st;
@@ -1318,4 +1414,6 @@ KVS_TEST_MAIN(
     KVS_CASE(clear_empties_a_table_with_its_offsets), KVS_CASE(clear_works_on_a_full_disk),
     KVS_CASE(data_file_cut_short_is_refused), KVS_CASE(data_file_short_of_free_pages_opens),
     KVS_CASE(data_file_overwritten_is_damaged), KVS_CASE(data_files_that_are_not_files_are_damaged),
-    KVS_CASE(emptied_data_file_of_the_last_worker_is_damaged))
+    KVS_CASE(emptied_data_file_of_the_last_worker_is_damaged),
+    KVS_CASE(a_large_clear_in_a_reservation_is_never_split),
+    KVS_CASE(two_large_writes_in_a_turn_are_weighed_one_after_the_other))
