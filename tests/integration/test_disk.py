@@ -500,6 +500,21 @@ class FullDiskStartTest(RouterTestCase):
         self.assertGreaterEqual(full, refusals, "the disk never filled up")
         return stored
 
+    def fill_table(self, c, table, size, per):
+        """Writes `size`-byte values to `table`, `per` a pipeline, until one
+        gets 507 (every other answer must be 200). Returns the keys sent."""
+        full, i = 0, 0
+        while full == 0 and i < 20000:
+            keys = ["b%06d" % (i + j) for j in range(per)]
+            i += per
+            for a in c.pipeline(req_hset(table, k, "v" * size) for k in keys):
+                if a.status == 507:
+                    full += 1
+                else:
+                    self.assertEqual(a.status, 200, a.message)
+        self.assertGreater(full, 0, "the disk never filled up")
+        return i
+
     def test_deletes_commit_on_a_full_disk_that_several_shards_share(self):
         """Two workers fill one small tmpfs with 100-byte values. A delete
         needs free pages too (LMDB copies the pages it changes), and with
@@ -555,16 +570,7 @@ class FullDiskStartTest(RouterTestCase):
         r = self.tmpfs_router("20M", shards=1, partitions=8)
         r.start()
         with r.client() as c:
-            full, i = 0, 0
-            while full == 0 and i < 20000:
-                keys = ["b%06d" % (i + j) for j in range(50)]
-                i += 50
-                for a in c.pipeline(req_hset("big", k, "v" * 3000) for k in keys):
-                    if a.status == 507:
-                        full += 1
-                    else:
-                        self.assertEqual(a.status, 200, a.message)
-            self.assertGreater(full, 0, "the disk never filled up")
+            self.fill_table(c, "big", 3000, 50)
             self.assertEqual(c.hset("t", "v300k", "x" * 300000).status, 507)
             self.assertEqual(c.call(pb.CommandRequest(hclear=pb.Hclear(table="big"))).status, 200)
             time.sleep(1.2)  # past ROOM_RETRY_MS: the disk is asked again, and is still full
@@ -588,17 +594,7 @@ class FullDiskStartTest(RouterTestCase):
         r = self.tmpfs_router("200M", shards=1, partitions=8)
         r.start()
         with r.client(timeout=60) as c:
-            full, i = 0, 0
-            while full == 0 and i < 20000:
-                keys = ["b%06d" % (i + j) for j in range(20)]
-                i += 20
-                for a in c.pipeline(req_hset("big", k, "v" * 30000) for k in keys):
-                    if a.status == 507:
-                        full += 1
-                    else:
-                        self.assertEqual(a.status, 200, a.message)
-            self.assertGreater(full, 0, "the disk never filled up")
-            self.assertGreater(i, 5000)
+            self.assertGreater(self.fill_table(c, "big", 30000, 20), 5000)
             a = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
             self.assertEqual(a.status, 200, a.message)
             n = c.call(pb.CommandRequest(hlen=pb.Hlen(table="big"))).values[0].integer_value
