@@ -173,6 +173,9 @@ struct node_store_s {
     size_t check_at;             /* pages in use past which stale reader slots are looked for */
     kvs_log_budget_t write_errs; /* lines about failed commits and syncs (write_err) */
     size_t room_end;             /* pages of data.mdb allocated for certain (the room's end) */
+    uint64_t free_known;         /* bytes the disk had free at the last look (growth_short) */
+    uint64_t free_at_ms;         /* ... when it looked */
+    size_t tight_need;           /* pages of growth that made it tight (growth_short; 0: other) */
     int tight;                   /* the disk could not give the room (Disk, above) */
     size_t tight_free;           /* ... and the reusable free pages after the last commit */
     size_t tight_run;            /* ... the longest run of them in a row (in one record) */
@@ -236,22 +239,35 @@ static int map_err(const char *what, int rc)
 
 /* True when the data file cannot take `need` more bytes: its file system
  * has less than that free, or the file is at its size limit (RLIMIT_FSIZE). */
-static int out_of_room(node_store_t *s, uint64_t need)
+/* Bytes the data file may still grow by: its file system's free space, or
+ * what its size limit (RLIMIT_FSIZE) leaves, whichever is less; UINT64_MAX
+ * when unknown. */
+static uint64_t disk_free(node_store_t *s)
 {
     int fd;
     struct stat st;
     struct statvfs vfs;
     struct rlimit rl;
+    uint64_t room = UINT64_MAX;
     if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
-        return 0;
-    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        (uint64_t)st.st_size + need > (uint64_t)rl.rlim_cur)
-        return 1;
+        return room;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        room = (uint64_t)rl.rlim_cur > (uint64_t)st.st_size
+                   ? (uint64_t)rl.rlim_cur - (uint64_t)st.st_size
+                   : 0;
     if (fstatvfs(fd, &vfs) != 0)
-        return 0;
+        return room;
     /* root may use the blocks reserved for it, others may not */
     uint64_t blocks = geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail;
-    return blocks * vfs.f_frsize < need;
+    uint64_t fs = blocks * vfs.f_frsize;
+    return fs < room ? fs : room;
+}
+
+/* True when the data file cannot take `need` more bytes: its file system
+ * has less than that free, or the file is at its size limit (RLIMIT_FSIZE). */
+static int out_of_room(node_store_t *s, uint64_t need)
+{
+    return disk_free(s) < need;
 }
 
 /* An error from a call that writes to the data file (a commit, or a write
@@ -390,8 +406,14 @@ static int room_again(node_store_t *s)
 {
     if (!ask_room(s))
         return 0;
+    /* tight for a batch's growth (growth_short): once the disk has room for
+     * it again, not at every look that finds the room alone */
+    if (s->tight_need > 0 && out_of_room(s, (uint64_t)s->tight_need * s->psize))
+        return 0;
     kvs_info("the disk has room again: writes are taken again");
     s->tight = 0;
+    s->tight_need = 0;
+    s->free_at_ms = 0;
     return 1;
 }
 
@@ -427,7 +449,13 @@ static void go_tight(node_store_t *s)
     MDB_txn *txn;
     MDB_cursor *c;
     int64_t n = -1;
-    if (!s->tight)
+    if (!s->tight && s->tight_need > 0)
+        kvs_warn("the disk has %llu KiB free, less than a write batch may grow the data file "
+                 "by (%zu KiB), past the %zu KiB kept for deletes: writes that add data are "
+                 "refused (507) until it has, or taken into space deletes freed; deletes go on",
+                 (unsigned long long)(s->free_known / 1024), s->tight_need * s->psize / 1024,
+                 (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
+    else if (!s->tight)
         kvs_warn("the disk has no room for the %zu KiB kept past the data for deletes: writes "
                  "that add data are refused (507) until it has, deletes go on",
                  (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
@@ -508,6 +536,48 @@ static int batch_commit(node_store_t *s);
  * free more, a flood of refused writes still costs at most one such
  * commit per ROOM_RETRY_MS). */
 #define TIGHT_LATER_MIN 8
+
+/* How long a look at the disk's free space is taken as still true (other
+ * writers, other shards, share the disk). */
+#define FREE_LOOK_MS 100
+
+/* Not tight yet: whether the open batch, with a write priced `pages` (at
+ * its worst) for `bytes` more, could grow the data file by more than the
+ * disk has free. A batch grows the file into the room kept for deletes
+ * first, and the room is taken again from the free space after it: one
+ * that grew the file by more took the room for good (a probe: a single
+ * 1 MiB value on a disk with 768 KiB free was taken, and from then on
+ * every Hclear, and once the rest filled up every delete, got 507). */
+static int growth_short(node_store_t *s, size_t pages, size_t bytes)
+{
+    if (s->room_end == SIZE_MAX)
+        return 0; /* no room kept (no fallocate): nothing to keep whole */
+    int joins = s->wtxn != NULL && !s->alone && batch_pages(s, pages, bytes) <= s->txn_budget;
+    size_t need = joins ? batch_pages(s, pages, bytes) : pages + pages / 128 + 16;
+    uint64_t want = (uint64_t)need * s->psize, now = kvs_now_ns() / 1000000;
+    if (want <= s->free_known && now - s->free_at_ms < FREE_LOOK_MS)
+        return 0;
+    s->free_known = disk_free(s);
+    s->free_at_ms = now;
+    if (want <= s->free_known)
+        return 0;
+    s->tight_need = need;
+    return 1;
+}
+
+/* A write that adds data, priced `pages` for `bytes`, is about to join
+ * (or open) a batch while the worker is not tight: goes tight first when
+ * the batch could take the room (growth_short). Returns 0, or the error
+ * of the open batch's commit that made way for the count. */
+static int keep_growth(node_store_t *s, size_t pages, size_t bytes)
+{
+    if (s->tight || s->reserved || !growth_short(s, pages, bytes))
+        return 0;
+    int rc = s->wtxn != NULL ? batch_commit(s) : 0; /* go_tight counts with no txn open */
+    if (rc == 0 && !s->tight)
+        go_tight(s);
+    return rc;
+}
 
 static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
 {
@@ -761,6 +831,12 @@ static int batch_commit(node_store_t *s)
     kvs_dbimap_settle(&s->tables, 0);
     forget_dropped(s);
     read_release(s); /* a snapshot from before this commit must not be read again */
+    MDB_envinfo info;
+    if (mdb_env_info(s->env, &info) == 0 && (size_t)info.me_last_pgno + 1 > s->used) {
+        /* the room is taken again from the free space: by what the file grew */
+        uint64_t grew = (uint64_t)((size_t)info.me_last_pgno + 1 - s->used) * s->psize;
+        s->free_known = s->free_known > grew ? s->free_known - grew : 0;
+    }
     keep_room(s, 0);
     if (s->resync && wrote_meta(s, txnid))
         s->resync = 0; /* a new meta page, for the next sync to write: no recommit needed */
@@ -992,6 +1068,9 @@ int node_store_reserve(node_store_t *s, size_t ops, size_t bytes, int adds)
 {
     /* each write's worst case, and each value's rounding to whole pages */
     size_t pages = ops * (write_pages(s, 0) + 1) + pages_of(s, bytes);
+    int grc = adds ? keep_growth(s, pages, bytes) : 0;
+    if (grc != 0)
+        return grc;
     if (adds && room_refuses(s, pages, bytes))
         return KVS_EFULL;
     if (s->wtxn == NULL || s->alone || batch_pages(s, pages, bytes) > s->txn_budget) {
@@ -1079,6 +1158,9 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
                    const void *val, size_t vlen)
 {
+    int grc = keep_growth(s, write_pages(s, klen + vlen), klen + vlen);
+    if (grc != 0)
+        return grc;
     if (s->tight && !s->reserved && room_refuses(s, write_pages(s, klen + vlen), klen + vlen))
         return KVS_EFULL;
     int rc = batch_room(s, klen + vlen);
@@ -1160,7 +1242,7 @@ static size_t clear_drop_pages(const node_store_t *s)
     return (size_t)TIGHT_BATCH_PAGES / 2 * s->psize / sizeof(uint64_t); /* a record of 16 pages */
 }
 
-static int clear_in_pieces(node_store_t *s, const char *table)
+static int clear_in_pieces(node_store_t *s, const char *table, uint64_t *deleted)
 {
     for (;;) {
         MDB_stat st;
@@ -1176,11 +1258,13 @@ static int clear_in_pieces(node_store_t *s, const char *table)
             return 0; /* a reservation (a Rebuild's clear and offsets) commits whole or not */
         if ((rc = mdb_cursor_open(s->wtxn, e->dbi, &c)) != 0)
             return batch_fail(s, "mdb_cursor_open", rc);
+        uint64_t n = 0;
         for (size_t freed = 0; rc == 0 && freed < clear_drop_pages(s);) {
             rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
             if (rc == 0) {
                 freed += 1 + (v.mv_size > s->psize / 2 ? pages_of(s, v.mv_size) : 0);
                 rc = mdb_cursor_del(c, 0);
+                n += rc == 0;
             }
         }
         mdb_cursor_close(c);
@@ -1188,7 +1272,10 @@ static int clear_in_pieces(node_store_t *s, const char *table)
             return batch_fail(s, "mdb_cursor_del", rc);
         wrote(s, e->dbi);
         size_t next = clear_drop_pages(s) * sizeof(uint64_t); /* the next piece, or the drop */
-        if ((rc = batch_commit(s)) != 0 || (rc = batch_begin(s, write_pages(s, next), next)) != 0)
+        if ((rc = batch_commit(s)) != 0)
+            return rc;
+        *deleted += n;
+        if ((rc = batch_begin(s, write_pages(s, next), next)) != 0)
             return rc;
     }
 }
@@ -1196,26 +1283,36 @@ static int clear_in_pieces(node_store_t *s, const char *table)
 int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
 {
     MDB_stat st;
+    uint64_t deleted = 0, ignored;
     int rc = table_stat(s, table, &st);
     uint64_t pages = stat_pages(&st);
-    if (removed != NULL)
-        *removed = rc == 0 ? st.ms_entries : 0;
+    if (removed == NULL)
+        removed = &ignored;
+    *removed = rc == 0 ? st.ms_entries : 0;
     if (rc != 0 || pages == 0)
         return rc; /* missing or empty: nothing to write */
     /* What the drop writes is the free list: a page number per page. */
     size_t drop = s->tight && pages > clear_drop_pages(s) ? clear_drop_pages(s) : (size_t)pages;
     rc = batch_room(s, drop * sizeof(uint64_t));
     if (rc == 0)
-        rc = clear_in_pieces(s, table);
+        rc = clear_in_pieces(s, table, &deleted);
     kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&s->tables, table) : NULL;
-    if (rc != 0 || e == NULL)
-        return rc != 0 ? rc : KVS_ENOTFOUND;
-    rc = mdb_drop(s->wtxn, e->dbi, 0);
+    if (rc == 0 && e == NULL)
+        rc = KVS_ENOTFOUND;
+    if (rc == 0 && (rc = mdb_drop(s->wtxn, e->dbi, 0)) != 0)
+        rc = batch_fail(s, "mdb_drop", rc);
+    if (rc == 0) {
+        wrote(s, e->dbi);
+        note_emptied(s, e);
+    }
+    /* Cleared in pieces: the rest is committed here too, so that what
+     * happened is known to the answer (a failure of the turn's commit
+     * would say nothing of this request was stored). */
+    if (rc == 0 && deleted > 0)
+        rc = batch_commit(s);
     if (rc != 0)
-        return batch_fail(s, "mdb_drop", rc);
-    wrote(s, e->dbi);
-    note_emptied(s, e);
-    return 0;
+        *removed = deleted; /* committed in pieces before the failure */
+    return rc;
 }
 
 int node_store_scan(node_store_t *s, const char *table, const void *from, size_t flen,

@@ -156,7 +156,11 @@ int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages);
  * *removed (may be NULL) to the keys it held. Returns 0 (also for a
  * missing or empty table: then nothing is written) or an error as for
  * put. It prices itself, 8 bytes per page of node_store_table_pages (the
- * free list it writes); within a reservation, price it there. */
+ * free list it writes); within a reservation, price it there. On a tight
+ * disk a large table outside a reservation is emptied in pieces, each
+ * committed (node_store.c, clear_in_pieces), and the rest with it: on an
+ * error *removed is then the keys those pieces deleted (0: none, nothing
+ * was written). */
 int node_store_clear(node_store_t *s, const char *table, uint64_t *removed);
 
 /* Reads/writes kvs's own metadata (the reserved __kvs database) in the same

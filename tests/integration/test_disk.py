@@ -62,6 +62,12 @@ def mount_tmpfs(test, path, size, stop, why):
     test.addCleanup(unmount_stopped)
 
 
+# The line a worker logs as the disk gets too full to keep the room for
+# deletes: it has none, or less free than a write batch may grow the file by.
+TIGHT = (r"the disk has (no room for the 512 KiB kept past the data for deletes|\d+ KiB free, "
+         r"less than a write batch may grow the data file)")
+
+
 class DiskTest(NodeTestCase):
     def assertStatus(self, resp, status):
         self.assertEqual(resp.status, status, resp.message)
@@ -248,8 +254,7 @@ class DiskTest(NodeTestCase):
     def test_deletes_work_on_a_full_tmpfs(self):
         n = self.on_tmpfs(self.node(start=False), "2m")
         self.full_disk_deletes_then_writes(n)
-        self.assertRegex(n.stderr(), "file system is full|No space left on device|the disk has no "
-                                     "room for the 512 KiB kept past the data for deletes")
+        self.assertRegex(n.stderr(), "file system is full|No space left on device|" + TIGHT)
 
     def one_clear_then_writes(self, n):
         """One Hclear on a full disk frees the table's pages, which LMDB
@@ -539,8 +544,7 @@ class FullDiskStartTest(RouterTestCase):
             for j in range(20):  # in the pages those deletes freed
                 a = c.hset("t", "again%02d" % j, "v" * 100)
                 self.assertEqual(a.status, 200, a.message)
-        self.assertIn("the disk has no room for the 512 KiB kept past the data for deletes",
-                      r.stderr())
+        self.assertRegex(r.stderr(), TIGHT)
 
     def test_writes_on_a_full_disk_leave_the_room_to_deletes(self):
         """On a disk too full to keep the room for deletes, writes of values
@@ -580,7 +584,7 @@ class FullDiskStartTest(RouterTestCase):
             self.assertEqual(len(pyval(c.hget("t", "v2").values[0])), 1000000)
             for j in range(3):
                 self.assertEqual(c.hdel("t", "v%d" % j).status, 200)
-        self.assertIn("the disk has no room for the 512 KiB", r.stderr())
+        self.assertRegex(r.stderr(), TIGHT)
         self.assertNotIn("the disk has room again", r.stderr())  # still tight all along
 
     def test_one_clear_of_a_large_table_commits_on_a_full_disk(self):
@@ -605,23 +609,65 @@ class FullDiskStartTest(RouterTestCase):
                 self.assertEqual(a.status, 200, a.message)
         self.assertEqual(r.stop(), 0, r.stderr()[-3000:])
 
+    def test_a_large_write_never_takes_the_room_kept_for_deletes(self):
+        """The room for deletes guarded writes only once the worker was
+        tight: a 1 MiB value written while the disk had 768 KiB free (and
+        the 512 KiB room) was taken, grew the file through the room and
+        onto the rest, and the room could not be had again. Once anything
+        else took the last 252 KiB, deletes got 507 for good, every Hclear
+        too. A write whose batch may grow the file by more than the disk
+        has free is now weighed as on a tight disk (507 here), the room
+        stays whole, and every delete and the Hclear commit."""
+        r = self.tmpfs_router("120M", shards=1, partitions=8, storage_yaml=["map_size: 64MiB"])
+        r.start()
+        with r.client(timeout=60) as c:
+            for i in range(60):  # past 8,192 pages: a full disk's Hclear goes in pieces
+                self.assertEqual(c.hset("big", "b%04d" % i, "x" * (1 << 20)).status, 200)
+            for i in range(50):
+                self.assertEqual(c.hset("small", "s%04d" % i, "y" * 100).status, 200)
+            time.sleep(0.3)
+
+            def free_kib():
+                st = os.statvfs(r.data_dir)
+                return st.f_bfree * st.f_frsize // 1024
+            subprocess.run(["fallocate", "-l", "%dK" % (free_kib() - 768),
+                            os.path.join(r.data_dir, "ballast")], check=True)
+            a = c.hset("w", "one", "z" * (1 << 20))
+            self.assertEqual(a.status, 507, a.message)
+            self.assertEqual(free_kib(), 768)  # nothing of the disk was taken
+            subprocess.run(["fallocate", "-l", "%dK" % free_kib(),
+                            os.path.join(r.data_dir, "ballast2")], check=True)
+            for i in range(10):
+                self.assertEqual(c.hdel("small", "s%04d" % i).status, 200)
+            self.assertEqual(c.hdel("big", "b0000").status, 200)
+            a = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
+            self.assertEqual(a.status, 200, a.message)
+        self.assertIn("the disk has 768 KiB free, less than a write batch may grow the data file",
+                      r.stderr())
+
     def test_writes_come_back_once_the_disk_has_room_again(self):
         """A worker that went tight (no room for the deletes' room) asks
         for it again at most a second after refusing a write: once space
         is freed outside kvs, writes are taken again, and the log says
         so."""
-        r = self.tmpfs_router("6M", shards=1, partitions=8)
+        r = self.tmpfs_router("10M", shards=1, partitions=8)
         filler = os.path.join(r.data_dir, "filler")
         with open(filler, "wb") as f:
-            f.write(b"\0" * (2 << 20))
+            f.write(b"\0" * (6 << 20))
         r.start()
         with r.client() as c:
             self.fill_small(c, 50)
-            self.assertIn("the disk has no room for the 512 KiB", r.stderr())
+            self.assertRegex(r.stderr(), TIGHT)
             os.unlink(filler)
             deadline = time.monotonic() + 5
             while c.hset("t", "after", "v" * 100).status != 200:
                 self.assertLess(time.monotonic(), deadline, "writes never came back")
+                time.sleep(0.1)
+            # (a small write may come back before the worker sees the room:
+            # into what it kept, while still taken for tight)
+            while "the disk has room again" not in r.stderr():
+                self.assertLess(time.monotonic(), deadline, "the room never came back")
+                self.assertEqual(c.hset("t", "again", "v" * 100).status, 200)
                 time.sleep(0.1)
         self.assertIn("the disk has room again: writes are taken again", r.stderr())
 
