@@ -3055,6 +3055,33 @@ static const struct kvs_config_pos_s *key_pos(const kvs_config_t *next, size_t i
     return next->key_pos != NULL && next->key_pos[i].line != 0 ? &next->key_pos[i] : NULL;
 }
 
+/* The position of the directive named text[0..n), if the file set it. */
+static const struct kvs_config_pos_s *pos_named(const kvs_config_t *cfg, const char *text, size_t n)
+{
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (strlen(directives[i].path) == n && strncmp(directives[i].path, text, n) == 0)
+            return key_pos(cfg, i);
+    return NULL;
+}
+
+int kvs_config_where(const kvs_config_t *cfg, const char *text, char *out, size_t cap)
+{
+    size_t n = strcspn(text, " :");
+    const struct kvs_config_pos_s *p = pos_named(cfg, text, n);
+    const char *last = memrchr(text, '.', n);
+    char inherited[64];
+    /* tls.router.cert and its kind take tls.cert's value when not set */
+    if (p == NULL && strncmp(text, "tls.", 4) == 0 && last != NULL && last > text + 4 &&
+        (size_t)snprintf(inherited, sizeof(inherited), "tls%.*s", (int)(text + n - last), last) <
+            sizeof(inherited))
+        p = pos_named(cfg, inherited, strlen(inherited));
+    if (p == NULL)
+        return 0;
+    snprintf(out, cap, "%s:%" PRIu32 ":%" PRIu32, cfg->path != NULL ? cfg->path : "", p->line,
+             p->column);
+    return 1;
+}
+
 void kvs_config_reload_refusal(const kvs_config_t *cur, const kvs_config_t *next, const char *file,
                                char *msg, size_t len)
 {

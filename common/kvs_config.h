@@ -354,6 +354,11 @@ typedef struct kvs_config_s {
     struct kvs_config_pos_s *key_pos;
 } kvs_config_t;
 
+/* When `text` begins with a key the file set ("tls.router.cert ...",
+ * "data_dir ..."), writes "file:line:column" of it into out[0..cap) and
+ * returns 1; else 0. For messages about a key checked after the load. */
+int kvs_config_where(const kvs_config_t *cfg, const char *text, char *out, size_t cap);
+
 /* A config file larger than this is a mistake (or not a file: /dev/zero);
  * it is refused (EFBIG) before more of it is read. */
 #define KVS_CONFIG_MAX_FILE (64u << 20)

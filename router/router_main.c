@@ -854,17 +854,23 @@ static int check_config(const char *path)
     kvs_tls_ctx_t *tls = NULL, *link_tls = NULL;
     kvs_plugins_t *plugins = NULL;
     struct stat st;
-    int rc = kvs_config_load(path, &cfg, err, sizeof(err)) != 0 ||
-             router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0 ||
-             kvs_plugins_load(cfg, "router", -1, &plugins, err, sizeof(err)) != 0 ||
-             (stat(cfg->data_dir, &st) == 0 &&
-              kvs_fs_check_private(cfg->data_dir, err, sizeof(err)) != 0);
+    char where[4200] = "";
+    int rc = kvs_config_load(path, &cfg, err, sizeof(err)) != 0;
+    if (!rc && (router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0 ||
+                kvs_plugins_load(cfg, "router", -1, &plugins, err, sizeof(err)) != 0 ||
+                (stat(cfg->data_dir, &st) == 0 &&
+                 kvs_fs_check_private(cfg->data_dir, err, sizeof(err)) != 0))) {
+        rc = 1;
+        /* checked after the load: the key the message begins with says where */
+        if (kvs_config_where(cfg, err, where, sizeof(where) - 2))
+            strcat(where, ": ");
+    }
     kvs_plugins_free(plugins);
     kvs_tls_ctx_free(tls);
     kvs_tls_ctx_free(link_tls);
     kvs_config_free(cfg);
     if (rc) {
-        fprintf(stderr, "kvs-router: %s\n", err);
+        fprintf(stderr, "kvs-router: %s%s\n", where, err);
         return EX_CONFIG;
     }
     printf("kvs-router: %s: the configuration loads\n", path);

@@ -181,7 +181,8 @@ class LifecycleTest(RouterTestCase):
         os.chmod(r.data_dir, 0o777)
         out = check()
         self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
-        self.assertIn("is writable by every user", out.stderr)
+        self.assertRegex(out.stderr, r"%s:1:\d+: data_dir .* is writable by every user"
+                         % re.escape(r.config))  # where the file set it
         os.chmod(r.data_dir, 0o700)
         self.assertEqual(check().returncode, 0)
         for bad in (["--check", "--print", "data_dir"], ["--check", "--router", "0"]):

@@ -2066,7 +2066,28 @@ KVS_TEST(apply_live_swaps_only_live_values)
     kvs_config_free(cur);
 }
 
+/* A key checked after the load (a TLS file, data_dir's mode) is placed in
+ * the file by the key its message begins with; a TLS endpoint's file, when
+ * the file did not set it, by the tls key it took the value of. */
+KVS_TEST(where_a_key_checked_after_the_load_was_set)
+{
+    kvs_config_t *cfg = parse_ok("data_dir: /d\ntls:\n  cert: /c.crt\n  key: /c.key\n"
+                                 "  node: {enabled: true, ca: /ca.crt}\n");
+    char where[128];
+    CHECK(kvs_config_where(cfg, "data_dir /d is not a directory", where, sizeof(where)));
+    CHECK_STR(where, "<string>:1:11"); /* cfg->path of a parse */
+    CHECK(kvs_config_where(cfg, "tls.router.cert /c.crt: cannot load", where, sizeof(where)));
+    CHECK_STR(where, "<string>:3:9"); /* tls.cert's */
+    CHECK(kvs_config_where(cfg, "tls.node.ca /ca.crt: cannot load", where, sizeof(where)));
+    CHECK_STR(where, "<string>:5:29");
+    CHECK(!kvs_config_where(cfg, "storage.map_size: defaulted", where, sizeof(where)));
+    CHECK(!kvs_config_where(cfg, "/some/file: plugins[0]", where, sizeof(where)));
+    CHECK(!kvs_config_where(cfg, "", where, sizeof(where)));
+    kvs_config_free(cfg);
+}
+
 KVS_TEST_MAIN(
+    KVS_CASE(where_a_key_checked_after_the_load_was_set),
     KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
     KVS_CASE(users_and_their_grants), KVS_CASE(file_mode_warnings),
     KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_map_digest), KVS_CASE(cluster_nodes_map),
