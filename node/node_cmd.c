@@ -491,9 +491,9 @@ static int cmd_hclear(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_r
     if (rc != 0 && n > 0) { /* a full disk's clear in pieces stopped midway (node_store.h) */
         kvs_resp_status(r, rc == KVS_EFULL ? KVS_STATUS_NO_SPACE : KVS_STATUS_INTERNAL);
         kvs_resp_message(r,
-                         "%s: table \"%s\" was being emptied in pieces on a full disk, and %llu "
-                         "of its keys were deleted (for good) before the rest could not be; send "
-                         "it again once the disk has room",
+                         "%s: table \"%s\" was being emptied in pieces (the disk is full), and "
+                         "%llu of its keys were deleted (for good) before the rest could not be; "
+                         "send it again once the disk has room",
                          kvs_strerror(rc), req->hclear->table, (unsigned long long)n);
         kvs_resp_outcome_unknown(r); /* neither done nor untouched */
         return 0;

@@ -173,9 +173,9 @@ struct node_store_s {
     size_t check_at;             /* pages in use past which stale reader slots are looked for */
     kvs_log_budget_t write_errs; /* lines about failed commits and syncs (write_err) */
     size_t room_end;             /* pages of data.mdb allocated for certain (the room's end) */
-    uint64_t free_known;         /* bytes the disk had free at the last look (growth_short) */
+    uint64_t free_known;         /* bytes the disk had free at the last look (keep_growth) */
     uint64_t free_at_ms;         /* ... when it looked */
-    size_t tight_need;           /* pages of growth that made it tight (growth_short; 0: other) */
+    int tight_low;               /* tight for a disk nearly full (keep_growth) */
     int tight;                   /* the disk could not give the room (Disk, above) */
     size_t tight_free;           /* ... and the reusable free pages after the last commit */
     size_t tight_run;            /* ... the longest run of them in a row (in one record) */
@@ -201,6 +201,7 @@ const uint64_t node_store_batch_bounds[NODE_BATCH_BUCKETS] = {
 
 static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
 static size_t pages_of(const node_store_t *s, size_t bytes);
+static size_t write_pages(const node_store_t *s, size_t bytes);
 static int drop_emptied(node_store_t *s);
 
 /* ---- errors --------------------------------------------------------- */
@@ -239,6 +240,11 @@ static int map_err(const char *what, int rc)
 
 /* True when the data file cannot take `need` more bytes: its file system
  * has less than that free, or the file is at its size limit (RLIMIT_FSIZE). */
+#define DELETE_ROOM_PAGES 128 /* the room kept for deletes (Disk, above) */
+/* Free space (past the room) below which the disk is taken for full: the
+ * worker goes tight, and comes back once it has this much again. */
+#define GROWTH_MIN_FREE_PAGES (4 * DELETE_ROOM_PAGES)
+
 /* Bytes the data file may still grow by: its file system's free space, or
  * what its size limit (RLIMIT_FSIZE) leaves, whichever is less; UINT64_MAX
  * when unknown. */
@@ -251,12 +257,15 @@ static uint64_t disk_free(node_store_t *s)
     uint64_t room = UINT64_MAX;
     if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
         return room;
+    /* Under a size limit the room past the file's end is blocks the file
+     * may not grow into (fallocate keeps the size): it comes off too. */
+    uint64_t keep = (uint64_t)DELETE_ROOM_PAGES * s->psize;
     if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        room = (uint64_t)rl.rlim_cur > (uint64_t)st.st_size
-                   ? (uint64_t)rl.rlim_cur - (uint64_t)st.st_size
+        room = (uint64_t)rl.rlim_cur > (uint64_t)st.st_size + keep
+                   ? (uint64_t)rl.rlim_cur - (uint64_t)st.st_size - keep
                    : 0;
-    if (fstatvfs(fd, &vfs) != 0)
-        return room;
+    if (fstatvfs(fd, &vfs) != 0 || vfs.f_blocks == 0)
+        return room; /* (no blocks: a file system that does not say, a tmpfs without a size) */
     /* root may use the blocks reserved for it, others may not */
     uint64_t blocks = geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail;
     uint64_t fs = blocks * vfs.f_frsize;
@@ -306,7 +315,6 @@ const char *node_store_cause(const node_store_t *s)
 
 /* ---- room for deletes (Disk, above) --------------------------------------- */
 
-#define DELETE_ROOM_PAGES 128
 #define ROOM_RETRY_MS 1000
 /* While tight: the most a batch is priced at (a larger request is a batch
  * of its own), and the room writes that add data must leave whole. */
@@ -406,13 +414,13 @@ static int room_again(node_store_t *s)
 {
     if (!ask_room(s))
         return 0;
-    /* tight for a batch's growth (growth_short): once the disk has room for
-     * it again, not at every look that finds the room alone */
-    if (s->tight_need > 0 && out_of_room(s, (uint64_t)s->tight_need * s->psize))
+    /* tight for a disk nearly full (keep_growth): once it has the free
+     * space again that made it so, not at every look that finds the room */
+    if (s->tight_low && out_of_room(s, (uint64_t)GROWTH_MIN_FREE_PAGES * s->psize))
         return 0;
     kvs_info("the disk has room again: writes are taken again");
     s->tight = 0;
-    s->tight_need = 0;
+    s->tight_low = 0;
     s->free_at_ms = 0;
     return 1;
 }
@@ -449,12 +457,13 @@ static void go_tight(node_store_t *s)
     MDB_txn *txn;
     MDB_cursor *c;
     int64_t n = -1;
-    if (!s->tight && s->tight_need > 0)
-        kvs_warn("the disk has %llu KiB free, less than a write batch may grow the data file "
-                 "by (%zu KiB), past the %zu KiB kept for deletes: writes that add data are "
-                 "refused (507) until it has, or taken into space deletes freed; deletes go on",
-                 (unsigned long long)(s->free_known / 1024), s->tight_need * s->psize / 1024,
-                 (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
+    if (!s->tight && s->tight_low)
+        kvs_warn("the disk has %llu KiB free past the %zu KiB kept for deletes, less than "
+                 "%zu KiB: writes that add data are refused (507) until it has, or taken into "
+                 "space deletes freed; deletes go on",
+                 (unsigned long long)(s->free_known / 1024),
+                 (size_t)DELETE_ROOM_PAGES * s->psize / 1024,
+                 (size_t)GROWTH_MIN_FREE_PAGES * s->psize / 1024);
     else if (!s->tight)
         kvs_warn("the disk has no room for the %zu KiB kept past the data for deletes: writes "
                  "that add data are refused (507) until it has, deletes go on",
@@ -541,42 +550,68 @@ static int batch_commit(node_store_t *s);
  * writers, other shards, share the disk). */
 #define FREE_LOOK_MS 100
 
-/* Not tight yet: whether the open batch, with a write priced `pages` (at
- * its worst) for `bytes` more, could grow the data file by more than the
- * disk has free. A batch grows the file into the room kept for deletes
- * first, and the room is taken again from the free space after it: one
- * that grew the file by more took the room for good (a probe: a single
- * 1 MiB value on a disk with 768 KiB free was taken, and from then on
- * every Hclear, and once the rest filled up every delete, got 507). */
-static int growth_short(node_store_t *s, size_t pages, size_t bytes)
+/* What a batch priced `pages` (at their worst) for `bytes` of keys and
+ * values grows the data file by, about. The worst case prices every
+ * write's whole path, copied and split: right for the map, but ten times
+ * and more what a batch of many small writes grows the file by (a leaf a
+ * write at most, no more leaves than the tree has, and the values'
+ * overflow pages); a nearly full disk would have refused writes long
+ * before it was full. The room takes what this misses. */
+static size_t growth_of(const node_store_t *s, size_t pages, size_t bytes)
 {
-    if (s->room_end == SIZE_MAX)
-        return 0; /* no room kept (no fallocate): nothing to keep whole */
-    int joins = s->wtxn != NULL && !s->alone && batch_pages(s, pages, bytes) <= s->txn_budget;
-    size_t need = joins ? batch_pages(s, pages, bytes) : pages + pages / 128 + 16;
-    uint64_t want = (uint64_t)need * s->psize, now = kvs_now_ns() / 1000000;
-    if (want <= s->free_known && now - s->free_at_ms < FREE_LOOK_MS)
-        return 0;
-    s->free_known = disk_free(s);
-    s->free_at_ms = now;
-    if (want <= s->free_known)
-        return 0;
-    s->tight_need = need;
-    return 1;
+    size_t ops = pages / write_pages(s, 0), leaves = ops < s->used ? ops : s->used;
+    return leaves + pages_of(s, bytes) + 2 * (size_t)s->depth + 16;
 }
 
-/* A write that adds data, priced `pages` for `bytes`, is about to join
- * (or open) a batch while the worker is not tight: goes tight first when
- * the batch could take the room (growth_short). Returns 0, or the error
- * of the open batch's commit that made way for the count. */
+/* The disk's free space, looked at again when the last look is older than
+ * FREE_LOOK_MS or says less than `want` bytes. */
+static uint64_t free_now(node_store_t *s, uint64_t want)
+{
+    uint64_t now = kvs_now_ns() / 1000000;
+    if (want > s->free_known || now - s->free_at_ms >= FREE_LOOK_MS) {
+        s->free_known = disk_free(s);
+        s->free_at_ms = now;
+    }
+    return s->free_known;
+}
+
+/* A write that adds data, priced `pages` for `bytes`, is about to join or
+ * open a batch while the worker is not tight. A batch grows the data file
+ * into the room kept for deletes first, and the room is then taken again
+ * from the free space: a batch that grew the file by more than that took
+ * the room for good (a probe: a single 1 MiB value on a disk with 768 KiB
+ * free was taken, and once the rest filled up every delete and Hclear got
+ * 507). So the batch's growth (growth_of) must fit the disk's free space:
+ * when it would not with the open batch, that batch commits first; a
+ * write that does not fit alone is refused (KVS_EFULL); and a disk with
+ * less than GROWTH_MIN_FREE_PAGES free makes the worker tight, with its
+ * room whole, for the tight rules to decide. Returns 0 (go on, tight or
+ * not), KVS_EFULL, or the open batch's commit error. */
 static int keep_growth(node_store_t *s, size_t pages, size_t bytes)
 {
-    if (s->tight || s->reserved || !growth_short(s, pages, bytes))
+    if (s->tight || s->reserved || s->room_end == SIZE_MAX)
+        return 0; /* (SIZE_MAX: no room is kept, no fallocate) */
+    int joins = s->wtxn != NULL && !s->alone && batch_pages(s, pages, bytes) <= s->txn_budget;
+    size_t batch =
+        joins ? growth_of(s, s->op_pages + pages, s->bytes + bytes) : growth_of(s, pages, bytes);
+    uint64_t free = free_now(s, (uint64_t)batch * s->psize);
+    if ((uint64_t)batch * s->psize <= free && free >= (uint64_t)GROWTH_MIN_FREE_PAGES * s->psize)
         return 0;
-    int rc = s->wtxn != NULL ? batch_commit(s) : 0; /* go_tight counts with no txn open */
-    if (rc == 0 && !s->tight)
-        go_tight(s);
-    return rc;
+    if (joins && (uint64_t)growth_of(s, pages, bytes) * s->psize <= free) {
+        int rc = batch_commit(s); /* the write opens a batch of its own */
+        if (rc != 0 || s->tight)
+            return rc;
+        free = free_now(s, (uint64_t)growth_of(s, pages, bytes) * s->psize);
+    }
+    if (free < (uint64_t)GROWTH_MIN_FREE_PAGES * s->psize) {
+        int rc = s->wtxn != NULL ? batch_commit(s) : 0; /* go_tight counts with no txn open */
+        if (rc == 0 && !s->tight) {
+            s->tight_low = 1;
+            go_tight(s);
+        }
+        return rc;
+    }
+    return (uint64_t)growth_of(s, pages, bytes) * s->psize <= free ? 0 : KVS_EFULL;
 }
 
 static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
@@ -1275,6 +1310,10 @@ static int clear_in_pieces(node_store_t *s, const char *table, uint64_t *deleted
         if ((rc = batch_commit(s)) != 0)
             return rc;
         *deleted += n;
+        /* The batches after the first piece hold this clear alone, and its
+         * own answer says what a failure of theirs left (node_store.h): the
+         * owner's fail_cb would put "nothing was stored" in its place. */
+        s->fail_cb = NULL;
         if ((rc = batch_begin(s, write_pages(s, next), next)) != 0)
             return rc;
     }
@@ -1293,6 +1332,7 @@ int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
         return rc; /* missing or empty: nothing to write */
     /* What the drop writes is the free list: a page number per page. */
     size_t drop = s->tight && pages > clear_drop_pages(s) ? clear_drop_pages(s) : (size_t)pages;
+    node_store_fail_cb fail_cb = s->fail_cb; /* clear_in_pieces may silence it (and it is back) */
     rc = batch_room(s, drop * sizeof(uint64_t));
     if (rc == 0)
         rc = clear_in_pieces(s, table, &deleted);
@@ -1310,6 +1350,7 @@ int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
      * would say nothing of this request was stored). */
     if (rc == 0 && deleted > 0)
         rc = batch_commit(s);
+    s->fail_cb = fail_cb;
     if (rc != 0)
         *removed = deleted; /* committed in pieces before the failure */
     return rc;

@@ -26,8 +26,8 @@ import threading
 import time
 import unittest
 
-from kvstest import (SANITIZED, NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset,
-                     status_kib, unmount)
+from kvstest import (BUILD_DIR, SANITIZED, NodeTestCase, pb, pyval, req_hget, req_hmdel,
+                     req_hset, status_kib, unmount)
 from routertest import RouterTestCase
 from kafkatest import wait_until
 
@@ -64,8 +64,8 @@ def mount_tmpfs(test, path, size, stop, why):
 
 # The line a worker logs as the disk gets too full to keep the room for
 # deletes: it has none, or less free than a write batch may grow the file by.
-TIGHT = (r"the disk has (no room for the 512 KiB kept past the data for deletes|\d+ KiB free, "
-         r"less than a write batch may grow the data file)")
+TIGHT = (r"the disk has (no room for the 512 KiB kept past the data for deletes|\d+ KiB free "
+         r"past the 512 KiB kept for deletes, less than 2048 KiB)")
 
 
 class DiskTest(NodeTestCase):
@@ -615,9 +615,9 @@ class FullDiskStartTest(RouterTestCase):
         the 512 KiB room) was taken, grew the file through the room and
         onto the rest, and the room could not be had again. Once anything
         else took the last 252 KiB, deletes got 507 for good, every Hclear
-        too. A write whose batch may grow the file by more than the disk
-        has free is now weighed as on a tight disk (507 here), the room
-        stays whole, and every delete and the Hclear commit."""
+        too. A disk with less free than a batch may grow the file by (or
+        than 2 MiB) is now taken for full before the room is touched (507
+        here), and every delete and the Hclear commit."""
         r = self.tmpfs_router("120M", shards=1, partitions=8, storage_yaml=["map_size: 64MiB"])
         r.start()
         with r.client(timeout=60) as c:
@@ -642,8 +642,74 @@ class FullDiskStartTest(RouterTestCase):
             self.assertEqual(c.hdel("big", "b0000").status, 200)
             a = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
             self.assertEqual(a.status, 200, a.message)
-        self.assertIn("the disk has 768 KiB free, less than a write batch may grow the data file",
-                      r.stderr())
+        self.assertIn("the disk has 768 KiB free past the 512 KiB kept for deletes, less than "
+                      "2048 KiB", r.stderr())
+
+    def test_a_disk_with_room_takes_writes_whatever_their_worst_case(self):
+        """The check that keeps the room for deletes weighed a batch at its
+        worst case, every write's path copied and split: an Hmset of 8,000
+        pairs of a few bytes was priced at 190 MiB and refused on a disk
+        with 99 MiB free, and one value too large for the disk left the
+        worker tight, refusing 300 KiB values for good. The check weighs
+        about what a batch grows the file by; a write that alone does not
+        fit is refused, and nothing else changes."""
+        r = self.tmpfs_router("40M", shards=1, partitions=8, storage_yaml=["map_size: 64MiB"],
+                              max_frame="64MiB")
+        r.start()
+        with r.client(timeout=60) as c:
+            a = c.hmset("t", [("k%05d" % i, "v") for i in range(8000)])
+            self.assertEqual(a.status, 200, a.message)
+            a = c.hset("t", "huge", "x" * (60 << 20))
+            self.assertEqual(a.status, 507, a.message)
+            for i in range(3):
+                a = c.hset("t", "after%d" % i, "x" * (300 << 10))
+                self.assertEqual(a.status, 200, a.message)
+            self.assertEqual(c.hdel("t", "after0").status, 200)
+        self.assertNotRegex(r.stderr(), TIGHT)
+
+    def test_a_file_system_that_does_not_say_its_size_is_not_taken_for_full(self):
+        """A tmpfs mounted without a size (size=0) says it has 0 blocks,
+        none free, and takes writes all the same: it was taken for full,
+        and every write of some size got 507, for good."""
+        r = self.tmpfs_router("0", shards=1, partitions=8)
+        self.assertEqual(os.statvfs(r.data_dir).f_blocks, 0)
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "big", "x" * (300 << 10)).status, 200)
+            self.assertEqual(c.hmset("t", [("j%05d" % i, "v") for i in range(100)]).status, 200)
+        self.assertNotRegex(r.stderr(), TIGHT)
+
+    def test_a_clear_in_pieces_that_fails_midway_says_what_it_deleted(self):
+        """An Hclear emptied in pieces on a full disk commits each piece for
+        good. One whose later commit failed (here every second fdatasync
+        fails with ENOSPC, from a moment on) answered that nothing of it
+        was stored while the pieces' deletes stood. It answers 507 with
+        outcome_unknown, naming the keys deleted."""
+        shim = os.path.join(BUILD_DIR, "libkvs_test_eio.so")
+        at_ms = int(time.time() * 1000) + 4000  # the fill is done by then
+        env = {"LD_PRELOAD": shim, "KVS_TEST_EIO_ROLE": "node", "KVS_TEST_EIO_EVERY": "2",
+               "KVS_TEST_EIO_CALLS": "fdatasync", "KVS_TEST_EIO_ERRNO": "ENOSPC",
+               "KVS_TEST_EIO_AT_MS": str(at_ms)}
+        if SANITIZED:
+            env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+        r = self.tmpfs_router("100M", shards=1, partitions=8, env=env, sync="full")
+        r.env["KVS_TEST_EIO_PATH"] = r.data_dir
+        r.start()
+        with r.client(timeout=60) as c:
+            self.fill_table(c, "big", 30000, 20)
+
+            def keys():
+                req = pb.CommandRequest(hlen=pb.Hlen(table="big"))
+                return c.call(req).values[0].integer_value
+            before = keys()
+            self.assertGreater(at_ms / 1000 - time.time(), 0.2, "the fill took too long")
+            time.sleep(at_ms / 1000 - time.time() + 0.2)
+            a = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
+            deleted = before - keys()
+        self.assertGreater(deleted, 0, "no piece was committed: %s" % a.message)
+        self.assertEqual(a.status, 507, a.message)
+        self.assertTrue(a.outcome_unknown)
+        self.assertIn("and %d of its keys were deleted (for good)" % deleted, a.message)
 
     def test_writes_come_back_once_the_disk_has_room_again(self):
         """A worker that went tight (no room for the deletes' room) asks
