@@ -414,9 +414,10 @@ static int room_again(node_store_t *s)
 {
     if (!ask_room(s))
         return 0;
-    /* tight for a disk nearly full (keep_growth): once it has the free
-     * space again that made it so, not at every look that finds the room */
-    if (s->tight_low && out_of_room(s, (uint64_t)GROWTH_MIN_FREE_PAGES * s->psize))
+    /* tight for a disk nearly full (keep_growth): once it has twice the
+     * free space that made it so (a disk whose free space swings around
+     * the mark, another writer's, flapped 100 times a minute) */
+    if (s->tight_low && out_of_room(s, (uint64_t)2 * GROWTH_MIN_FREE_PAGES * s->psize))
         return 0;
     kvs_info("the disk has room again: writes are taken again");
     s->tight = 0;
@@ -550,17 +551,20 @@ static int batch_commit(node_store_t *s);
  * writers, other shards, share the disk). */
 #define FREE_LOOK_MS 100
 
-/* What a batch priced `pages` (at their worst) for `bytes` of keys and
- * values grows the data file by, about. The worst case prices every
- * write's whole path, copied and split: right for the map, but ten times
- * and more what a batch of many small writes grows the file by (a leaf a
- * write at most, no more leaves than the tree has, and the values'
- * overflow pages); a nearly full disk would have refused writes long
- * before it was full. The room takes what this misses. */
-static size_t growth_of(const node_store_t *s, size_t pages, size_t bytes)
+/* What a batch of `bytes` of keys and values grows the data file by, to
+ * weigh against the disk's free space: the pages its bytes fill, and a
+ * path. Not the worst case (every write's path copied and split): right
+ * for the map, but it is ten times and more what a batch grows the file
+ * by, and a disk with room refused writes (an Hmset of 60,000 pairs of a
+ * byte with 58 MiB free) and stopped Kafka records with 5 MiB free. Nor a
+ * leaf copied for each write of a batch of small ones spread over a
+ * table: LMDB hands out pages earlier commits freed first, the room takes
+ * what this misses, and a disk with less than GROWTH_MIN_FREE_PAGES free
+ * is taken for full anyway. What the estimate must not miss is the large
+ * value (a probe's 1 MiB one with 768 KiB free), and that is its bytes. */
+static size_t growth_of(const node_store_t *s, size_t bytes)
 {
-    size_t ops = pages / write_pages(s, 0), leaves = ops < s->used ? ops : s->used;
-    return leaves + pages_of(s, bytes) + 2 * (size_t)s->depth + 16;
+    return pages_of(s, bytes) + 2 * (size_t)s->depth + 16;
 }
 
 /* The disk's free space, looked at again when the last look is older than
@@ -592,16 +596,15 @@ static int keep_growth(node_store_t *s, size_t pages, size_t bytes)
     if (s->tight || s->reserved || s->room_end == SIZE_MAX)
         return 0; /* (SIZE_MAX: no room is kept, no fallocate) */
     int joins = s->wtxn != NULL && !s->alone && batch_pages(s, pages, bytes) <= s->txn_budget;
-    size_t batch =
-        joins ? growth_of(s, s->op_pages + pages, s->bytes + bytes) : growth_of(s, pages, bytes);
+    size_t batch = growth_of(s, (joins ? s->bytes : 0) + bytes);
     uint64_t free = free_now(s, (uint64_t)batch * s->psize);
     if ((uint64_t)batch * s->psize <= free && free >= (uint64_t)GROWTH_MIN_FREE_PAGES * s->psize)
         return 0;
-    if (joins && (uint64_t)growth_of(s, pages, bytes) * s->psize <= free) {
+    if (joins && (uint64_t)growth_of(s, bytes) * s->psize <= free) {
         int rc = batch_commit(s); /* the write opens a batch of its own */
         if (rc != 0 || s->tight)
             return rc;
-        free = free_now(s, (uint64_t)growth_of(s, pages, bytes) * s->psize);
+        free = free_now(s, (uint64_t)growth_of(s, bytes) * s->psize);
     }
     if (free < (uint64_t)GROWTH_MIN_FREE_PAGES * s->psize) {
         int rc = s->wtxn != NULL ? batch_commit(s) : 0; /* go_tight counts with no txn open */
@@ -611,7 +614,7 @@ static int keep_growth(node_store_t *s, size_t pages, size_t bytes)
         }
         return rc;
     }
-    return (uint64_t)growth_of(s, pages, bytes) * s->psize <= free ? 0 : KVS_EFULL;
+    return (uint64_t)growth_of(s, bytes) * s->psize <= free ? 0 : KVS_EFULL;
 }
 
 static int room_refuses(node_store_t *s, size_t pages, size_t bytes)

@@ -665,6 +665,15 @@ class FullDiskStartTest(RouterTestCase):
                 a = c.hset("t", "after%d" % i, "x" * (300 << 10))
                 self.assertEqual(a.status, 200, a.message)
             self.assertEqual(c.hdel("t", "after0").status, 200)
+            # a table of 6,400 pages, then 8 MiB free: 60,000 pairs of a
+            # byte (some 1.5 MB) were priced at a leaf a pair (25 MiB)
+            for i in range(25):
+                self.assertEqual(c.hset("u", "m%02d" % i, "m" * (1 << 20)).status, 200)
+            st = os.statvfs(r.data_dir)
+            subprocess.run(["fallocate", "-l", "%dK" % (st.f_bfree * st.f_frsize // 1024 - 8192),
+                            os.path.join(r.data_dir, "ballast")], check=True)
+            a = c.hmset("t", [("p%05d" % i, "v") for i in range(60000)])
+            self.assertEqual(a.status, 200, a.message)
         self.assertNotRegex(r.stderr(), TIGHT)
 
     def test_a_file_system_that_does_not_say_its_size_is_not_taken_for_full(self):
