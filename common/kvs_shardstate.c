@@ -42,7 +42,9 @@ typedef struct page_s {
     _Atomic int64_t settle_until_ms;
     _Atomic int64_t heartbeat_ms;
     _Atomic int64_t pid;
-    uint8_t pad[128 - 104];
+    _Atomic int64_t tight; /* the worker's disk is full (kvs_shardstate_set_tight); 0 in pages
+                              of workers that never set it: the same version */
+    uint8_t pad[128 - 112];
 } page_t;
 
 _Static_assert(sizeof(page_t) == 128, "the header keeps its size");
@@ -216,6 +218,7 @@ static int writer_init(kvs_shardstate_t *s, uint64_t fp, kvs_lmdb_ident_t *last,
     atomic_store(&pg->pid, (int64_t)getpid());
     atomic_store(&pg->settle_until_ms, 0);
     atomic_store(&pg->heartbeat_ms, 0);
+    atomic_store(&pg->tight, 0); /* the new worker says it again if its disk is full */
     for (uint64_t i = 0; i < s->nslots; i++) {
         atomic_store(&s->slots[i].end, -1);
         atomic_store(&s->slots[i].start, -1);
@@ -296,6 +299,11 @@ void kvs_shardstate_set_settle(kvs_shardstate_t *s, int64_t until_ms)
     atomic_store_explicit(&s->page->settle_until_ms, until_ms, memory_order_release);
 }
 
+void kvs_shardstate_set_tight(kvs_shardstate_t *s, int tight)
+{
+    atomic_store_explicit(&s->page->tight, tight != 0, memory_order_release);
+}
+
 void kvs_shardstate_heartbeat(kvs_shardstate_t *s, int64_t now_ms)
 {
     atomic_store_explicit(&s->page->heartbeat_ms, now_ms, memory_order_release);
@@ -347,6 +355,7 @@ int kvs_shardstate_head(const kvs_shardstate_t *s, kvs_shardstate_head_t *h)
     h->ident.lock_ino = atomic_load_explicit(&pg->lock_ino, memory_order_relaxed);
     h->settle_until_ms = atomic_load_explicit(&pg->settle_until_ms, memory_order_acquire);
     h->heartbeat_ms = atomic_load_explicit(&pg->heartbeat_ms, memory_order_acquire);
+    h->tight = atomic_load_explicit(&pg->tight, memory_order_acquire) != 0;
     atomic_thread_fence(memory_order_acquire);
     if ((seq & 1) != 0 || atomic_load_explicit(&pg->seq, memory_order_relaxed) != seq)
         return -EAGAIN;

@@ -57,6 +57,7 @@ typedef struct kvs_shardstate_head_s {
     kvs_lmdb_ident_t ident;
     int64_t settle_until_ms; /* an unknown end before this: settling */
     int64_t heartbeat_ms;    /* the worker's last tick (0: none yet) */
+    int tight;               /* its disk is full: reads go to the worker (router_local) */
 } kvs_shardstate_head_t;
 
 /* ---- the worker ---------------------------------------------------------------- */
@@ -71,6 +72,12 @@ int kvs_shardstate_open_writer(const char *path, const kvs_config_t *cfg, uint32
 
 /* The worker has `ident` open and serves from it: sets ident and live. */
 void kvs_shardstate_publish(kvs_shardstate_t *s, const kvs_lmdb_ident_t *ident);
+
+/* The worker's disk is full, or no longer (node_store's "tight"): a
+ * router's snapshots would pin the pages deletes free, and deletes would
+ * take new ones from the little room a full disk leaves, so routers send
+ * reads to the worker meanwhile (its own snapshots end with each turn). */
+void kvs_shardstate_set_tight(kvs_shardstate_t *s, int tight);
 
 /* Kafka knowledge of partition p of cfg->bindings[binding] (a partition
  * this shard owns; others are ignored). */

@@ -431,6 +431,16 @@ static void begin_shutdown(node_main_t *m)
  * lock.mdb removed the worker still writes the file every later worker
  * opens (routers, which check both, send their reads to it until it
  * restarts). */
+/* The disk became too full to keep the room for deletes, or has it again:
+ * the state page says so, and routers read here or at the worker
+ * (kvs_shardstate_set_tight). */
+static void on_store_tight(void *arg, int tight)
+{
+    node_main_t *m = arg;
+    if (m->state != NULL)
+        kvs_shardstate_set_tight(m->state, tight);
+}
+
 static void on_files_watch(uv_timer_t *t)
 {
     node_main_t *m = t->data;
@@ -837,6 +847,8 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
         .broken_cb = on_store_broken,
         .broken_arg = m,
+        .tight_cb = on_store_tight,
+        .tight_arg = m,
     };
     int rc = node_store_open(&so, out, err, errlen);
     free(bound);

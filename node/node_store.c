@@ -158,6 +158,8 @@ struct node_store_s {
     node_store_fail_cb fail_cb;
     void *fail_arg;
     node_store_broken_cb broken_cb;
+    void (*tight_cb)(void *arg, int tight); /* node_store_opts_t's */
+    void *tight_arg;
     void *broken_arg;
     int broken;             /* LMDB gave up on the environment (MDB_PANIC) */
     int meta_unsynced;      /* storage.sync batch: the last meta page is synced by the next sync */
@@ -421,6 +423,8 @@ static int room_again(node_store_t *s)
         return 0;
     kvs_info("the disk has room again: writes are taken again");
     s->tight = 0;
+    if (s->tight_cb != NULL)
+        s->tight_cb(s->tight_arg, 0);
     s->tight_low = 0;
     s->free_at_ms = 0;
     return 1;
@@ -469,6 +473,8 @@ static void go_tight(node_store_t *s)
         kvs_warn("the disk has no room for the %zu KiB kept past the data for deletes: writes "
                  "that add data are refused (507) until it has, deletes go on",
                  (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
+    if (!s->tight && s->tight_cb != NULL)
+        s->tight_cb(s->tight_arg, 1);
     s->tight = 1;
     s->tight_room = 0;
     s->tight_free = 0;
@@ -2646,6 +2652,8 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     s->fail_arg = o->fail_arg;
     s->broken_cb = o->broken_cb;
     s->broken_arg = o->broken_arg;
+    s->tight_cb = o->tight_cb;
+    s->tight_arg = o->tight_arg;
     s->meta_unsynced = o->sync == KVS_SYNC_BATCH;
     kvs_log_budget_init(&s->write_errs, "lines about failed commits and syncs", KVS_LOG_PEER_LINES,
                         KVS_LOG_PEER_WINDOW_MS);

@@ -83,6 +83,10 @@ typedef struct node_store_opts_s {
     void *fail_arg;
     node_store_broken_cb broken_cb; /* or NULL */
     void *broken_arg;
+    /* Told when the disk becomes too full to keep the room for deletes
+     * ("tight", node_store.c) and when it has room again; or NULL. */
+    void (*tight_cb)(void *arg, int tight);
+    void *tight_arg;
 } node_store_opts_t;
 
 /* Opens (creating if needed) the environment in o->dir, and creates the

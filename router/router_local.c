@@ -229,6 +229,8 @@ static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
         return 0;
     if (kvs_shardstate_head(ls->state, h) != 0 || !h->live)
         return 0; /* starting, stopped, or publishing this very moment */
+    if (h->tight)
+        return 0; /* its disk is full: no snapshot here may pin what deletes free */
     ls->seen = h->ident;
     if (ls->env != NULL && same_files(kvs_lmdb_reader_ident(ls->env), &h->ident))
         return 1;

@@ -18,6 +18,7 @@ What is checked:
     several clients pipelining at once) and none of its writes is visible.
 """
 import os
+import random
 import re
 import resource
 import shutil
@@ -27,7 +28,7 @@ import time
 import unittest
 
 from kvstest import (BUILD_DIR, SANITIZED, NodeTestCase, pb, pyval, req_hget, req_hmdel,
-                     req_hset, status_kib, unmount)
+                     req_hmget, req_hscan, req_hset, status_kib, unmount)
 from routertest import RouterTestCase
 from kafkatest import wait_until
 
@@ -719,6 +720,59 @@ class FullDiskStartTest(RouterTestCase):
         self.assertEqual(a.status, 507, a.message)
         self.assertTrue(a.outcome_unknown)
         self.assertIn("and %d of its keys were deleted (for good)" % deleted, a.message)
+
+    def test_deletes_commit_on_a_full_disk_under_local_read_load(self):
+        """The routers' local reads hold snapshots, which keep LMDB from
+        reusing the pages recent commits freed: on a full disk, deletes
+        then took new pages from the room, and with three clients
+        pipelining large HSCANs and HMGETs 195-257 of 500 single deletes
+        got 507 (a probe). While the worker's disk is full its state page
+        says so, and routers send reads to the worker: every delete
+        commits, and the reads are answered."""
+        r = self.tmpfs_router("80M", shards=1, partitions=8, processes=2)  # local reads: default
+        r.start()
+        with r.client(timeout=60) as c:
+            for i in range(0, 1280, 20):  # some 38 MB: half the disk
+                for a in c.pipeline(req_hset("big", "b%04d" % j, "x" * 30000)
+                                    for j in range(i, i + 20)):
+                    self.assertEqual(a.status, 200, a.message)
+            keys, full, i = [], 0, 0
+            while full < 200 and i < 600000:
+                batch = ["k%07d" % (i + j) for j in range(50)]
+                i += 50
+                for k, a in zip(batch, c.pipeline(req_hset("t", k, "v" * 100) for k in batch)):
+                    if a.status == 507:
+                        full += 1
+                    else:
+                        self.assertEqual(a.status, 200, a.message)
+                        keys.append(k)
+            self.assertGreaterEqual(full, 200, "the disk never filled up")
+            stop, answers = threading.Event(), []
+
+            def reader(seed):
+                rnd = random.Random(seed)
+                with r.client(timeout=60) as rc:
+                    while not stop.is_set():
+                        for a in rc.pipeline([req_hscan("t", b"", 5000),
+                                              req_hmget("t", rnd.sample(keys, 100)),
+                                              req_hscan("big", b"", 100)]):
+                            answers.append(a.status)
+            readers = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+            for t in readers:
+                t.start()
+            try:
+                time.sleep(0.3)
+                order = keys[:]
+                random.Random(1).shuffle(order)
+                failed = [k for k in order[:500] if c.hdel("t", k).status != 200]
+                clear = c.call(pb.CommandRequest(hclear=pb.Hclear(table="big")))
+            finally:
+                stop.set()
+                for t in readers:
+                    t.join(60)
+        self.assertEqual(failed, [])
+        self.assertEqual(clear.status, 200, clear.message)
+        self.assertGreater(answers.count(200), 10)
 
     def test_writes_come_back_once_the_disk_has_room_again(self):
         """A worker that went tight (no room for the deletes' room) asks

@@ -78,6 +78,13 @@ KVS_TEST(published_state_is_read_back)
     CHECK(memcmp(&h.ident, &id, sizeof(id)) == 0);
     CHECK_EQ(h.settle_until_ms, 12345);
     CHECK_EQ(h.heartbeat_ms, 999);
+    CHECK_EQ(h.tight, 0);
+    kvs_shardstate_set_tight(w, 1); /* the disk is full: reads go to the worker */
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.tight, 1);
+    kvs_shardstate_set_tight(w, 0);
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.tight, 0);
     kvs_shardstate_part(r, 0, 5, &end, &start);
     CHECK_EQ(end, 100);
     CHECK_EQ(start, 7);
@@ -147,6 +154,7 @@ KVS_TEST(next_worker_learns_the_last_files)
     kvs_shardstate_set_part(w, 0, 1, 5, 5);
     kvs_shardstate_set_diverged(w, 0, 1, 1);
     kvs_shardstate_set_resized(w, 0, 9);
+    kvs_shardstate_set_tight(w, 1);
     kvs_shardstate_close(w);
     w = writer(cfg, &last, &had);
     CHECK_EQ(had, 1);
@@ -158,6 +166,7 @@ KVS_TEST(next_worker_learns_the_last_files)
     CHECK_EQ(end, -1);                             /* and nothing known of Kafka yet */
     CHECK_EQ(kvs_shardstate_diverged(r, 0, 1), 0); /* the new worker finds out again */
     CHECK_EQ(kvs_shardstate_resized(r, 0, 1), 0);
+    CHECK_EQ(h.tight, 0); /* its store says so again if its disk is full */
     kvs_shardstate_close(r);
     kvs_shardstate_close(w);
     kvs_config_free(cfg);
