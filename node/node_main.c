@@ -421,16 +421,6 @@ static void begin_shutdown(node_main_t *m)
     node_server_stop(m->srv, on_stopped, m);
 }
 
-/* Every FILES_WATCH_MS: the counts of log lines about failed writes left
- * out, and whether <data_dir>/shard-N/data.mdb is still the file the store
- * has open. Removed, moved or replaced under the running
- * worker, its writes would go on being acknowledged into a file no later
- * worker opens (and routers would read a file it no longer writes): the
- * worker says so and stops, answering what it took, so that the
- * supervisor's next worker opens what is there now. Only data.mdb: with
- * lock.mdb removed the worker still writes the file every later worker
- * opens (routers, which check both, send their reads to it until it
- * restarts). */
 /* The disk became too full to keep the room for deletes, or has it again:
  * the state page says so, and routers read here or at the worker
  * (kvs_shardstate_set_tight). */
@@ -441,6 +431,16 @@ static void on_store_tight(void *arg, int tight)
         kvs_shardstate_set_tight(m->state, tight);
 }
 
+/* Every FILES_WATCH_MS: the counts of log lines about failed writes left
+ * out, and whether <data_dir>/shard-N/data.mdb is still the file the store
+ * has open. Removed, moved or replaced under the running
+ * worker, its writes would go on being acknowledged into a file no later
+ * worker opens (and routers would read a file it no longer writes): the
+ * worker says so and stops, answering what it took, so that the
+ * supervisor's next worker opens what is there now. Only data.mdb: with
+ * lock.mdb removed the worker still writes the file every later worker
+ * opens (routers, which check both, send their reads to it until it
+ * restarts). */
 static void on_files_watch(uv_timer_t *t)
 {
     node_main_t *m = t->data;

@@ -158,9 +158,9 @@ struct node_store_s {
     node_store_fail_cb fail_cb;
     void *fail_arg;
     node_store_broken_cb broken_cb;
+    void *broken_arg;
     void (*tight_cb)(void *arg, int tight); /* node_store_opts_t's */
     void *tight_arg;
-    void *broken_arg;
     int broken;             /* LMDB gave up on the environment (MDB_PANIC) */
     int meta_unsynced;      /* storage.sync batch: the last meta page is synced by the next sync */
     int resync;             /* ... and a sync failed since: node_store_sync commits anew first */
@@ -240,8 +240,6 @@ static int map_err(const char *what, int rc)
  * pages, so that it never takes the reusable pages of a full disk. */
 #define RECOMMIT_ROOM_PAGES 64
 
-/* True when the data file cannot take `need` more bytes: its file system
- * has less than that free, or the file is at its size limit (RLIMIT_FSIZE). */
 #define DELETE_ROOM_PAGES 128 /* the room kept for deletes (Disk, above) */
 /* Free space (past the room) below which the disk is taken for full: the
  * worker goes tight, and comes back once it has this much again. */
@@ -599,7 +597,7 @@ static uint64_t free_now(node_store_t *s, uint64_t want)
  * not), KVS_EFULL, or the open batch's commit error. */
 static int keep_growth(node_store_t *s, size_t pages, size_t bytes)
 {
-    if (s->tight || s->reserved || s->room_end == SIZE_MAX)
+    if (s->tight || s->room_end == SIZE_MAX)
         return 0; /* (SIZE_MAX: no room is kept, no fallocate) */
     int joins = s->wtxn != NULL && !s->alone && batch_pages(s, pages, bytes) <= s->txn_budget;
     size_t batch = growth_of(s, (joins ? s->bytes : 0) + bytes);
@@ -635,7 +633,7 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
      * write just before it, say) committed and took its share: counted
      * before, two such writes in one turn both passed, and the second took
      * the deletes' room. */
-    if (pages > TIGHT_BATCH_PAGES && s->wtxn != NULL && !s->reserved) {
+    if (pages > TIGHT_BATCH_PAGES && s->wtxn != NULL) {
         if (batch_commit(s) != 0)
             return 1;
         if (!s->tight)
@@ -652,6 +650,18 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
         return 1;
     go_tight(s);
     return room_short(s, pages, bytes);
+}
+
+/* Whether a write that adds data, priced `pages` for `bytes`, is refused
+ * for want of room (KVS_EFULL), or its open batch failed to commit first
+ * (keep_growth); 0 to go on. Not inside a reservation: it was weighed as
+ * a whole when made. */
+static int adding_refused(node_store_t *s, size_t pages, size_t bytes)
+{
+    if (s->reserved)
+        return 0;
+    int rc = keep_growth(s, pages, bytes);
+    return rc != 0 ? rc : room_refuses(s, pages, bytes) ? KVS_EFULL : 0;
 }
 
 /* ---- batches ----------------------------------------------------------- */
@@ -1112,11 +1122,9 @@ int node_store_reserve(node_store_t *s, size_t ops, size_t bytes, int adds)
 {
     /* each write's worst case, and each value's rounding to whole pages */
     size_t pages = ops * (write_pages(s, 0) + 1) + pages_of(s, bytes);
-    int grc = adds ? keep_growth(s, pages, bytes) : 0;
-    if (grc != 0)
-        return grc;
-    if (adds && room_refuses(s, pages, bytes))
-        return KVS_EFULL;
+    int refused = adds ? adding_refused(s, pages, bytes) : 0;
+    if (refused != 0)
+        return refused;
     if (s->wtxn == NULL || s->alone || batch_pages(s, pages, bytes) > s->txn_budget) {
         int rc = batch_commit(s);
         if (rc == 0)
@@ -1202,12 +1210,10 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
                    const void *val, size_t vlen)
 {
-    int grc = keep_growth(s, write_pages(s, klen + vlen), klen + vlen);
-    if (grc != 0)
-        return grc;
-    if (s->tight && !s->reserved && room_refuses(s, write_pages(s, klen + vlen), klen + vlen))
-        return KVS_EFULL;
-    int rc = batch_room(s, klen + vlen);
+    int rc = adding_refused(s, write_pages(s, klen + vlen), klen + vlen);
+    if (rc != 0)
+        return rc;
+    rc = batch_room(s, klen + vlen);
     if (rc != 0)
         return rc;
     MDB_dbi dbi;

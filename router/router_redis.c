@@ -1864,6 +1864,19 @@ static void unknown_command(router_redis_t *rs, router_req_t *req)
  * of it ran. DISCARD ends it; WATCH is refused (there are no optimistic
  * locks either); UNWATCH has nothing to undo. QUIT still quits.
  * Returns 1 when it answered the command. */
+/* Whether `cmd`, given argc arguments, has Redis's arity. */
+static int arity_ok(const cmd_t *cmd, size_t argc)
+{
+    return cmd->arity > 0 ? argc == (size_t)cmd->arity : argc >= (size_t)-cmd->arity;
+}
+
+enum { T_NONE, T_MULTI, T_EXEC, T_DISCARD, T_WATCH, T_UNWATCH };
+static const cmd_t transaction_words[] = {
+    [T_MULTI] = {.name = "multi", .arity = 1},     [T_EXEC] = {.name = "exec", .arity = 1},
+    [T_DISCARD] = {.name = "discard", .arity = 1}, [T_WATCH] = {.name = "watch", .arity = -2},
+    [T_UNWATCH] = {.name = "unwatch", .arity = 1},
+};
+
 static int transaction_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                                const cmd_t *cmd)
 {
@@ -1872,40 +1885,36 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
     char first = a[0].len > 0 ? (char)(a[0].p[0] | 0x20) : '\0';
     if (!rs->multi && first != 'm' && first != 'e' && first != 'd' && first != 'w' && first != 'u')
         return 0; /* the hot path (HGET, HSET, ...): one look */
-    int multi = kvs_redis_arg_is(&a[0], "multi"), exec = kvs_redis_arg_is(&a[0], "exec");
-    int discard = kvs_redis_arg_is(&a[0], "discard"), watch = kvs_redis_arg_is(&a[0], "watch");
-    int unwatch = kvs_redis_arg_is(&a[0], "unwatch");
-    int word = multi || exec || discard || watch || unwatch;
-    if (!word && (!rs->multi || kvs_redis_arg_is(&a[0], "quit")))
+    int w = T_NONE;
+    for (int i = T_MULTI; i <= T_UNWATCH && w == T_NONE; i++)
+        if (kvs_redis_arg_is(&a[0], transaction_words[i].name))
+            w = i;
+    if (w == T_NONE && (!rs->multi || (cmd != NULL && cmd->fn == cmd_quit)))
         return 0;
-    if (word && (watch ? argc < 2 : argc != 1)) { /* as Redis: the arity before the rights */
-        char name[16];
-        size_t n = a[0].len < sizeof(name) - 1 ? a[0].len : sizeof(name) - 1;
-        for (size_t i = 0; i < n; i++)
-            name[i] = (char)(a[0].p[i] | 0x20); /* one of the words above: letters */
-        name[n] = '\0';
-        if (exec) { /* Redis's EXEC aborts whatever its error, and so ends a MULTI */
+    if (w != T_NONE && !arity_ok(&transaction_words[w], argc)) { /* as Redis: before rights */
+        if (w == T_EXEC) { /* Redis's EXEC aborts whatever its error, and so ends a MULTI */
             reply_error(req,
                         "EXECABORT Transaction discarded because of: wrong number of arguments "
                         "for 'exec' command");
             rs->multi = 0;
         } else {
-            reply_error(req, "ERR wrong number of arguments for '%s' command", name);
+            reply_error(req, "ERR wrong number of arguments for '%s' command",
+                        transaction_words[w].name);
             rs->multi_aborted |= rs->multi;
         }
     } else if (!router_client_authenticated(cl)) {
         reply_error(req, "NOAUTH Authentication required.");
-    } else if (multi && rs->multi) {
+    } else if (w == T_MULTI && rs->multi) {
         reply_error(req, "ERR MULTI calls can not be nested"); /* not queued: no abort */
-    } else if (multi) {
+    } else if (w == T_MULTI) {
         rs->multi = 1;
         rs->multi_aborted = 0;
         reply_ok(req);
-    } else if ((exec || discard) && !rs->multi) {
-        reply_error(req, "ERR %s without MULTI", exec ? "EXEC" : "DISCARD");
-    } else if (exec || discard) {
+    } else if ((w == T_EXEC || w == T_DISCARD) && !rs->multi) {
+        reply_error(req, "ERR %s without MULTI", w == T_EXEC ? "EXEC" : "DISCARD");
+    } else if (w == T_EXEC || w == T_DISCARD) {
         rs->multi = 0;
-        if (discard) {
+        if (w == T_DISCARD) {
             reply_ok(req);
         } else if (rs->multi_aborted) {
             reply_error(req, "EXECABORT Transaction discarded because of previous errors.");
@@ -1914,16 +1923,15 @@ static int transaction_command(router_redis_t *rs, router_client_t *cl, router_r
             kvs_redis_array(&req->resp, 0);
             finish_raw(req);
         }
-    } else if (watch) {
+    } else if (w == T_WATCH) {
         reply_error(req, rs->multi ? "ERR WATCH inside MULTI is not allowed" /* not queued */
                                    : "ERR kvs has no transactions: WATCH is not supported");
-    } else if (unwatch && !rs->multi) {
+    } else if (w == T_UNWATCH && !rs->multi) {
         reply_ok(req); /* nothing is watched */
     } else { /* a command after MULTI (UNWATCH too): refused, in Redis's words where it has some */
-        if (cmd == NULL && !unwatch)
+        if (cmd == NULL && w == T_NONE)
             unknown_command(rs, req);
-        else if (cmd != NULL && ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
-                                 (cmd->arity < 0 && argc < (size_t)-cmd->arity)))
+        else if (cmd != NULL && !arity_ok(cmd, argc))
             reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
         else
             reply_error(req,
@@ -2053,8 +2061,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
         /* MULTI, EXEC, ... or a command after MULTI */
     } else if (cmd == NULL) {
         unknown_command(rs, req);
-    } else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
-               (cmd->arity < 0 && argc < (size_t)-cmd->arity)) {
+    } else if (!arity_ok(cmd, argc)) {
         reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
     } else if (!router_client_authenticated(cl) && strstr(cmd->flags, "no_auth") == NULL) {
         reply_error(req, "NOAUTH Authentication required.");

@@ -489,12 +489,12 @@ class FullDiskStartTest(RouterTestCase):
         mount_tmpfs(self, r.data_dir, size, r.kill_all, "cannot mount a tmpfs here (not root?)")
         return r
 
-    def fill_small(self, c, refusals):
+    def fill_small(self, c, refusals, most=200000):
         """Writes 100-byte values to table t, 50 a pipeline, until `refusals`
-        of them got 507 (every other answer must be 200). Returns the keys
-        stored."""
+        of them got 507 (every other answer must be 200), `most` at most.
+        Returns the keys stored."""
         stored, full, i = [], 0, 0
-        while full < refusals and i < 200000:
+        while full < refusals and i < most:
             keys = ["k%07d" % (i + j) for j in range(50)]
             i += 50
             for k, a in zip(keys, c.pipeline(req_hset("t", k, "v" * 100) for k in keys)):
@@ -736,17 +736,7 @@ class FullDiskStartTest(RouterTestCase):
                 for a in c.pipeline(req_hset("big", "b%04d" % j, "x" * 30000)
                                     for j in range(i, i + 20)):
                     self.assertEqual(a.status, 200, a.message)
-            keys, full, i = [], 0, 0
-            while full < 200 and i < 600000:
-                batch = ["k%07d" % (i + j) for j in range(50)]
-                i += 50
-                for k, a in zip(batch, c.pipeline(req_hset("t", k, "v" * 100) for k in batch)):
-                    if a.status == 507:
-                        full += 1
-                    else:
-                        self.assertEqual(a.status, 200, a.message)
-                        keys.append(k)
-            self.assertGreaterEqual(full, 200, "the disk never filled up")
+            keys = self.fill_small(c, 200, most=600000)
             stop, answers = threading.Event(), []
 
             def reader(seed):
