@@ -170,6 +170,8 @@ static const directive_t directives[] = {
      "from 0 (never) to 1h", NULL, F_LIVE},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
      "at least 1MiB", NULL, F_LIVE},
+    {"limits.output_buffers", D_SIZE, OFF(output_buffers), "1GiB", MIB, UINT64_MAX / 4,
+     "at least 1MiB", NULL, F_LIVE},
     {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, F_LIVE},
     {"limits.auth_failures_per_minute", D_UINT32, OFF(auth_failures_per_minute), "20", 1, 100000,
      NULL, NULL, F_LIVE},
@@ -2063,16 +2065,26 @@ static int check_limits(cfg_ctx_t *ctx)
 {
     kvs_config_t *c = ctx->cfg;
     size_t io = directive_index("limits.client_output"),
-           ii = directive_index("limits.input_buffers");
+           ii = directive_index("limits.input_buffers"),
+           ib = directive_index("limits.output_buffers");
     if (!ctx->seen[io] && c->client_output < 4 * c->max_frame)
         c->client_output = 4 * c->max_frame;
     if (!ctx->seen[ii] && c->input_buffers < c->max_frame)
         c->input_buffers = c->max_frame;
+    if (!ctx->seen[ib] && c->output_buffers < c->client_output)
+        c->output_buffers = c->client_output;
     if (c->client_output < 4 * c->max_frame)
         return cfg_error(ctx, &ctx->marks[io],
                          "limits.client_output (%llu bytes) must be at least 4 x limits.max_frame "
                          "(%llu bytes)",
                          (unsigned long long)c->client_output, (unsigned long long)c->max_frame);
+    if (c->output_buffers < c->client_output)
+        return cfg_error(ctx, &ctx->marks[ib],
+                         "limits.output_buffers (%llu bytes) must be at least "
+                         "limits.client_output (%llu bytes), or one client within its own bound "
+                         "would have others closed",
+                         (unsigned long long)c->output_buffers,
+                         (unsigned long long)c->client_output);
     if (c->input_buffers < c->max_frame)
         return cfg_error(ctx, &ctx->marks[ii],
                          "limits.input_buffers (%llu bytes) must be at least limits.max_frame "

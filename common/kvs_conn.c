@@ -411,10 +411,55 @@ static int conn_check_hard(kvs_conn_t *c)
     return 1;
 }
 
+/* Keeps c's part of its group's output_used current: its pending output,
+ * or nothing for a member the budget spares. */
+static void conn_count_output(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    if (g == NULL)
+        return;
+    size_t now = c->turn_exempt ? 0 : kvs_conn_pending(c);
+    g->output_used = g->output_used - c->out_counted + now;
+    c->out_counted = now;
+}
+
+/* While the members' pending output together is past the group's budget,
+ * closes the member owed the most (the clients that stopped reading, not
+ * the many that read), naming it. A scan of the members a close: only
+ * when past the budget, and each scan frees the largest part. Returns 1
+ * if `c` itself was closed. */
+static int group_check_output(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    if (g == NULL || g->limits.output_budget == 0)
+        return 0;
+    int closed_c = 0;
+    while (g->output_used > g->limits.output_budget) {
+        kvs_conn_t *most = NULL;
+        for (kvs_conn_t *m = g->head; m != NULL; m = m->grp_next)
+            if (most == NULL || m->out_counted > most->out_counted)
+                most = m;
+        if (most == NULL || most->out_counted == 0)
+            break; /* cannot be: output_used sums the members' parts */
+        if (kvs_conn_may_log(most))
+            kvs_warn("closing %s: %zu bytes of answers are waiting for it, the most of any %s, "
+                     "and all %ss' waiting answers together (%zu bytes) passed "
+                     "limits.output_buffers (%zu); it reads its answers slower than it asks "
+                     "for them",
+                     most->peer, most->out_counted, g->what, g->what, g->output_used,
+                     g->limits.output_budget);
+        g->output_evicted++;
+        closed_c |= most == c;
+        kvs_conn_close(most); /* leaves the group: output_used drops by its part */
+    }
+    return closed_c;
+}
+
 /* Pending output went down: if delivery stopped at the high-water mark and
  * may go on now, schedule it (never deliver from here: see invariants). */
 static void conn_output_drained(kvs_conn_t *c)
 {
+    conn_count_output(c);
     if (kvs_conn_pending(c) == 0)
         c->output_since_ms = 0; /* all taken: the output timeout starts over */
     if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
@@ -434,9 +479,11 @@ void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta)
         delta = -(ptrdiff_t)c->held;
     c->held = (size_t)((ptrdiff_t)c->held + delta);
     conn_track_output(c);
-    if (delta > 0)
-        conn_check_hard(c);
-    else if (delta < 0)
+    if (delta > 0) {
+        conn_count_output(c);
+        if (!conn_check_hard(c))
+            group_check_output(c);
+    } else if (delta < 0)
         conn_output_drained(c);
 }
 
@@ -1126,7 +1173,8 @@ void kvs_conn_flush(kvs_conn_t *c)
 void kvs_conn_queue(kvs_conn_t *c)
 {
     conn_track_output(c);
-    if (conn_check_hard(c))
+    conn_count_output(c);
+    if (conn_check_hard(c) || group_check_output(c))
         return;
     kvs_flusher_t *f = c->flusher;
     if (f == NULL) {
@@ -1351,6 +1399,8 @@ static void group_leave(kvs_conn_t *c)
         return;
     group_unhold(c);
     conn_charge(c, 0);
+    g->output_used -= c->out_counted;
+    c->out_counted = 0;
     if (c->grp_prev != NULL)
         c->grp_prev->grp_next = c->grp_next;
     else
@@ -1555,6 +1605,7 @@ void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg)
     l->idle_timeout_ms = cfg->idle_timeout_ms;
     l->auth_timeout_ms = cfg->auth_timeout_ms;
     l->input_budget = (size_t)cfg->input_buffers;
+    l->output_budget = (size_t)cfg->output_buffers;
 }
 
 int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *e, const char *what,
@@ -1642,6 +1693,8 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
         if (!conn_check_hard(c))
             conn_output_drained(c);
     }
+    if (g->head != NULL) /* a lower budget closes the members owed the most now */
+        group_check_output(g->head);
 }
 
 void kvs_conn_group_sweep_every(kvs_conn_group_t *g, uint64_t ms)

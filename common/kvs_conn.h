@@ -30,6 +30,12 @@
  * would pass it gets on_error(KVS_ELIMIT)); an optional idle timeout closes
  * members that sent nothing for that long and are owed nothing. Buffers
  * that grew far past their usual size are given back once they drain.
+ * Output bound for the group as a whole (Redis 7's maxmemory-clients is
+ * the model): when all members' pending output together passes the
+ * group's output budget, the member owed the most is closed, and the next
+ * while it is still past, so peers that each stay within their own limits
+ * cannot, together, hold more than the budget (the owner's own peers,
+ * turn_exempt, are neither counted nor closed).
  *
  * TLS (kvs_conn_use_tls) lives entirely below the framing: ciphertext read
  * from the socket goes into the session and the plaintext it yields into
@@ -209,12 +215,14 @@ struct kvs_conn_s {
     kvs_conn_group_t *group; /* optional, see kvs_conn_join */
     kvs_conn_t *grp_prev, *grp_next;
     size_t charged;                    /* decoder bytes charged to the group's input budget */
+    size_t out_counted;                /* pending output counted in the group's output_used */
     uint64_t last_input_ms;            /* loop time of the last bytes read */
     uint64_t turn_ms;                  /* loop time of the turn turn_ns counts deliveries of */
     uint64_t turn_ns;                  /* time spent delivering frames in that loop turn */
     uint64_t turn_budget_ns;           /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
-    int turn_exempt;                   /* not held by its group's bound on a turn (the owner's own
-                                          peers: the master's scrape link) */
+    int turn_exempt;                   /* not held by its group's bound on a turn, nor counted in
+                                          or closed by its output budget (the owner's own peers:
+                                          the master's scrape link) */
     int waiting_turn;                  /* on its group's queue of held members */
     kvs_conn_t *held_prev, *held_next; /* its neighbours there */
     uint64_t read_ns;                  /* kvs_now_ns() of the last read, when stamp_reads is set */
@@ -482,6 +490,8 @@ typedef struct kvs_conn_limits_s {
                                    into the socket within this (0: never) */
     size_t input_budget;        /* decoder bytes all members may hold beyond their free
                                    KVS_CONN_INPUT_FREE each (0: no limit) */
+    size_t output_budget;       /* pending output all members may hold together; past it the
+                                   member owed the most is closed (0: no limit) */
     /* For log lines: what sets frame_timeout_ms, and what a frame is
      * called (NULL: "limits.frame_timeout", "request frame"). */
     const char *frame_timeout_name;
@@ -495,6 +505,8 @@ struct kvs_conn_group_s {
     kvs_conn_t *head; /* members */
     size_t count;
     size_t input_used;           /* decoder bytes charged by all members */
+    size_t output_used;          /* pending output of all members (turn_exempt ones aside) */
+    uint64_t output_evicted;     /* members closed because output_used passed output_budget */
     const char *what;            /* "client", for log lines */
     uint64_t joined;             /* members ever (connections accepted) */
     uint64_t bytes_in;           /* bytes members read */

@@ -1132,12 +1132,14 @@ static void store_metrics(node_server_t *srv, kvs_mb_t *b)
 static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
 {
     const char *sh = srv->shard_label;
-    uint64_t joined = 0, in = 0, out = 0, evicted = 0;
+    uint64_t joined = 0, in = 0, out = 0, evicted = 0, owed = 0, out_evicted = 0;
     for (int i = 0; i < 2; i++) {
         evicted += srv->unproven[i].evicted;
         joined += srv->groups[i].joined;
         in += srv->groups[i].bytes_in;
         out += srv->groups[i].bytes_out;
+        owed += srv->groups[i].output_used;
+        out_evicted += srv->groups[i].output_evicted;
     }
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_connections", KVS__METRIC_FAMILY__TYPE__GAUGE,
@@ -1163,6 +1165,18 @@ static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
                   kvs_mb_family(b, "kvs_worker_sent_bytes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                                 "Bytes the worker wrote to its connections."),
                   (double)out, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_output_bytes", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                "Answers the worker's connections are owed and have not taken "
+                                "yet, together (each listener's bounded by "
+                                "limits.output_buffers)."),
+                  (double)owed, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_output_evictions_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Connections closed, owed the most, because all connections' "
+                                "answers together passed limits.output_buffers."),
+                  (double)out_evicted, 1, "shard", sh);
 }
 
 /* node_cmd's Metrics: every family of this worker. */

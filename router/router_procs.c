@@ -46,6 +46,8 @@ void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n)
     cfg->max_clients = (uint32_t)router_procs_part(cfg->max_clients, index, n);
     uint64_t in = router_procs_part(cfg->input_buffers, index, n);
     cfg->input_buffers = in < cfg->max_frame ? cfg->max_frame : in;
+    uint64_t out = router_procs_part(cfg->output_buffers, index, n);
+    cfg->output_buffers = out < cfg->client_output ? cfg->client_output : out;
 }
 
 int router_procs_admin_addr(const kvs_config_t *cfg, uint32_t index, int next, kvs_addr_t *out)

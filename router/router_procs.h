@@ -66,9 +66,11 @@ uint32_t router_procs_count(uint32_t configured);
 uint64_t router_procs_part(uint64_t total, uint32_t index, uint32_t n);
 
 /* Turns the node-wide limits in `cfg` (a router process's own copy) into
- * router `index`'s share of them: limits.max_clients (per listener) and
- * limits.input_buffers are split with router_procs_part, input_buffers
- * never below limits.max_frame (a frame must always fit). Per-connection
+ * router `index`'s share of them: limits.max_clients (per listener),
+ * limits.input_buffers and limits.output_buffers are split with
+ * router_procs_part, input_buffers never below limits.max_frame (a frame
+ * must always fit), output_buffers never below limits.client_output (a
+ * client within its own bound must not have others closed). Per-connection
  * limits and limits.auth_failures_per_minute stay as they are (the latter
  * counts per router process: see README). n = 1 changes nothing. */
 void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n);

@@ -16,9 +16,10 @@ import threading
 import time
 import unittest
 
-from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, pyval, req_hget,
-                     req_hexist, req_hgetall, req_hmget, req_hmset, req_hset, req_ping)
+from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, log_of, pb, pyval,
+                     req_hget, req_hexist, req_hgetall, req_hmget, req_hmset, req_hset, req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids, stopped
+from test_ops import http_get, metrics_req, parse_metrics, total
 
 MIB = 1 << 20
 
@@ -101,6 +102,39 @@ def tcp_timer(local_port, remote_port):
     return None
 
 
+def flood_without_reading(addr, n_clients, req, count):
+    """n_clients connections that each send `count` copies of `req` in one
+    write and read nothing (a small receive buffer)."""
+    socks = []
+    for _ in range(n_clients):
+        family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(10.0)
+        # Before connecting: a TCP receive buffer shrunk on an established
+        # connection can leave the window closed after the reader drains it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        s.connect(addr)
+        s.sendall(encode(req) * count)
+        socks.append(s)
+    return socks
+
+
+def answers_until_closed(sock, count):
+    """The answers `sock` gets before its peer closes it, at most `count`."""
+    got = []
+    while len(got) < count:
+        payload = read_frame(sock)
+        if payload is None:
+            break
+        got.append(payload)
+    return got
+
+
+def metric_of(family_list, name):
+    """The sum of a Metrics answer's samples of family `name`."""
+    return sum(s.value for f in family_list if f.name == name for s in f.samples)
+
+
 class WorkerOutputTest(NodeTestCase):
     def test_worker_stops_executing_for_a_client_that_does_not_read(self):
         """150 Hgetall of a 1 MiB table sent in one write: the worker runs
@@ -127,6 +161,37 @@ class WorkerOutputTest(NodeTestCase):
             self.assertGreater(len(payload), 1000 * 1000)
         with n.client(unix=True) as c:
             self.assertOk(c.ping())
+
+    def test_connections_that_stop_reading_are_bounded_together(self):
+        """Twelve connections each pipeline forty reads of a 200 KiB value
+        and never read: each stays within its own bound (a quarter of
+        limits.client_output), but together they would hold more than
+        limits.output_buffers; the worker closes those owed the most until
+        the rest fit, logs it and counts it, the ones it kept get every
+        answer, and another client is served."""
+        n = self.node(extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB, "
+                                 "output_buffers: 2MiB}\n")
+        big = b"x" * (200 * 1024)
+        with n.client(unix=True) as c:
+            self.assertOk(c.hset("t", "big", big))
+            want = c.hget("t", "big").SerializeToString()
+        socks = flood_without_reading(n.socket_path, 12, req_hget("t", "big"), 40)
+        for s in socks:
+            self.addCleanup(s.close)
+        time.sleep(0.5)
+        with n.client(unix=True) as c:
+            self.assertEqual(c.hget("t", "big").SerializeToString(), want)
+            m = c.call(metrics_req())
+        self.assertOk(m)
+        self.assertGreater(metric_of(m.ops.metrics, "kvs_worker_output_evictions_total"), 0)
+        self.assertLessEqual(metric_of(m.ops.metrics, "kvs_worker_output_bytes"), 2 * MIB)
+        got = [answers_until_closed(s, 40) for s in socks]
+        kept = [g for g in got if len(g) == 40]
+        self.assertTrue(kept, "every connection was closed")
+        self.assertLess(len(kept), 12, "none was closed")
+        for g in kept:
+            self.assertTrue(all(a == want for a in g))
+        self.assertIn("limits.output_buffers", log_of(n))
 
     @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
     def test_buffers_are_given_back_after_a_burst(self):
@@ -236,6 +301,44 @@ class RouterBoundsTest(RouterTestCase):
             self.assertOk(other.hget("t", "big"))
         self.assertTrue(closed_by_peer(hostile, 5.0))
         self.assertIn("limits.client_output", r.stderr())
+
+    def test_clients_that_stop_reading_are_bounded_together(self):
+        """Twenty clients each pipeline forty reads of a 200 KiB value and
+        never read: each stays within its own bound (it stops being served
+        at a quarter of limits.client_output), but together they would
+        hold more than limits.output_buffers; the router closes the ones
+        owed the most until the rest fit, names them in its log and counts
+        them, a client that reads is served throughout, and the clients it
+        kept get every answer once they read."""
+        mport = free_port()
+        r = self.router(shards=2, extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB, "
+                                             "output_buffers: 4MiB}\n",
+                        router_yaml=['metrics_listen: "127.0.0.1:%d"' % mport])
+        big = b"x" * (200 * 1024)
+        with r.client() as c:
+            self.assertOk(c.hset("t", "big", big))
+            want = c.hget("t", "big").SerializeToString()
+        socks = flood_without_reading(r.addr, 20, req_hget("t", "big"), 40)
+        for s in socks:
+            self.addCleanup(s.close)
+        deadline = time.monotonic() + 1.0
+        most = 0
+        with r.client() as other:
+            while time.monotonic() < deadline:
+                self.assertEqual(other.hget("t", "big").SerializeToString(), want)
+                status, _, body = http_get(mport)
+                self.assertEqual(status, 200, body)
+                most = max(most, total(parse_metrics(body), "kvs_client_output_bytes"))
+        m = parse_metrics(http_get(mport)[2])
+        self.assertGreater(total(m, "kvs_client_output_evictions_total"), 0)
+        self.assertLessEqual(most, 4 * MIB)
+        got = [answers_until_closed(s, 40) for s in socks]
+        kept = [g for g in got if len(g) == 40]
+        self.assertTrue(kept, "every client was closed")
+        self.assertLess(len(kept), 20, "none was closed")
+        for g in kept:
+            self.assertTrue(all(a == want for a in g))
+        self.assertIn("limits.output_buffers", r.stderr())
 
     def test_local_reads_stop_at_high_water_for_a_client_that_does_not_read(self):
         """Reads the router answers itself are built as they are routed, so

@@ -49,6 +49,8 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_EQ(c->max_tables, 256);
     CHECK_EQ(c->max_keys, 250000);
     CHECK_EQ(c->max_frame, 4ull << 20);
+    CHECK_EQ(c->client_output, 64ull << 20);
+    CHECK_EQ(c->output_buffers, 1ull << 30);
     CHECK_STR(c->kafka_brokers, "");
     CHECK_STR(c->kafka_group_id, "kvs");
     CHECK_EQ(c->kafka_max_lag, 10000);
@@ -290,6 +292,16 @@ KVS_TEST(bad_size_values)
     kvs_config_t *c = parse_ok("limits: {max_frame: 1GiB}\nstorage: {map_size: 1MiB}\n");
     CHECK_EQ(c->max_frame, 1ull << 30);
     CHECK_EQ(c->map_size, 1ull << 20);
+    CHECK_EQ(c->client_output, 4ull << 30);  /* defaults grow with max_frame */
+    CHECK_EQ(c->output_buffers, 4ull << 30); /* ... and with client_output */
+    kvs_config_free(c);
+    /* All clients' answers together must hold one client's bound. */
+    parse_fails("limits:\n  client_output: 64MiB\n  output_buffers: 16MiB\n",
+                "config.yaml:3:19: limits.output_buffers (16777216 bytes) must be at least "
+                "limits.client_output (67108864 bytes), or one client within its own bound would "
+                "have others closed");
+    c = parse_ok("limits: {max_frame: 256KiB, client_output: 1MiB, output_buffers: 1MiB}\n");
+    CHECK_EQ(c->output_buffers, 1ull << 20);
     kvs_config_free(c);
     c = parse_ok("storage: {map_size: 16TiB}\n");
     CHECK_EQ(c->map_size, 16ull << 40);

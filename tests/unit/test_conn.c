@@ -1170,6 +1170,84 @@ KVS_TEST(input_budget_refuses_a_frame_that_does_not_fit)
     CHECK_EQ(s.group.input_used, 0); /* its charge went back when it closed */
 }
 
+/* ---- the group's output budget ------------------------------------------- */
+
+static void budget_member_closed(kvs_conn_t *c)
+{
+    int *closed = c->data;
+    (*closed)++;
+}
+
+/* Members on one end of a socketpair each, whose peers never read: what
+ * they are owed is held (kvs_conn_hold) or queued past a small socket
+ * buffer. Past the group's budget the member owed the most is closed, the
+ * others keep their connections; the owner's own peers are neither counted
+ * nor closed; a lower budget at a reload closes at once. */
+KVS_TEST(output_budget_closes_the_member_owed_the_most)
+{
+    enum { N = 4 };
+    uv_loop_t loop;
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    kvs_conn_limits_t l;
+    memset(&l, 0, sizeof(l));
+    l.high_water = 1u << 30;
+    l.output_budget = 100000;
+    kvs_conn_group_t g;
+    CHECK_EQ(kvs_conn_group_init(&g, &loop, &l, "client"), 0);
+    kvs_conn_t m[N];
+    int peer[N], closed[N] = {0};
+    for (int i = 0; i < N; i++) {
+        int sv[2], small = 16 * 1024;
+        CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        peer[i] = sv[1];
+        CHECK_EQ(kvs_conn_init(&m[i], &loop, 1, 1u << 20, NULL, NULL, budget_member_closed), 0);
+        m[i].data = &closed[i];
+        kvs_conn_join(&m[i], &g);
+        CHECK_EQ(uv_pipe_open(&m[i].h.pipe, sv[0]), 0);
+        CHECK_EQ(kvs_conn_start(&m[i]), 0);
+    }
+    m[3].turn_exempt = 1; /* the owner's own peer */
+    kvs_conn_hold(&m[3], 500000);
+    CHECK_EQ(g.output_used, 0);
+    kvs_conn_hold(&m[0], 30000);
+    kvs_conn_hold(&m[1], 40000);
+    kvs_conn_hold(&m[2], 20000);
+    CHECK_EQ(g.output_used, 90000);
+    CHECK_EQ(g.output_evicted, 0);
+    kvs_conn_hold(&m[2], 15000); /* 105000: m[1], owed the most, goes */
+    CHECK(m[1].flags & KVS_CONN_CLOSING);
+    CHECK(!(m[0].flags & KVS_CONN_CLOSING) && !(m[2].flags & KVS_CONN_CLOSING));
+    CHECK_EQ(g.output_evicted, 1);
+    CHECK_EQ(g.output_used, 65000);
+    kvs_conn_hold(&m[0], -30000);
+    CHECK_EQ(g.output_used, 35000);
+    /* Output queued past what the socket takes counts as well: 200 KB on
+     * m[0] leaves it owed the most, and it goes, not m[2]. */
+    static uint8_t big[200000];
+    append_frame(&m[0].out, big, sizeof(big));
+    kvs_conn_queue(&m[0]);
+    CHECK(m[0].flags & KVS_CONN_CLOSING);
+    CHECK(!(m[2].flags & KVS_CONN_CLOSING));
+    CHECK_EQ(g.output_evicted, 2);
+    CHECK_EQ(g.output_used, 35000);
+    /* A reload that lowers the budget closes the member now past it. */
+    l.output_budget = 30000;
+    kvs_conn_group_set_limits(&g, &l);
+    CHECK(m[2].flags & KVS_CONN_CLOSING);
+    CHECK_EQ(g.output_evicted, 3);
+    CHECK_EQ(g.output_used, 0);
+    CHECK(!(m[3].flags & KVS_CONN_CLOSING)); /* exempt, whatever it holds */
+    kvs_conn_close(&m[3]);
+    kvs_conn_group_close(&g);
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ(closed[i], 1);
+        close(peer[i]);
+    }
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
 static void client_idle(server_t *s, int fd)
 {
     (void)s;
@@ -1938,6 +2016,7 @@ KVS_TEST_MAIN(
     KVS_CASE(buffers_shrink_after_a_burst), KVS_CASE(frame_timeout_closes_a_stalled_frame),
     KVS_CASE(frame_timeout_spares_a_frame_that_completes),
     KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
+    KVS_CASE(output_budget_closes_the_member_owed_the_most),
     KVS_CASE(idle_timeout_closes_an_idle_member),
     KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
     KVS_CASE(auth_timeout_spares_a_member_that_authenticated),

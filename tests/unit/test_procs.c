@@ -45,19 +45,23 @@ KVS_TEST(share_splits_node_limits)
 {
     kvs_config_t *cfg = NULL;
     const char text[] = "limits: {max_clients: 10001, input_buffers: 256MiB, max_frame: 4MiB, "
-                        "max_inflight: 7, client_output: 64MiB, auth_failures_per_minute: 20}\n";
+                        "max_inflight: 7, client_output: 64MiB, auth_failures_per_minute: 20, "
+                        "output_buffers: 1GiB}\n";
     CHECK_EQ(kvs_config_parse("c", text, strlen(text), &cfg, NULL, 0), 0);
     router_procs_share(cfg, 1, 1); /* one router: nothing changes */
     CHECK_EQ(cfg->max_clients, 10001);
     CHECK_EQ(cfg->input_buffers, 256ull << 20);
+    CHECK_EQ(cfg->output_buffers, 1ull << 30);
     router_procs_share(cfg, 0, 2);
     CHECK_EQ(cfg->max_clients, 5001);
     CHECK_EQ(cfg->input_buffers, 128ull << 20);
+    CHECK_EQ(cfg->output_buffers, 512ull << 20);
     CHECK_EQ(cfg->max_inflight, 7);              /* per connection */
     CHECK_EQ(cfg->client_output, 64ull << 20);   /* per connection */
     CHECK_EQ(cfg->auth_failures_per_minute, 20); /* per router process */
     router_procs_share(cfg, 1, 64);              /* 128MiB / 64 = 2MiB < max_frame */
     CHECK_EQ(cfg->input_buffers, 4ull << 20);
+    CHECK_EQ(cfg->output_buffers, 64ull << 20); /* 512MiB / 64 = 8MiB < client_output */
     kvs_config_free(cfg);
 }
 
