@@ -243,6 +243,7 @@ struct node_ingest_s {
     int64_t reset_offset;   /* where a partition with no stored offset starts */
     int reset_error;        /* the user's auto.offset.reset is "error" */
     uint64_t pending_gen;   /* first batch generation holding unconfirmed records */
+    uint64_t applied_gen;   /* the batch this turn's latest records went into (0: none) */
     size_t n_owned;         /* partitions this shard owns, over all topics */
     int rewind;             /* a batch was lost: reload offsets, re-assign */
     int passes;             /* some part_t's pass_to is set (see "passed over") */
@@ -272,6 +273,10 @@ struct node_ingest_s {
      * the next end questions go unanswered, as the brokers' would when out
      * of reach, without asking them. 0 = off. */
     unsigned long unanswered;
+    /* Test hook (KVS_TEST_REFUSE_RESERVATION, test builds only): the
+     * reservation of records with this ordinal (1 = the first) is refused
+     * as a disk without room refuses it, once. 0 = off. */
+    uint64_t refuse_at, reservations;
     node_ingest_own_t own;    /* this worker's own records (log-first writes) */
     char *group;              /* the consumer group offsets are committed to */
     uint64_t started_ms;      /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
@@ -766,6 +771,30 @@ static size_t record_bytes(const rd_kafka_message_t *m)
     return m->key_len + m->len + 16; /* + the encoded Value's header */
 }
 
+/* The records counted in `ingested` so far are stored: a rewind keeps
+ * them counted (it re-reads only what is not). */
+static void ingested_stored(node_ingest_t *in)
+{
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
+            in->topics[i].parts[p].committed_ingested = in->topics[i].parts[p].ingested;
+}
+
+/* The batch this turn's earlier records went into is no longer the open
+ * one: a reservation committed it early (a turn's records may take
+ * several). If it did not fail, its records are stored for good, and a
+ * rewind later in the turn (a later batch refused) must not take them
+ * out of `ingested`: they are not read again. */
+static void note_early_commit(node_ingest_t *in)
+{
+    uint64_t gen = in->applied_gen;
+    if (gen == 0 || node_store_batch_gen(in->store) == gen)
+        return;
+    in->applied_gen = 0;
+    if (node_store_last_failed_gen(in->store) < gen) /* else lost: the rewind re-reads them */
+        ingested_stored(in);
+}
+
 /* Applies `n` records (`bytes` of record_bytes) in one reservation, then
  * saves every touched partition's offsets in the same txn. Returns 0 or a
  * store error; then the whole write batch is aborted
@@ -786,13 +815,17 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             consumer_event(in, msgs[i]);
     if (todo == 0)
         return 0;
-    int rc =
-        node_store_reserve(in->store, n + parts + in->n_topics,
-                           bytes + parts * 64 + in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64), 1);
+    int rc = in->refuse_at != 0 && ++in->reservations == in->refuse_at
+                 ? KVS_EFULL
+                 : node_store_reserve(
+                       in->store, n + parts + in->n_topics,
+                       bytes + parts * 64 + in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64), 1);
+    note_early_commit(in); /* a reservation may commit the batch before it, refused or not */
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
         in->pending_gen = node_store_batch_gen(in->store);
+    in->applied_gen = node_store_batch_gen(in->store);
     for (size_t i = 0; i < n && rc == 0; i++) {
         rd_kafka_message_t *m = msgs[i];
         topic_t *t = m->err == 0 || m->rkt != NULL ? topic_of(in, m) : NULL;
@@ -1039,13 +1072,20 @@ static void rewind_all(node_ingest_t *in)
 
 void node_ingest_turn_done(node_ingest_t *in, int rc)
 {
-    if (in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen)
+    int lost = in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen;
+    if (lost)
         in->rewind = 1;
     else if (in->pending_gen != 0)
         in->losses = 0; /* records were stored */
+    /* ... for good, also when the turn rewinds for another cause (a
+     * reservation refused): the stored offsets keep them from being read
+     * again. */
+    if (!lost)
+        ingested_stored(in);
     if (in->rewind && in->rewind_err == 0)
         in->rewind_err = rc != 0 ? rc : KVS_ESTORE;
     in->pending_gen = 0;
+    in->applied_gen = 0;
     if (in->rewind) {
         rewind_all(in);
         return;
@@ -1054,7 +1094,6 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
             part_t *pt = &in->topics[i].parts[p];
             pt->committed_next = pt->next;
-            pt->committed_ingested = pt->ingested;
             if (pt->rebuilding && in->state != NULL) /* committed: routers may read it now */
                 kvs_shardstate_set_diverged(
                     in->state, (uint32_t)(in->topics[i].b - in->cfg->bindings), p, pt->diverged);
@@ -1141,6 +1180,7 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
     pt->next = to;
     int rc =
         node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN, 0);
+    note_early_commit(in);
     if (rc == 0) {
         rc = part_save(in, t, p);
         if (rc == 0 && in->lose_skips > 0) {
@@ -1514,6 +1554,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
         rc = node_store_reserve(
             in->store, 2 + parts,
             (size_t)pages * sizeof(uint64_t) + (parts + 1) * (sizeof(key) + sizeof(v)), 0);
+    note_early_commit(in);
     if (rc != 0)
         return rc;
     rc = node_store_clear(in->store, b->table, NULL);
@@ -2583,7 +2624,9 @@ static int start_queue(node_ingest_t *in)
  * to range questions are short, for tests of what one lagging broker's
  * answer does (there is no such broker in the mock cluster).
  * KVS_TEST_LOSE_SKIPS: the batches of the next N skips fail.
- * KVS_TEST_ASKS_UNANSWERED: the next N end questions go unanswered. Test builds
+ * KVS_TEST_ASKS_UNANSWERED: the next N end questions go unanswered.
+ * KVS_TEST_REFUSE_RESERVATION: the Nth reservation of records is refused
+ * (a disk without room for it), once. Test builds
  * only (kvs_testhook); never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
@@ -2612,6 +2655,10 @@ static void read_test_hooks(node_ingest_t *in)
         kvs_warn("test hook: the brokers' cluster id is not compared with the one a topic's "
                  "records came from (KVS_TEST_ONE_CLUSTER)");
     }
+    if (kvs_test_hook_u64("KVS_TEST_REFUSE_RESERVATION", &in->refuse_at))
+        kvs_warn("test hook: reservation %llu of records is refused as on a full disk "
+                 "(KVS_TEST_REFUSE_RESERVATION)",
+                 (unsigned long long)in->refuse_at);
     if (kvs_test_hook_u64("KVS_TEST_LOSE_SKIPS", &n)) {
         in->lose_skips = (unsigned long)n;
         kvs_warn("test hook: the batches of the next %lu skips fail (KVS_TEST_LOSE_SKIPS)",

@@ -759,6 +759,29 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
         for p, st in parts.items():
             self.assertEqual(st["ingested"], st["applied"], "partition %d: %r" % (p, st))
 
+    def test_records_stored_before_a_refused_reservation_count_once(self):
+        # One turn of ingestion takes the records in reservations of up to
+        # 1,024; the second is refused as on a disk without room (a test
+        # hook), after the first was applied. The turn's batch commits the
+        # first, and the rewind re-reads from the stored offsets: those
+        # records are not read again, and must stay counted in `ingested`
+        # (they were taken out of it: `ingested` ended below `applied`).
+        m = self.mock({"users": 1})
+        recs = [(b"k-%d" % i, b"v%d" % i) for i in range(4000)]
+        produce(m.bootstrap, "users", recs)  # all there when the worker starts: one turn's
+        ends = self.ends(m, "users", 1)
+        n = Node(start=False, env={"KVS_TEST_REFUSE_RESERVATION": "2"}, extra_yaml=ingest_yaml(
+            m.bootstrap, [("users", "users", "raw", 1)],
+            properties={"reconnect.backoff.max.ms": "500"}))
+        self._nodes.append(n)
+        self.addCleanup(n.close)
+        n.start()
+        parts = self.wait_caught_up(n, "users", ends)
+        self.assert_exactly_once(parts, ends)
+        self.assertIn("reservation 2 of records is refused", n.stderr())
+        self.assertIn("not stored", n.stderr())
+        self.assertEqual((parts[0]["applied"], parts[0]["ingested"]), (4000, 4000), parts[0])
+
     def test_batches_lost_between_stored_ones_are_logged_at_most_every_10_s(self):
         # Every other sync of the worker's data fails for 2 s (the shim of
         # test_eio) while records keep coming: lost batches alternate with
