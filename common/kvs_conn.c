@@ -182,37 +182,18 @@ int kvs_conn_tls_pending(const kvs_conn_t *c)
     return c->tls != NULL && !has(c, KVS_CONN_TLS_READY);
 }
 
+void kvs_unproven_init(kvs_unproven_t *u)
+{
+    memset(u, 0, sizeof(*u));
+    kvs_list_init(&u->conns);
+}
+
 static void unproven_unlink(kvs_unproven_t *u, kvs_conn_t *c)
 {
     if (c->un_list != u)
         return;
-    if (c->un_prev != NULL)
-        c->un_prev->un_next = c->un_next;
-    else
-        u->head = c->un_next;
-    if (c->un_next != NULL)
-        c->un_next->un_prev = c->un_prev;
-    else
-        u->tail = c->un_prev;
-    c->un_prev = c->un_next = NULL;
+    kvs_list_remove(&c->un_link);
     c->un_list = NULL;
-}
-
-/* Puts `c` (on no list) into `u` after `prev` (NULL: at the head); the
- * mirror of unproven_unlink. */
-static void unproven_insert(kvs_unproven_t *u, kvs_conn_t *c, kvs_conn_t *prev)
-{
-    c->un_prev = prev;
-    c->un_next = prev != NULL ? prev->un_next : u->head;
-    if (c->un_prev != NULL)
-        c->un_prev->un_next = c;
-    else
-        u->head = c;
-    if (c->un_next != NULL)
-        c->un_next->un_prev = c;
-    else
-        u->tail = c;
-    c->un_list = u;
 }
 
 void kvs_unproven_set(kvs_unproven_t *u, kvs_conn_t *c, int unproven)
@@ -220,8 +201,10 @@ void kvs_unproven_set(kvs_unproven_t *u, kvs_conn_t *c, int unproven)
     kvs_conn_set_unproven(c, unproven);
     if (!unproven)
         unproven_unlink(u, c);
-    else if (c->un_list != u && !c->evicted && !has(c, KVS_CONN_CLOSING))
-        unproven_insert(u, c, u->tail);
+    else if (c->un_list != u && !c->evicted && !has(c, KVS_CONN_CLOSING)) {
+        kvs_list_push_back(&u->conns, &c->un_link);
+        c->un_list = u;
+    }
 }
 
 void kvs_unproven_to_front(kvs_unproven_t *u, kvs_conn_t *c)
@@ -229,7 +212,8 @@ void kvs_unproven_to_front(kvs_unproven_t *u, kvs_conn_t *c)
     if (c->unproven_since_ms == 0 || c->evicted || has(c, KVS_CONN_CLOSING))
         return;
     unproven_unlink(u, c);
-    unproven_insert(u, c, NULL);
+    kvs_list_push_front(&u->conns, &c->un_link);
+    c->un_list = u;
 }
 
 void kvs_unproven_closed(kvs_unproven_t *u, kvs_conn_t *c)
@@ -243,11 +227,17 @@ void kvs_unproven_closed(kvs_unproven_t *u, kvs_conn_t *c)
 
 int kvs_unproven_evict(kvs_unproven_t *u, int (*spared)(const kvs_conn_t *c), int max_spared)
 {
-    kvs_conn_t *c = u->head;
-    for (int skipped = 0; c != NULL && spared != NULL && spared(c); skipped++) {
-        if (skipped == max_spared)
+    kvs_conn_t *c = NULL;
+    int skipped = 0;
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &u->conns)
+    {
+        c = KVS_LIST_ENTRY(pos, kvs_conn_t, un_link);
+        if (spared == NULL || !spared(c))
+            break;
+        if (skipped++ == max_spared)
             return 0;
-        c = c->un_next;
+        c = NULL;
     }
     if (c == NULL)
         return 0;
@@ -436,9 +426,13 @@ static int group_check_output(kvs_conn_t *c)
     int closed_c = 0;
     while (g->output_used > g->limits.output_budget) {
         kvs_conn_t *most = NULL;
-        for (kvs_conn_t *m = g->head; m != NULL; m = m->grp_next)
+        kvs_list_t *pos;
+        KVS_LIST_EACH(pos, &g->members)
+        {
+            kvs_conn_t *m = KVS_LIST_ENTRY(pos, kvs_conn_t, grp_link);
             if (most == NULL || m->out_counted > most->out_counted)
                 most = m;
+        }
         if (most == NULL || most->out_counted == 0)
             break; /* cannot be: output_used sums the members' parts */
         if (kvs_conn_may_log(most))
@@ -727,16 +721,9 @@ static void conn_kicked(kvs_conn_t *c);
 static void group_hold(kvs_conn_t *c)
 {
     kvs_conn_group_t *g = c->group;
-    if (c->waiting_turn || has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING))
+    if (kvs_list_linked(&c->held_link) || has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING))
         return;
-    c->waiting_turn = 1;
-    c->held_next = NULL;
-    c->held_prev = g->held_tail;
-    if (g->held_tail != NULL)
-        g->held_tail->held_next = c;
-    else
-        g->held_head = c;
-    g->held_tail = c;
+    kvs_list_push_back(&g->turn_queue, &c->held_link);
     g->n_held++;
     if (!uv_is_active((uv_handle_t *)&g->turn_timer))
         uv_timer_start(&g->turn_timer, on_group_turn, 1, 0);
@@ -744,19 +731,10 @@ static void group_hold(kvs_conn_t *c)
 
 static void group_unhold(kvs_conn_t *c)
 {
-    kvs_conn_group_t *g = c->group;
-    if (!c->waiting_turn)
+    if (!kvs_list_linked(&c->held_link))
         return;
-    if (c->held_prev != NULL)
-        c->held_prev->held_next = c->held_next;
-    else
-        g->held_head = c->held_next;
-    if (c->held_next != NULL)
-        c->held_next->held_prev = c->held_prev;
-    else
-        g->held_tail = c->held_prev;
-    g->n_held--;
-    c->waiting_turn = 0;
+    kvs_list_remove(&c->held_link);
+    c->group->n_held--;
 }
 
 /* A later loop turn: the held members take their turns in order, each
@@ -766,14 +744,14 @@ static void group_unhold(kvs_conn_t *c)
 static void on_group_turn(uv_timer_t *t)
 {
     kvs_conn_group_t *g = t->data;
-    for (size_t n = g->n_held; n > 0 && g->held_head != NULL; n--) {
+    for (size_t n = g->n_held; n > 0 && !kvs_list_empty(&g->turn_queue); n--) {
         if (g->turn_budget_ns != 0 && g->turn_spent_ns >= g->turn_budget_ns)
             break; /* (a bound lifted lets those held under it all go) */
-        kvs_conn_t *c = g->held_head;
+        kvs_conn_t *c = KVS_LIST_ENTRY(kvs_list_first(&g->turn_queue), kvs_conn_t, held_link);
         group_unhold(c);
         conn_kicked(c); /* held again, at the tail, if frames are left */
     }
-    if (g->held_head != NULL)
+    if (!kvs_list_empty(&g->turn_queue))
         uv_timer_start(&g->turn_timer, on_group_turn, 1, 0);
 }
 
@@ -1401,12 +1379,7 @@ static void group_leave(kvs_conn_t *c)
     conn_charge(c, 0);
     g->output_used -= c->out_counted;
     c->out_counted = 0;
-    if (c->grp_prev != NULL)
-        c->grp_prev->grp_next = c->grp_next;
-    else
-        g->head = c->grp_next;
-    if (c->grp_next != NULL)
-        c->grp_next->grp_prev = c->grp_prev;
+    kvs_list_remove(&c->grp_link);
     g->count--;
     c->group = NULL;
 }
@@ -1501,8 +1474,10 @@ static void on_sweep(uv_timer_t *t)
     const kvs_conn_limits_t *lim = &g->limits;
     kvs_log_budget_flush(&g->log_budget, now);
     kvs_mem_give_back(now); /* what members that closed, or trimmed, freed */
-    for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
-        next = c->grp_next; /* closing unlinks c */
+    kvs_list_t *pos, *tmp;
+    KVS_LIST_EACH_SAFE(pos, tmp, &g->members) /* closing c unlinks it */
+    {
+        kvs_conn_t *c = KVS_LIST_ENTRY(pos, kvs_conn_t, grp_link);
         if (lim->frame_timeout_ms > 0 && c->partial_since_ms != 0 &&
             now - (c->partial_since_ms - 1) >= lim->frame_timeout_ms) {
             if (!kvs_log_budget_take(&g->log_budget, now))
@@ -1666,6 +1641,8 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
                         const char *what)
 {
     memset(g, 0, sizeof(*g));
+    kvs_list_init(&g->members);
+    kvs_list_init(&g->turn_queue);
     g->loop = loop;
     g->limits = *limits;
     g->what = what;
@@ -1684,8 +1661,10 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
 void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits)
 {
     g->limits = *limits;
-    for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
-        next = c->grp_next; /* a member past the new hard limit closes and leaves */
+    kvs_list_t *pos, *tmp;
+    KVS_LIST_EACH_SAFE(pos, tmp, &g->members) /* a member past the new hard limit leaves */
+    {
+        kvs_conn_t *c = KVS_LIST_ENTRY(pos, kvs_conn_t, grp_link);
         if (limits->high_water > 0 ||
             c->output_cap > 0) /* a client not authenticated keeps its cap */
             c->high_water = member_high_water(c, limits);
@@ -1693,8 +1672,8 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
         if (!conn_check_hard(c))
             conn_output_drained(c);
     }
-    if (g->head != NULL) /* a lower budget closes the members owed the most now */
-        group_check_output(g->head);
+    if (!kvs_list_empty(&g->members)) /* a lower budget closes the members owed the most now */
+        group_check_output(KVS_LIST_ENTRY(kvs_list_first(&g->members), kvs_conn_t, grp_link));
 }
 
 void kvs_conn_group_sweep_every(kvs_conn_group_t *g, uint64_t ms)
@@ -1746,11 +1725,7 @@ void kvs_conn_group_close(kvs_conn_group_t *g)
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)
 {
     c->group = g;
-    c->grp_prev = NULL;
-    c->grp_next = g->head;
-    if (g->head != NULL)
-        g->head->grp_prev = c;
-    g->head = c;
+    kvs_list_push_front(&g->members, &c->grp_link);
     g->count++;
     g->joined++;
     if (g->limits.high_water > 0 || c->output_cap > 0)
@@ -1813,11 +1788,11 @@ typedef struct lingering_s {
     uv_timer_t timer;
     int open; /* handles not closed yet */
     size_t got;
-    struct lingering_s *prev, *next; /* lingering: kvs_loop_close_all ends them */
+    kvs_list_t link; /* on `lingering`: kvs_loop_close_all ends them */
     char scratch[1024];
 } lingering_t;
 
-static lingering_t *lingering;
+static kvs_list_t lingering = {&lingering, &lingering};
 static size_t n_lingering;
 
 static void on_linger_closed(uv_handle_t *h)
@@ -1825,12 +1800,7 @@ static void on_linger_closed(uv_handle_t *h)
     lingering_t *l = h->data;
     if (--l->open > 0)
         return;
-    if (l->prev != NULL)
-        l->prev->next = l->next;
-    else
-        lingering = l->next;
-    if (l->next != NULL)
-        l->next->prev = l->prev;
+    kvs_list_remove(&l->link);
     free(l);
     n_lingering--;
 }
@@ -1891,11 +1861,7 @@ static int linger(lingering_t *l, uv_loop_t *loop)
     l->sock.handle.data = l;
     l->timer.data = l;
     l->open = 2;
-    l->prev = NULL;
-    l->next = lingering;
-    if (lingering != NULL)
-        lingering->prev = l;
-    lingering = l;
+    kvs_list_push_front(&lingering, &l->link);
     n_lingering++;
     shutdown(fd, SHUT_WR);
     if (uv_read_start(&l->sock.stream, on_linger_alloc, on_linger_read) != 0 ||
@@ -1908,7 +1874,7 @@ int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
 {
     lingering_t *l = NULL;
     if (msg != NULL && len > 0 && n_lingering < LINGER_MAX)
-        l = malloc(sizeof(*l));
+        l = calloc(1, sizeof(*l)); /* its link on no list */
     kvs_listener_t *h = l != NULL ? &l->sock : malloc(sizeof(*h));
     if (h == NULL && refuse_spare_busy) {
         for (size_t i = 0; i < refuse_n_waiting; i++)
@@ -2036,9 +2002,13 @@ static void close_any(uv_handle_t *h, void *arg)
 
 void kvs_loop_close_all(uv_loop_t *loop)
 {
-    for (lingering_t *l = lingering; l != NULL; l = l->next)
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &lingering)
+    {
+        lingering_t *l = KVS_LIST_ENTRY(pos, lingering_t, link);
         if (l->timer.loop == loop)
             linger_end(l); /* freed once both handles closed */
+    }
     uv_walk(loop, close_any, NULL);
 }
 

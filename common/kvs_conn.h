@@ -72,6 +72,7 @@
 #include "kvs_buf.h"
 #include "kvs_config.h"
 #include "kvs_frame.h"
+#include "kvs_list.h"
 #include "kvs_log.h"
 #include "kvs_tls.h"
 
@@ -209,48 +210,47 @@ struct kvs_conn_s {
      * read, or those a kick delivers), with every frame of the run read
      * from the socket before the first was delivered. */
     kvs_conn_ready_cb on_delivered;
-    kvs_flusher_t *flusher;  /* optional */
-    kvs_conn_t *flush_next;  /* flusher's intrusive list */
-    int queued;              /* on the flusher's list */
-    kvs_conn_group_t *group; /* optional, see kvs_conn_join */
-    kvs_conn_t *grp_prev, *grp_next;
-    size_t charged;                    /* decoder bytes charged to the group's input budget */
-    size_t out_counted;                /* pending output counted in the group's output_used */
-    uint64_t last_input_ms;            /* loop time of the last bytes read */
-    uint64_t turn_ms;                  /* loop time of the turn turn_ns counts deliveries of */
-    uint64_t turn_ns;                  /* time spent delivering frames in that loop turn */
-    uint64_t turn_budget_ns;           /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
-    int turn_exempt;                   /* not held by its group's bound on a turn, nor counted in
-                                          or closed by its output budget (the owner's own peers:
-                                          the master's scrape link) */
-    int waiting_turn;                  /* on its group's queue of held members */
-    kvs_conn_t *held_prev, *held_next; /* its neighbours there */
-    uint64_t read_ns;                  /* kvs_now_ns() of the last read, when stamp_reads is set */
-    int stamp_reads;                   /* the owner wants read_ns (request latency from arrival) */
-    uint64_t partial_since_ms;         /* loop time + 1 an incomplete frame started to wait (0:
-                                          none; the 1 keeps it from 0) */
-    uint64_t output_since_ms;          /* loop time pending output started to wait (0: none) */
-    uint64_t unproven_since_ms;        /* loop time its owner started to wait for it to authenticate
-                                          (kvs_conn_set_unproven; 0: authenticated, or no need) */
-    struct kvs_unproven_s *un_list;    /* the unproven list it is on (kvs_unproven_set), or NULL */
-    kvs_conn_t *un_prev, *un_next;     /* its neighbours there */
-    int evicted;                       /* closed by kvs_unproven_evict */
-    int keep_idle;                     /* never closed by its group's idle timeout (the owner's own
-                                          peers: a link that is idle whenever nobody uses it) */
-    uint64_t deadline_wait_ms;         /* kvs_conn_set_deadline's wait (0: no deadline) */
-    uint64_t deadline_ms;              /* loop time it ends, counted once its output was all
-                                          written (0: not counting yet) */
-    const char *deadline_why;          /* what it did not do by then, for the log line */
-    uint64_t written;                  /* bytes it wrote to its socket, ever */
-    size_t progress_min;               /* kvs_conn_set_min_progress's bytes (0: no rule) */
-    uint64_t progress_window_ms;       /* ... per this long */
-    uint64_t progress_since_ms;        /* loop time + 1 the current window began (0: none) */
-    uint64_t progress_mark;            /* bytes its peer had taken then */
-    const char *progress_why;          /* what it does not read, for the log line */
-    kvs_log_budget_t *log_budget;      /* optional, for a connection of no group: the budget
-                                          of the lines its peer causes (kvs_conn_may_log) */
-    char peer[64];                     /* "1.2.3.4:5678", for log lines about this peer */
-    void *data;                        /* the owner's */
+    kvs_flusher_t *flusher;         /* optional */
+    kvs_conn_t *flush_next;         /* flusher's intrusive list */
+    int queued;                     /* on the flusher's list */
+    kvs_conn_group_t *group;        /* optional, see kvs_conn_join */
+    kvs_list_t grp_link;            /* on its group's list of members */
+    size_t charged;                 /* decoder bytes charged to the group's input budget */
+    size_t out_counted;             /* pending output counted in the group's output_used */
+    uint64_t last_input_ms;         /* loop time of the last bytes read */
+    uint64_t turn_ms;               /* loop time of the turn turn_ns counts deliveries of */
+    uint64_t turn_ns;               /* time spent delivering frames in that loop turn */
+    uint64_t turn_budget_ns;        /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
+    int turn_exempt;                /* not held by its group's bound on a turn, nor counted in
+                                       or closed by its output budget (the owner's own peers:
+                                       the master's scrape link) */
+    kvs_list_t held_link;           /* on its group's queue of held members */
+    uint64_t read_ns;               /* kvs_now_ns() of the last read, when stamp_reads is set */
+    int stamp_reads;                /* the owner wants read_ns (request latency from arrival) */
+    uint64_t partial_since_ms;      /* loop time + 1 an incomplete frame started to wait (0:
+                                       none; the 1 keeps it from 0) */
+    uint64_t output_since_ms;       /* loop time pending output started to wait (0: none) */
+    uint64_t unproven_since_ms;     /* loop time its owner started to wait for it to authenticate
+                                       (kvs_conn_set_unproven; 0: authenticated, or no need) */
+    struct kvs_unproven_s *un_list; /* the unproven list it is on (kvs_unproven_set), or NULL */
+    kvs_list_t un_link;             /* its place there */
+    int evicted;                    /* closed by kvs_unproven_evict */
+    int keep_idle;                  /* never closed by its group's idle timeout (the owner's own
+                                       peers: a link that is idle whenever nobody uses it) */
+    uint64_t deadline_wait_ms;      /* kvs_conn_set_deadline's wait (0: no deadline) */
+    uint64_t deadline_ms;           /* loop time it ends, counted once its output was all
+                                       written (0: not counting yet) */
+    const char *deadline_why;       /* what it did not do by then, for the log line */
+    uint64_t written;               /* bytes it wrote to its socket, ever */
+    size_t progress_min;            /* kvs_conn_set_min_progress's bytes (0: no rule) */
+    uint64_t progress_window_ms;    /* ... per this long */
+    uint64_t progress_since_ms;     /* loop time + 1 the current window began (0: none) */
+    uint64_t progress_mark;         /* bytes its peer had taken then */
+    const char *progress_why;       /* what it does not read, for the log line */
+    kvs_log_budget_t *log_budget;   /* optional, for a connection of no group: the budget
+                                       of the lines its peer causes (kvs_conn_may_log) */
+    char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
+    void *data;                     /* the owner's */
 };
 
 /* Initializes `c` for `loop`. is_unix picks a pipe or a TCP handle. The
@@ -323,10 +323,13 @@ int kvs_conn_tls_pending(const kvs_conn_t *c);
  * unproven ones keeps its place. The router's front doors and a worker's
  * TCP listener each keep one. */
 typedef struct kvs_unproven_s {
-    kvs_conn_t *head, *tail; /* oldest first */
-    size_t evicting;         /* closed to make room, their close callback still to come */
-    uint64_t evicted;        /* closed to make room, ever */
+    kvs_list_t conns; /* oldest first */
+    size_t evicting;  /* closed to make room, their close callback still to come */
+    uint64_t evicted; /* closed to make room, ever */
 } kvs_unproven_t;
+
+/* Makes `u` an empty list. */
+void kvs_unproven_init(kvs_unproven_t *u);
 
 /* kvs_conn_set_unproven(c, unproven), and `c` joins the tail of `u` while
  * unproven (unless it is closing or was evicted) or leaves it once
@@ -502,7 +505,7 @@ struct kvs_conn_group_s {
     uv_loop_t *loop;
     kvs_conn_limits_t limits;
     uv_timer_t sweep; /* once a second: frame, output and idle timeouts, log budget */
-    kvs_conn_t *head; /* members */
+    kvs_list_t members;
     size_t count;
     size_t input_used;           /* decoder bytes charged by all members */
     size_t output_used;          /* pending output of all members (turn_exempt ones aside) */
@@ -521,7 +524,7 @@ struct kvs_conn_group_s {
     /* Members with frames left for a later turn (the bound, or their own
      * slice, ran out), in the order they were held: turn_timer gives them
      * their turns in that order, in the next loop turn. */
-    kvs_conn_t *held_head, *held_tail;
+    kvs_list_t turn_queue;
     size_t n_held;
     uv_timer_t turn_timer;
 };

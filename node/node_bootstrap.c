@@ -122,7 +122,7 @@ typedef struct dial_s {
 typedef struct waiter_s { /* a client of the 503 listener */
     kvs_conn_t conn;
     boot_t *b;
-    struct waiter_s *prev, *next;
+    kvs_list_t link; /* on the list of waiters */
 } waiter_t;
 
 struct node_bootstrap_s {
@@ -154,11 +154,11 @@ struct node_bootstrap_s {
     int n_listeners;
     size_t n_waiting;
     kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
-    waiter_t *waiters;
-    uv_timer_t timer;    /* the peer's stall deadline */
-    uint64_t window_got; /* bytes since the deadline was last set afresh */
-    uint64_t window_ms;  /* its time left while a chunk is written */
-    kvs_conn_t *conn;    /* to the peer (a dial_t's); NULL between attempts */
+    kvs_list_t waiters;       /* waiter_t, newest first */
+    uv_timer_t timer;         /* the peer's stall deadline */
+    uint64_t window_got;      /* bytes since the deadline was last set afresh */
+    uint64_t window_ms;       /* its time left while a chunk is written */
+    kvs_conn_t *conn;         /* to the peer (a dial_t's); NULL between attempts */
     uv_fs_t fs;
     uv_work_t work;     /* install_work */
     kvs_tls_ctx_t *tls; /* tls.link: peers' workers speak TLS; or NULL */
@@ -207,12 +207,7 @@ static void on_waiter_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 static void on_waiter_closed(kvs_conn_t *c)
 {
     waiter_t *w = c->data;
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        w->b->waiters = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
+    kvs_list_remove(&w->link);
     w->b->n_waiting--;
     free(w);
 }
@@ -236,10 +231,7 @@ static void on_waiter(uv_stream_t *server, int status)
     }
     w->b = b;
     b->n_waiting++;
-    w->next = b->waiters;
-    if (b->waiters != NULL)
-        b->waiters->prev = w;
-    b->waiters = w;
+    kvs_list_push_front(&b->waiters, &w->link);
     kvs_conn_init(&w->conn, b->loop, server->type == UV_NAMED_PIPE, (uint32_t)b->cfg->max_frame,
                   on_waiter_frame, NULL, on_waiter_closed);
     w->conn.data = w;
@@ -265,8 +257,12 @@ static void end_all(boot_t *b)
     for (int i = 0; i < b->n_listeners; i++)
         uv_close(&b->listeners[i].handle, NULL);
     b->n_listeners = 0;
-    for (waiter_t *w = b->waiters; w != NULL; w = w->next)
-        kvs_conn_close(&w->conn); /* freed in on_waiter_closed, later */
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &b->waiters)
+    {
+        /* freed in on_waiter_closed, later */
+        kvs_conn_close(&KVS_LIST_ENTRY(pos, waiter_t, link)->conn);
+    }
     kvs_conn_group_close(&b->waiting);
     uv_close((uv_handle_t *)&b->timer, NULL);
 }
@@ -1210,6 +1206,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     boot_t *b = calloc(1, sizeof(*b));
     if (b == NULL)
         return -ENOMEM;
+    kvs_list_init(&b->waiters);
     b->loop = loop;
     b->cfg = cfg;
     b->shard = shard;

@@ -131,14 +131,14 @@ struct node_client_s {
     int waiting_ordered;        /* paused behind an ordered slot */
     node_client_t *resume_next; /* clients to resume on the next loop turn */
     int on_resume_list;
-    kvs_auth_conn_t auth;       /* who it is (users configured) */
-    int auth_close;             /* Auth failed too often: close after its answer */
-    int error_close;            /* input ended with answers owed: close once they are out */
-    node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
-    node_client_t *prev, *next; /* all clients */
-    int streaming;              /* handed to the snapshot sender: serves nothing else */
-    int acking;                 /* its stream ended: waits for the receiver's acknowledgement */
-    uint64_t ack_epoch;         /* the fence's epoch when the copy was taken (node_handoff) */
+    kvs_auth_conn_t auth;   /* who it is (users configured) */
+    int auth_close;         /* Auth failed too often: close after its answer */
+    int error_close;        /* input ended with answers owed: close once they are out */
+    node_slot_t *auth_slot; /* the Auth whose token is being checked, or NULL */
+    kvs_list_t link;        /* on the list of all clients */
+    int streaming;          /* handed to the snapshot sender: serves nothing else */
+    int acking;             /* its stream ended: waits for the receiver's acknowledgement */
+    uint64_t ack_epoch;     /* the fence's epoch when the copy was taken (node_handoff) */
     char ack_node[KVS_NODE_NAME_MAX + 1]; /* the receiver's node, "" for a client */
     uint8_t ack_hash[KVS_HASH_LEN];       /* the copy's checksum, which it must echo */
     uint64_t peer_checked_ns; /* uv_hrtime this run of frames found its peer there; 0: not yet */
@@ -171,7 +171,7 @@ struct node_server_s {
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
     int sync_timer_on;
-    node_client_t *clients;
+    kvs_list_t clients; /* node_client_t, newest first */
     size_t n_clients;
     node_client_t *batch_members;
     node_client_t *ready;  /* clients with done slots to move out */
@@ -951,12 +951,7 @@ static void on_conn_closed(kvs_conn_t *c)
         else
             sl->cl = NULL; /* freed by node_slot_done */
     }
-    if (cl->prev != NULL)
-        cl->prev->next = cl->next;
-    else
-        srv->clients = cl->next;
-    if (cl->next != NULL)
-        cl->next->prev = cl->prev;
+    kvs_list_remove(&cl->link);
     srv->n_clients--;
     srv->listener_clients[cl->listener]--;
     free(cl);
@@ -1034,10 +1029,7 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.on_delivered = on_delivered;
     cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &srv->groups[li]);
-    cl->next = srv->clients;
-    if (srv->clients != NULL)
-        srv->clients->prev = cl;
-    srv->clients = cl;
+    kvs_list_push_front(&srv->clients, &cl->link);
     srv->n_clients++;
     int rc = kvs_conn_accept_tls(&cl->conn, server, srv->listener_tls[li]);
     /* Unix socket peers are the node's own user; tokens only where nobody can overhear them. */
@@ -1281,6 +1273,9 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     if (srv == NULL)
         return -ENOMEM;
     srv->loop = o->loop;
+    kvs_list_init(&srv->clients);
+    kvs_unproven_init(&srv->unproven[0]);
+    kvs_unproven_init(&srv->unproven[1]);
     kvs_log_budget_init(&srv->batch_errs, "lines about failed write batches and syncs",
                         KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     srv->store = o->store;
@@ -1580,7 +1575,10 @@ void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg)
     for (int i = 0; i < srv->n_listeners; i++)
         uv_close(&srv->listeners[i].handle, NULL);
     srv->n_listeners = 0;
-    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next) {
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &srv->clients)
+    {
+        node_client_t *cl = KVS_LIST_ENTRY(pos, node_client_t, link);
         if (cl->streaming)
             kvs_conn_close(&cl->conn); /* a snapshot is not worth the wait */
         else if (cl->head == NULL)
@@ -1609,6 +1607,9 @@ size_t node_server_clients(const node_server_t *srv)
 
 void node_server_abort_clients(node_server_t *srv)
 {
-    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next)
-        kvs_conn_close(&cl->conn);
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &srv->clients)
+    {
+        kvs_conn_close(&KVS_LIST_ENTRY(pos, node_client_t, link)->conn);
+    }
 }

@@ -42,6 +42,7 @@
 #include "node_writes.h"
 #include "kvs_crypto.h"
 #include "kvs_err.h"
+#include "kvs_list.h"
 #include "kvs_log.h"
 #include "kvs_place.h"
 #include "kvs_pos.h"
@@ -74,7 +75,7 @@ struct rec_s {
 };
 
 struct wreq_s {
-    wreq_t *next, *prev; /* deadline order (all wait the same time) */
+    kvs_list_t link; /* on the writes waiting, in deadline order (all wait the same time) */
     node_slot_t *slot;
     Kvs__CommandRequest__CommandCase cmd;
     const kvs_binding_t *b;
@@ -100,7 +101,7 @@ struct node_writes_s {
     size_t nbuckets, nrecs;
     size_t outstanding; /* records in the table: ingestion looks at headers while > 0 */
     rec_t *settle;      /* claimed records awaiting the commit verdict */
-    wreq_t *head, *tail;
+    kvs_list_t waiting; /* wreq_t, soonest deadline first */
     uv_timer_t timer;
     uv_timer_t halt_timer; /* a partition halted: answers the writes it strands */
     int draining, stopping;
@@ -203,13 +204,20 @@ static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[KVS_RECORD
 
 static void on_timer(uv_timer_t *t);
 
+/* The write whose deadline is the soonest, or NULL. */
+static wreq_t *first_waiting(const node_writes_t *wr)
+{
+    kvs_list_t *l = kvs_list_first(&wr->waiting);
+    return l != NULL ? KVS_LIST_ENTRY(l, wreq_t, link) : NULL;
+}
+
 static void arm_timer(node_writes_t *wr)
 {
-    if (wr->head == NULL || wr->stopping) {
+    if (kvs_list_empty(&wr->waiting) || wr->stopping) {
         uv_timer_stop(&wr->timer);
         return;
     }
-    uint64_t now = uv_now(wr->loop), dl = wr->head->deadline;
+    uint64_t now = uv_now(wr->loop), dl = first_waiting(wr)->deadline;
     uv_timer_start(&wr->timer, on_timer, dl > now ? dl - now : 0, 0);
 }
 
@@ -257,14 +265,7 @@ static void wreq_end(node_writes_t *wr, wreq_t *w, uint32_t status, int unknown,
         kvs_buf_free(&tok);
     }
     node_slot_done(w->slot);
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else if (wr->head == w)
-        wr->head = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-    else if (wr->tail == w)
-        wr->tail = w->prev;
+    kvs_list_remove(&w->link); /* (on no list yet when its sending failed) */
     for (size_t i = 0; i < w->n; i++) {
         w->recs[i]->w = NULL;
         rec_release(wr, w->recs[i]);
@@ -516,8 +517,10 @@ void node_writes_turn(node_writes_t *wr)
 static void on_halt_timer(uv_timer_t *t)
 {
     node_writes_t *wr = t->data;
-    for (wreq_t *w = wr->head, *next; w != NULL; w = next) {
-        next = w->next;
+    kvs_list_t *pos, *tmp;
+    KVS_LIST_EACH_SAFE(pos, tmp, &wr->waiting)
+    {
+        wreq_t *w = KVS_LIST_ENTRY(pos, wreq_t, link);
         const rec_t *r;
         const char *why = acked_halted(wr, w, 0, &r);
         if (why != NULL)
@@ -537,8 +540,8 @@ static void on_timer(uv_timer_t *t)
     node_writes_t *wr = t->data;
     uint64_t now = uv_now(wr->loop);
     char msg[512];
-    while (wr->head != NULL && wr->head->deadline <= now) {
-        wreq_t *w = wr->head;
+    wreq_t *w;
+    while ((w = first_waiting(wr)) != NULL && w->deadline <= now) {
         int acked = 1, placed = 1;
         for (size_t i = 0; i < w->n; i++) {
             acked &= w->recs[i]->acked;
@@ -910,13 +913,8 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
         return -ENOMEM;
     }
     w->deadline = uv_now(wr->loop) + node_wait_ms(wr->cfg);
-    w->prev = wr->tail;
-    if (wr->tail != NULL)
-        wr->tail->next = w;
-    else
-        wr->head = w;
-    wr->tail = w;
-    if (wr->head == w)
+    kvs_list_push_back(&wr->waiting, &w->link);
+    if (first_waiting(wr) == w)
         arm_timer(wr);
     rc = send_all(wr, w, items, why, sizeof(why));
     if (rc != 0) {
@@ -942,6 +940,7 @@ int node_writes_start(const node_writes_opts_t *o, node_writes_t **out, char *er
     node_writes_t *wr = calloc(1, sizeof(*wr));
     if (wr == NULL)
         return -ENOMEM;
+    kvs_list_init(&wr->waiting);
     *out = wr;
     wr->loop = o->loop;
     wr->cfg = o->cfg;
@@ -989,8 +988,8 @@ void node_writes_stop(node_writes_t *wr)
         return;
     wr->draining = 1;
     wr->stopping = 1;
-    while (wr->head != NULL)
-        wreq_end(wr, wr->head, KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN,
+    while (!kvs_list_empty(&wr->waiting))
+        wreq_end(wr, first_waiting(wr), KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN,
                  "the worker is shutting down: the write may or may not have happened; read the "
                  "key to find out");
     node_produce_stop(wr->producer); /* every report left, from here */

@@ -42,10 +42,10 @@ struct router_s {
     kvs_tls_ctx_t *tls;      /* tls.router: the client listener's, or NULL */
     kvs_tls_ctx_t *link_tls; /* tls.link: links to remote workers, or NULL */
     kvs_auth_t *auth;        /* users, or NULL when none are configured */
-    router_client_t *clients;
-    size_t n_clients;       /* both front doors */
-    size_t n_resp_clients;  /* of which RESP */
-    size_t n_admin_clients; /* of which on the private socket (kvs-cli, the master's scrape) */
+    kvs_list_t clients;      /* router_client_t, newest first */
+    size_t n_clients;        /* both front doors */
+    size_t n_resp_clients;   /* of which RESP */
+    size_t n_admin_clients;  /* of which on the private socket (kvs-cli, the master's scrape) */
     /* Per front door (0 protobuf, 1 RESP), its clients that have yet to
      * authenticate, oldest first: at limits.max_clients the oldest makes
      * room for a new client (router_client.c, "Identity"). */
@@ -86,10 +86,10 @@ struct router_s {
     uint32_t busy_sessions;    /* sessions with requests at workers (router_route: fair share) */
     uint64_t orphan_units;     /* ... and what requests of clients gone still have there */
     uint64_t total_units;      /* every request's units at workers, orphans' too */
-    struct router_session_s *cap_wait, *cap_wait_tail; /* sessions held at ROUTER_FAIR_CAP */
-    kvs_buf_t scratch;     /* a request with positions attached, being sent */
-    router_local_t *local; /* reads of local shards answered here; NULL: local_reads off */
-    kvs_buf_t local_out;   /* a part's answer built here, before it joins its merge */
+    kvs_list_t cap_wait;       /* router_session_t held at ROUTER_FAIR_CAP, in order */
+    kvs_buf_t scratch;         /* a request with positions attached, being sent */
+    router_local_t *local;     /* reads of local shards answered here; NULL: local_reads off */
+    kvs_buf_t local_out;       /* a part's answer built here, before it joins its merge */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
     /* operations (router_ops.c) */

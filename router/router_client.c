@@ -85,7 +85,7 @@ struct router_client_s {
     router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
     kvs_auth_conn_t auth;     /* who it is (users configured) */
     router_req_t *auth_req;   /* an Auth whose token is being checked, or NULL */
-    router_client_t *prev, *next;
+    kvs_list_t link;          /* on the router's list of clients */
 };
 
 /* Appends the answer of `req` to the client's output in its protocol:
@@ -524,12 +524,7 @@ static void on_conn_closed(kvs_conn_t *c)
         }
     }
     router_session_free(&cl->session);
-    if (cl->prev != NULL)
-        cl->prev->next = cl->next;
-    else
-        r->clients = cl->next;
-    if (cl->next != NULL)
-        cl->next->prev = cl->prev;
+    kvs_list_remove(&cl->link);
     r->n_clients--;
     if (cl->redis != NULL)
         r->n_resp_clients--;
@@ -639,10 +634,7 @@ static void on_connection(uv_stream_t *server, int status)
      * group bounds them all (router_client_listen). */
     cl->conn.turn_budget_ns = KVS_CONN_SLICE_NS;
     kvs_conn_join(&cl->conn, &r->group);
-    cl->next = r->clients;
-    if (r->clients != NULL)
-        r->clients->prev = cl;
-    r->clients = cl;
+    kvs_list_push_front(&r->clients, &cl->link);
     r->n_clients++;
     cl->admin = admin;
     /* The master's scrape link stays connected, idle between scrapes:
@@ -871,8 +863,10 @@ void router_clients_drain(router_t *r)
     }
     /* Stop reading new bytes, but answer every request already received,
      * including complete frames a paused client still has buffered. */
-    for (router_client_t *cl = r->clients, *next; cl != NULL; cl = next) {
-        next = cl->next;
+    kvs_list_t *pos, *tmp;
+    KVS_LIST_EACH_SAFE(pos, tmp, &r->clients)
+    {
+        router_client_t *cl = KVS_LIST_ENTRY(pos, router_client_t, link);
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
         client_maybe_close(cl);
@@ -883,6 +877,9 @@ void router_clients_drain(router_t *r)
 
 void router_clients_abort(router_t *r)
 {
-    for (router_client_t *cl = r->clients; cl != NULL; cl = cl->next)
-        kvs_conn_close(&cl->conn);
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &r->clients)
+    {
+        kvs_conn_close(&KVS_LIST_ENTRY(pos, router_client_t, link)->conn);
+    }
 }

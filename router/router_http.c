@@ -97,7 +97,7 @@ struct router_http_s {
     kvs_listener_t listener;
     int listening;
     kvs_conn_group_t group;
-    http_conn_t *conns;
+    kvs_list_t conns; /* http_conn_t, newest first */
     uint64_t refused_log_ms, evicted_log_ms;
 };
 
@@ -126,7 +126,7 @@ struct http_conn_s {
     router_http_scrape_t *scrape; /* the scrape in flight, or NULL */
     int keep_alive;               /* of the request being answered */
     int http10;                   /* ... which is HTTP/1.0: keep-alive must be said */
-    http_conn_t *prev, *next;
+    kvs_list_t link;              /* on the port's list */
 };
 
 /* ---- parsing ------------------------------------------------------------------ */
@@ -452,16 +452,9 @@ static void on_conn_error(kvs_conn_t *c, int err)
 static void on_conn_closed(kvs_conn_t *c)
 {
     http_conn_t *hc = c->data;
-    router_http_t *h = hc->h;
     if (hc->scrape != NULL)
         hc->scrape->hc = NULL; /* router_http_done frees it */
-
-    if (hc->prev != NULL)
-        hc->prev->next = hc->next;
-    else
-        h->conns = hc->next;
-    if (hc->next != NULL)
-        hc->next->prev = hc->prev;
+    kvs_list_remove(&hc->link);
     free(hc);
 }
 
@@ -493,7 +486,10 @@ static int evict_one(router_http_t *h)
 {
     http_conn_t *best = NULL, *slow = NULL;
     uint64_t now = uv_now(h->loop);
-    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next) {
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &h->conns)
+    {
+        http_conn_t *hc = KVS_LIST_ENTRY(pos, http_conn_t, link);
         if (hc->conn.group == NULL || hc->scrape != NULL || hc->conn.output_since_ms != 0)
             continue;
         if (now - hc->conn.last_input_ms >= HTTP_EVICT_IDLE_MS &&
@@ -548,10 +544,7 @@ static void on_connection(uv_stream_t *server, int status)
     hc->conn.codec = &hc->codec;
     parser_reset(hc);
     kvs_conn_join(&hc->conn, &h->group);
-    hc->next = h->conns;
-    if (h->conns != NULL)
-        h->conns->prev = hc;
-    h->conns = hc;
+    kvs_list_push_front(&h->conns, &hc->link);
     if (kvs_conn_accept(&hc->conn, server) != 0) {
         kvs_conn_close(&hc->conn);
         return;
@@ -574,6 +567,7 @@ int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb
     if (h == NULL)
         return UV_ENOMEM;
     h->loop = loop;
+    kvs_list_init(&h->conns);
     h->on_scrape = on_scrape;
     h->arg = arg;
     int rc = kvs_addr_parse(listen, 0, &addr, err, sizeof(err));
@@ -618,8 +612,11 @@ void router_http_stop(router_http_t *h)
     if (h->listening)
         uv_close(&h->listener.handle, NULL);
     h->listening = 0;
-    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
-        kvs_conn_close(&hc->conn);
+    kvs_list_t *pos;
+    KVS_LIST_EACH(pos, &h->conns)
+    {
+        kvs_conn_close(&KVS_LIST_ENTRY(pos, http_conn_t, link)->conn);
+    }
     if (h->group.loop != NULL && !uv_is_closing((uv_handle_t *)&h->group.sweep))
         kvs_conn_group_close(&h->group);
 }

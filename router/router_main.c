@@ -635,6 +635,10 @@ static int router_start(router_main_t *m)
     router_t *r = &m->r;
     r->loop = uv_default_loop();
     r->shards = r->cfg->shards;
+    kvs_list_init(&r->clients);
+    kvs_list_init(&r->cap_wait);
+    kvs_unproven_init(&r->unproven[0]);
+    kvs_unproven_init(&r->unproven[1]);
     kvs_arena_init(&r->arena);
     kvs_arena_init(&r->merge_arena);
     kvs_arena_init(&r->redis_arena);

@@ -274,16 +274,9 @@ static void release_later(router_t *r, router_session_t *s)
  * it is released, in turn, once they come down (cap_release). */
 static void cap_wait_add(router_t *r, router_session_t *s)
 {
-    if (s->on_cap_wait || r->total_units < ROUTER_FAIR_CAP)
+    if (kvs_list_linked(&s->cap_link) || r->total_units < ROUTER_FAIR_CAP)
         return;
-    s->on_cap_wait = 1;
-    s->cap_next = NULL;
-    s->cap_prev = r->cap_wait_tail;
-    if (r->cap_wait_tail != NULL)
-        r->cap_wait_tail->cap_next = s;
-    else
-        r->cap_wait = s;
-    r->cap_wait_tail = s;
+    kvs_list_push_back(&r->cap_wait, &s->cap_link);
 }
 
 /* The units at workers came below ROUTER_FAIR_CAP: every session held at
@@ -291,32 +284,13 @@ static void cap_wait_add(router_t *r, router_session_t *s)
  * find the cap reached again wait again, at the end). */
 static void cap_release(router_t *r)
 {
-    router_session_t *s = r->cap_wait;
-    r->cap_wait = r->cap_wait_tail = NULL;
-    while (s != NULL) {
-        router_session_t *next = s->cap_next;
-        s->on_cap_wait = 0;
-        s->cap_prev = s->cap_next = NULL;
+    kvs_list_t *l;
+    while ((l = kvs_list_first(&r->cap_wait)) != NULL) {
+        router_session_t *s = KVS_LIST_ENTRY(l, router_session_t, cap_link);
+        kvs_list_remove(l);
         release_later(r, s);
-        s = next;
     }
     kvs_flusher_wake(&r->flusher);
-}
-
-static void cap_wait_remove(router_t *r, router_session_t *s)
-{
-    if (!s->on_cap_wait)
-        return;
-    if (s->cap_prev != NULL)
-        s->cap_prev->cap_next = s->cap_next;
-    else
-        r->cap_wait = s->cap_next;
-    if (s->cap_next != NULL)
-        s->cap_next->cap_prev = s->cap_prev;
-    else
-        r->cap_wait_tail = s->cap_prev;
-    s->on_cap_wait = 0;
-    s->cap_prev = s->cap_next = NULL;
 }
 
 /* What a part carrying `q` (NULL: not decoded), `len` bytes encoded,
@@ -372,7 +346,7 @@ static void at_worker_finished(router_req_t *req)
     req->at_worker = 0;
     router_t *r = req->router;
     r->total_units -= cost < r->total_units ? cost : r->total_units;
-    if (r->cap_wait != NULL && r->total_units < ROUTER_FAIR_CAP)
+    if (!kvs_list_empty(&r->cap_wait) && r->total_units < ROUTER_FAIR_CAP)
         cap_release(r);
     if (req->client == NULL) { /* its client went (router_route_orphan): the work was done */
         r->orphan_units -= cost < r->orphan_units ? cost : r->orphan_units;
@@ -3407,7 +3381,7 @@ void router_route_orphan(router_t *r, router_req_t *req)
 
 void router_route_forget(router_t *r, router_session_t *s)
 {
-    cap_wait_remove(r, s);
+    kvs_list_remove(&s->cap_link); /* no longer held at the cap */
     if (s->at_workers > 0 && r->busy_sessions > 0)
         r->busy_sessions--; /* its requests still out no longer count (req->client is NULL) */
     s->at_workers = 0;

@@ -75,6 +75,7 @@
 #define ROUTER_SESSION_H
 
 #include "kvs_config.h"
+#include "kvs_list.h"
 #include "kvs_pos.h"
 
 #include <stddef.h>
@@ -113,8 +114,7 @@ typedef struct router_session_s {
     size_t held_bytes;              /* what they count as the client's output (hold) */
     struct router_session_s *next;  /* on the router's release list */
     int on_release_list;
-    int on_cap_wait; /* on the router's list of sessions held at the cap */
-    struct router_session_s *cap_prev, *cap_next; /* ... its neighbours there */
+    kvs_list_t cap_link; /* on the router's list of sessions held at the cap */
 } router_session_t;
 
 void router_session_init(router_session_t *s);

@@ -1790,7 +1790,8 @@ static void client_costly_pipeline(server_t *s, int fd)
  * lifted before it ever held, left nothing to test). */
 static void lift_while_queued(server_t *s)
 {
-    if (s->conn.waiting_turn && s->group.turns_held > 0 && s->group.turn_budget_ns != 0)
+    if (kvs_list_linked(&s->conn.held_link) && s->group.turns_held > 0 &&
+        s->group.turn_budget_ns != 0)
         CHECK_EQ(kvs_conn_group_bound_turn(&s->group, 0), 0);
 }
 

@@ -278,6 +278,7 @@ static void setup_yaml(const char *yaml)
     CHECK_EQ(rc, 0);
     fx.r.cfg = fx.cfg;
     fx.r.shards = fx.cfg->shards;
+    kvs_list_init(&fx.r.cap_wait);
     uint32_t reps = fx.cfg->n_nodes > 0 ? kvs_config_replica_count(fx.cfg, 0) : 1;
     fx.r.n_links = fx.r.shards * reps; /* replicas of shard s: links[s * reps ..] */
     fx.r.links = calloc(fx.r.n_links, sizeof(*fx.r.links));
@@ -3119,12 +3120,13 @@ static void cap_case(int client_closes)
     router_req_t *next = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", "x");
     CHECK(next->held);
     CHECK_EQ(fx.n_sent, parts);
-    CHECK(fx.session.on_cap_wait);
-    CHECK(fx.r.cap_wait == &fx.session && fx.r.cap_wait_tail == &fx.session);
+    CHECK(kvs_list_linked(&fx.session.cap_link));
+    CHECK(kvs_list_first(&fx.r.cap_wait) == &fx.session.cap_link &&
+          kvs_list_last(&fx.r.cap_wait) == &fx.session.cap_link);
     if (client_closes) { /* its client closes while held */
         router_route_forget(&fx.r, &fx.session);
-        CHECK(!fx.session.on_cap_wait);
-        CHECK(fx.r.cap_wait == NULL && fx.r.cap_wait_tail == NULL);
+        CHECK(!kvs_list_linked(&fx.session.cap_link));
+        CHECK(kvs_list_empty(&fx.r.cap_wait));
         router_route_orphan(&fx.r, big);
         router_req_free(next); /* held: freed with its client */
         for (size_t i = 0; i < parts; i++)
@@ -3139,7 +3141,7 @@ static void cap_case(int client_closes)
         reply_status(i, 200, "");
     }
     CHECK(fx.r.total_units < ROUTER_FAIR_CAP);
-    CHECK(!fx.session.on_cap_wait);
+    CHECK(!kvs_list_linked(&fx.session.cap_link));
     router_route_release(&fx.r);
     CHECK(!next->held);
     CHECK_EQ(fx.n_sent, parts + 1);
