@@ -83,9 +83,9 @@
  *                            this of its connection (0 = never)
  *     input_buffers: 256MiB  memory all connections' incomplete frames may
  *                            hold together; >= max_frame
- *     output_buffers: 1GiB   answers all clients may be owed together; past
- *                            it the client owed the most is closed;
- *                            >= client_output
+ *     output_buffers: 1GiB   memory all clients' answers may take together;
+ *                            past it the client whose answers take the
+ *                            most is closed; >= client_output
  *     auth_failures: 3       failed Auth attempts on one connection before it
  *                            is closed; 1..100
  *     auth_failures_per_minute: 20   failed Auth attempts per client address
@@ -324,7 +324,7 @@ typedef struct kvs_config_s {
     uint64_t frame_timeout_ms; /* 0 = never */
     uint64_t auth_timeout_ms;  /* 0 = never */
     uint64_t input_buffers;    /* bytes all incomplete frames may hold together */
-    uint64_t output_buffers;   /* bytes of answers all clients may be owed together */
+    uint64_t output_buffers;   /* bytes all clients' answers may take together */
     uint32_t auth_failures;    /* failed Auth attempts per connection before it is closed */
     uint32_t auth_failures_per_minute; /* per client address */
 

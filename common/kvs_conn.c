@@ -401,30 +401,55 @@ static int conn_check_hard(kvs_conn_t *c)
     return 1;
 }
 
-/* Keeps c's part of its group's output_used current: its pending output,
- * or nothing for a member the budget spares. */
+/* Keeps c's part of its group's output_used current: the memory its
+ * output takes (its buffers, whatever they hold, and the answers its
+ * owner holds for it), or nothing for a member the budget spares. */
 static void conn_count_output(kvs_conn_t *c)
 {
     kvs_conn_group_t *g = c->group;
     if (g == NULL)
         return;
-    size_t now = c->turn_exempt ? 0 : kvs_conn_pending(c);
+    size_t now = c->turn_exempt ? 0 : c->out.cap + c->cout.cap + c->wbuf.cap + c->held;
     g->output_used = g->output_used - c->out_counted + now;
     c->out_counted = now;
 }
 
-/* While the members' pending output together is past the group's budget,
- * closes the member owed the most (the clients that stopped reading, not
- * the many that read), naming it. A scan of the members a close: only
- * when past the budget, and each scan frees the largest part. Returns 1
- * if `c` itself was closed. */
-static int group_check_output(kvs_conn_t *c)
+static int group_over_budget(const kvs_conn_group_t *g)
 {
-    kvs_conn_group_t *g = c->group;
-    if (g == NULL || g->limits.output_budget == 0)
+    return g->limits.output_budget != 0 && g->output_used > g->limits.output_budget;
+}
+
+/* Frees c's output buffers that hold nothing (kept for the next answer). */
+static void conn_trim_drained(kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_DELIVERING))
+        return;
+    if (c->out.len == 0)
+        kvs_buf_free(&c->out);
+    if (c->cout.len == 0)
+        kvs_buf_free(&c->cout);
+    if (!has(c, KVS_CONN_WRITING) && c->wbuf.len == 0)
+        kvs_buf_free(&c->wbuf);
+    conn_count_output(c);
+}
+
+/* The members' output together is past the group's budget: first every
+ * member's empty buffers are given back (members that read hold little
+ * else), then, while it is still past, the member whose output takes the
+ * most is closed (the clients that stopped reading, not the many that
+ * read), naming it. Scans of the members: one, and one a close, only when
+ * past the budget. Returns 1 if `c` (may be NULL) was closed. */
+static int group_relieve(kvs_conn_group_t *g, const kvs_conn_t *c)
+{
+    if (!group_over_budget(g))
         return 0;
+    kvs_list_t *pos, *tmp;
+    KVS_LIST_EACH_SAFE(pos, tmp, &g->members)
+    {
+        conn_trim_drained(KVS_LIST_ENTRY(pos, kvs_conn_t, grp_link));
+    }
     int closed_c = 0;
-    while (g->output_used > g->limits.output_budget) {
+    while (group_over_budget(g)) {
         kvs_conn_t *most = NULL;
         kvs_list_t *pos;
         KVS_LIST_EACH(pos, &g->members)
@@ -436,8 +461,8 @@ static int group_check_output(kvs_conn_t *c)
         if (most == NULL || most->out_counted == 0)
             break; /* cannot be: output_used sums the members' parts */
         if (kvs_conn_may_log(most))
-            kvs_warn("closing %s: %zu bytes of answers are waiting for it, the most of any %s, "
-                     "and all %ss' waiting answers together (%zu bytes) passed "
+            kvs_warn("closing %s: its answers waiting take %zu bytes, the most of any %s, and "
+                     "all %ss' waiting answers together (%zu bytes) passed "
                      "limits.output_buffers (%zu); it reads its answers slower than it asks "
                      "for them",
                      most->peer, most->out_counted, g->what, g->what, g->output_used,
@@ -447,6 +472,29 @@ static int group_check_output(kvs_conn_t *c)
         kvs_conn_close(most); /* leaves the group: output_used drops by its part */
     }
     return closed_c;
+}
+
+/* c's output grew and its group is past its budget: the group is relieved
+ * once this loop turn's output has gone into the sockets (by c's flusher,
+ * after its flush), so that what clients that read were just given is
+ * not taken for waiting; without a flusher, at once. Returns 1 if `c`
+ * itself was closed. */
+static int group_check_output(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    if (g == NULL || !group_over_budget(g))
+        return 0;
+    kvs_flusher_t *f = c->flusher;
+    if (f == NULL || f->closing)
+        return group_relieve(g, c);
+    if (!g->relieve_queued) {
+        g->relieve_queued = 1;
+        g->relieve_flusher = f;
+        g->relieve_next = f->relieve;
+        f->relieve = g;
+    }
+    kvs_flusher_wake(f);
+    return 0;
 }
 
 /* Pending output went down: if delivery stopped at the high-water mark and
@@ -527,6 +575,7 @@ static void conn_trim_idle(kvs_conn_t *c)
         kvs_buf_free(&c->cout);
     if (!has(c, KVS_CONN_WRITING) && c->wbuf.len == 0 && c->wbuf.cap > KVS_CONN_IDLE_KEEP)
         kvs_buf_free(&c->wbuf);
+    conn_count_output(c);
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_IDLE_KEEP))
         conn_charge(c, 0);
 }
@@ -1358,6 +1407,7 @@ static void conn_linger(kvs_conn_t *c)
     }
     c->flags |= KVS_CONN_LINGERING;
     uv_timer_stop(&c->timer); /* no delivery kicks any more */
+    conn_trim_drained(c);     /* nothing more is written: its output buffers go */
     if (has(c, KVS_CONN_READING)) {
         uv_read_stop(&c->h.stream);
         c->flags &= ~KVS_CONN_READING;
@@ -1672,8 +1722,7 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
         if (!conn_check_hard(c))
             conn_output_drained(c);
     }
-    if (!kvs_list_empty(&g->members)) /* a lower budget closes the members owed the most now */
-        group_check_output(KVS_LIST_ENTRY(kvs_list_first(&g->members), kvs_conn_t, grp_link));
+    group_relieve(g, NULL); /* a lower budget closes the members owed the most now */
 }
 
 void kvs_conn_group_sweep_every(kvs_conn_group_t *g, uint64_t ms)
@@ -1711,6 +1760,13 @@ int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns)
 
 void kvs_conn_group_close(kvs_conn_group_t *g)
 {
+    if (g->relieve_queued) { /* off its flusher's list: the group is going */
+        kvs_conn_group_t **p = &g->relieve_flusher->relieve;
+        while (*p != g)
+            p = &(*p)->relieve_next;
+        *p = g->relieve_next;
+        g->relieve_queued = 0;
+    }
     uv_timer_stop(&g->sweep);
     uv_close((uv_handle_t *)&g->sweep, NULL);
     if (g->turn_end_on) {
@@ -1923,6 +1979,13 @@ void kvs_flusher_run(kvs_flusher_t *f)
         c->queued = 0;
         c->flush_next = NULL;
         kvs_conn_flush(c);
+    }
+    while (f->relieve != NULL) { /* after the flush: see group_check_output */
+        kvs_conn_group_t *g = f->relieve;
+        f->relieve = g->relieve_next;
+        g->relieve_queued = 0;
+        g->relieve_next = NULL;
+        group_relieve(g, NULL);
     }
     f->running = 0;
     if (f->after != NULL)

@@ -31,9 +31,13 @@
  * members that sent nothing for that long and are owed nothing. Buffers
  * that grew far past their usual size are given back once they drain.
  * Output bound for the group as a whole (Redis 7's maxmemory-clients is
- * the model): when all members' pending output together passes the
- * group's output budget, the member owed the most is closed, and the next
- * while it is still past, so peers that each stay within their own limits
+ * the model): the memory the members' output takes (their buffers, full
+ * or kept for the next answer, and what their owner holds for them) is
+ * counted; once it passes the group's output budget, at the end of the
+ * loop turn, after the flush (what clients that read were given has gone
+ * into their sockets by then), every member's empty buffers are given
+ * back, and then, while it is still past, the member whose output takes
+ * the most is closed, so peers that each stay within their own limits
  * cannot, together, hold more than the budget (the owner's own peers,
  * turn_exempt, are neither counted nor closed).
  *
@@ -216,7 +220,7 @@ struct kvs_conn_s {
     kvs_conn_group_t *group;        /* optional, see kvs_conn_join */
     kvs_list_t grp_link;            /* on its group's list of members */
     size_t charged;                 /* decoder bytes charged to the group's input budget */
-    size_t out_counted;             /* pending output counted in the group's output_used */
+    size_t out_counted;             /* output memory counted in the group's output_used */
     uint64_t last_input_ms;         /* loop time of the last bytes read */
     uint64_t turn_ms;               /* loop time of the turn turn_ns counts deliveries of */
     uint64_t turn_ns;               /* time spent delivering frames in that loop turn */
@@ -507,9 +511,13 @@ struct kvs_conn_group_s {
     uv_timer_t sweep; /* once a second: frame, output and idle timeouts, log budget */
     kvs_list_t members;
     size_t count;
-    size_t input_used;           /* decoder bytes charged by all members */
-    size_t output_used;          /* pending output of all members (turn_exempt ones aside) */
-    uint64_t output_evicted;     /* members closed because output_used passed output_budget */
+    size_t input_used;       /* decoder bytes charged by all members */
+    size_t output_used;      /* memory of all members' output (turn_exempt ones aside) */
+    uint64_t output_evicted; /* members closed because output_used passed output_budget */
+    int relieve_queued;      /* on relieve_flusher's list: past the budget, checked after
+                                the flush (group_check_output) */
+    kvs_flusher_t *relieve_flusher;
+    kvs_conn_group_t *relieve_next;
     const char *what;            /* "client", for log lines */
     uint64_t joined;             /* members ever (connections accepted) */
     uint64_t bytes_in;           /* bytes members read */
@@ -625,10 +633,11 @@ struct kvs_flusher_s {
     int running, closing;
     uv_close_cb close_cb;
     kvs_conn_t *head;
-    kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
-    kvs_flusher_cb after;  /* runs after flushing (optional; set after init) */
-    uint64_t now_ns;       /* read_ns of its latest read by a stamp_reads member: the
-                              loop's latest precise time, without a clock read per request */
+    kvs_flusher_cb before;     /* runs before flushing, e.g. to commit a batch */
+    kvs_flusher_cb after;      /* runs after flushing (optional; set after init) */
+    kvs_conn_group_t *relieve; /* groups past their output budget, checked after the flush */
+    uint64_t now_ns;           /* read_ns of its latest read by a stamp_reads member: the
+                                  loop's latest precise time, without a clock read per request */
     void *data;
 };
 

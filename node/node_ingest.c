@@ -134,6 +134,8 @@ typedef struct part_s {
                            bootstrapped from a snapshot shows only the tail it read) */
     uint64_t committed_ingested; /* `ingested` as of the last commit: a lost batch's records,
                                     read again, count once */
+    uint64_t saved_ingested;     /* `ingested` when `next` was last saved (part_save) ... */
+    uint64_t saved_gen;          /* ... in this batch, not known to be committed yet (0: none) */
     uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
                                they were read (retention), or passed by auto.offset.reset latest */
     int64_t lost_to;        /* `lost` counts those below this offset: a skip made again after the
@@ -243,7 +245,7 @@ struct node_ingest_s {
     int64_t reset_offset;   /* where a partition with no stored offset starts */
     int reset_error;        /* the user's auto.offset.reset is "error" */
     uint64_t pending_gen;   /* first batch generation holding unconfirmed records */
-    uint64_t applied_gen;   /* the batch this turn's latest records went into (0: none) */
+    int stored_some;        /* settle_counts found saved offsets committed, this turn */
     size_t n_owned;         /* partitions this shard owns, over all topics */
     int rewind;             /* a batch was lost: reload offsets, re-assign */
     int passes;             /* some part_t's pass_to is set (see "passed over") */
@@ -277,6 +279,10 @@ struct node_ingest_s {
      * reservation of records with this ordinal (1 = the first) is refused
      * as a disk without room refuses it, once. 0 = off. */
     uint64_t refuse_at, reservations;
+    /* Test hook (KVS_TEST_FAIL_RECORD, test builds only): the record with
+     * this ordinal (1 = the first applied) fails once, before it writes
+     * anything, as a failed allocation would. 0 = off. */
+    uint64_t fail_record, records;
     node_ingest_own_t own;    /* this worker's own records (log-first writes) */
     char *group;              /* the consumer group offsets are committed to */
     uint64_t started_ms;      /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
@@ -370,7 +376,12 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
     meta_key(key, sizeof(key), t, p);
     kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
-    return node_store_meta_put(in->store, key, v, sizeof(v));
+    int rc = node_store_meta_put(in->store, key, v, sizeof(v));
+    if (rc == 0) { /* what the offsets count, once their batch commits (settle_counts) */
+        pt->saved_ingested = pt->ingested;
+        pt->saved_gen = node_store_batch_gen(in->store);
+    }
+    return rc;
 }
 
 /* ---- cluster: the Kafka cluster a topic's offsets belong to ------------------------- *
@@ -653,6 +664,8 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     const char *why = NULL;
     skip_kind_t kind = SKIP_PAYLOAD;
     int rc = 0;
+    if (in->fail_record != 0 && ++in->records == in->fail_record)
+        return -ENOMEM;
     if (m->key == NULL || m->key_len == 0) {
         why = "record has no key";
         kind = SKIP_NO_KEY;
@@ -771,28 +784,29 @@ static size_t record_bytes(const rd_kafka_message_t *m)
     return m->key_len + m->len + 16; /* + the encoded Value's header */
 }
 
-/* The records counted in `ingested` so far are stored: a rewind keeps
- * them counted (it re-reads only what is not). */
-static void ingested_stored(node_ingest_t *in)
+/* Records count in `ingested` for good once the offsets saved after them
+ * are committed: a rewind then keeps them counted (it re-reads only what
+ * the stored offsets say is not stored). A batch that ended (committed,
+ * or failed) is known to have committed when no batch since it failed:
+ * never counted when it failed, and asked after each reservation and at
+ * the turn's end, so a batch committed early (a turn's records take
+ * several) settles before a later one of the turn can fail. Records
+ * applied and not followed by saved offsets (a reservation that stopped
+ * before them) are counted again when read again, once. */
+static void settle_counts(node_ingest_t *in)
 {
+    uint64_t open = node_store_batch_gen(in->store), failed = node_store_last_failed_gen(in->store);
     for (size_t i = 0; i < in->n_topics; i++)
-        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
-            in->topics[i].parts[p].committed_ingested = in->topics[i].parts[p].ingested;
-}
-
-/* The batch this turn's earlier records went into is no longer the open
- * one: a reservation committed it early (a turn's records may take
- * several). If it did not fail, its records are stored for good, and a
- * rewind later in the turn (a later batch refused) must not take them
- * out of `ingested`: they are not read again. */
-static void note_early_commit(node_ingest_t *in)
-{
-    uint64_t gen = in->applied_gen;
-    if (gen == 0 || node_store_batch_gen(in->store) == gen)
-        return;
-    in->applied_gen = 0;
-    if (node_store_last_failed_gen(in->store) < gen) /* else lost: the rewind re-reads them */
-        ingested_stored(in);
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
+            part_t *pt = &in->topics[i].parts[p];
+            if (pt->saved_gen == 0 || pt->saved_gen == open)
+                continue; /* none, or its batch is still open */
+            if (failed < pt->saved_gen) {
+                pt->committed_ingested = pt->saved_ingested;
+                in->stored_some = 1;
+            }
+            pt->saved_gen = 0;
+        }
 }
 
 /* Applies `n` records (`bytes` of record_bytes) in one reservation, then
@@ -820,12 +834,11 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
                  : node_store_reserve(
                        in->store, n + parts + in->n_topics,
                        bytes + parts * 64 + in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64), 1);
-    note_early_commit(in); /* a reservation may commit the batch before it, refused or not */
+    settle_counts(in); /* a reservation may commit the batch before it, refused or not */
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
         in->pending_gen = node_store_batch_gen(in->store);
-    in->applied_gen = node_store_batch_gen(in->store);
     for (size_t i = 0; i < n && rc == 0; i++) {
         rd_kafka_message_t *m = msgs[i];
         topic_t *t = m->err == 0 || m->rkt != NULL ? topic_of(in, m) : NULL;
@@ -1072,20 +1085,15 @@ static void rewind_all(node_ingest_t *in)
 
 void node_ingest_turn_done(node_ingest_t *in, int rc)
 {
-    int lost = in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen;
-    if (lost)
+    if (in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen)
         in->rewind = 1;
-    else if (in->pending_gen != 0)
-        in->losses = 0; /* records were stored */
-    /* ... for good, also when the turn rewinds for another cause (a
-     * reservation refused): the stored offsets keep them from being read
-     * again. */
-    if (!lost)
-        ingested_stored(in);
+    settle_counts(in); /* the turn's batches have all ended */
+    if (in->stored_some)
+        in->losses = 0; /* records (or offsets moved over them) were stored */
+    in->stored_some = 0;
     if (in->rewind && in->rewind_err == 0)
         in->rewind_err = rc != 0 ? rc : KVS_ESTORE;
     in->pending_gen = 0;
-    in->applied_gen = 0;
     if (in->rewind) {
         rewind_all(in);
         return;
@@ -1180,7 +1188,7 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
     pt->next = to;
     int rc =
         node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN, 0);
-    note_early_commit(in);
+    settle_counts(in);
     if (rc == 0) {
         rc = part_save(in, t, p);
         if (rc == 0 && in->lose_skips > 0) {
@@ -1554,7 +1562,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
         rc = node_store_reserve(
             in->store, 2 + parts,
             (size_t)pages * sizeof(uint64_t) + (parts + 1) * (sizeof(key) + sizeof(v)), 0);
-    note_early_commit(in);
+    settle_counts(in);
     if (rc != 0)
         return rc;
     rc = node_store_clear(in->store, b->table, NULL);
@@ -2626,7 +2634,8 @@ static int start_queue(node_ingest_t *in)
  * KVS_TEST_LOSE_SKIPS: the batches of the next N skips fail.
  * KVS_TEST_ASKS_UNANSWERED: the next N end questions go unanswered.
  * KVS_TEST_REFUSE_RESERVATION: the Nth reservation of records is refused
- * (a disk without room for it), once. Test builds
+ * (a disk without room for it), once. KVS_TEST_FAIL_RECORD: the Nth
+ * record fails before it writes, once. Test builds
  * only (kvs_testhook); never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
@@ -2655,6 +2664,9 @@ static void read_test_hooks(node_ingest_t *in)
         kvs_warn("test hook: the brokers' cluster id is not compared with the one a topic's "
                  "records came from (KVS_TEST_ONE_CLUSTER)");
     }
+    if (kvs_test_hook_u64("KVS_TEST_FAIL_RECORD", &in->fail_record))
+        kvs_warn("test hook: record %llu fails as if out of memory (KVS_TEST_FAIL_RECORD)",
+                 (unsigned long long)in->fail_record);
     if (kvs_test_hook_u64("KVS_TEST_REFUSE_RESERVATION", &in->refuse_at))
         kvs_warn("test hook: reservation %llu of records is refused as on a full disk "
                  "(KVS_TEST_REFUSE_RESERVATION)",

@@ -168,6 +168,7 @@ struct node_server_s {
     uint64_t gone_log_ms; /* last line about writes of a peer that was gone */
     kvs_auth_t *auth;
     kvs_conn_group_t groups[2]; /* each listener's clients, under limits.* */
+    int unix_listener[2];       /* groups[i] is a unix socket's: no output budget */
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
     int sync_timer_on;
@@ -1159,15 +1160,15 @@ static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
                   (double)out, 1, "shard", sh);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_output_bytes", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                                "Answers the worker's connections are owed and have not taken "
-                                "yet, together (each listener's bounded by "
-                                "limits.output_buffers)."),
+                                "Memory the answers of the worker's connections take together "
+                                "(its TCP port's bounded by limits.output_buffers)."),
                   (double)owed, 1, "shard", sh);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_output_evictions_total",
                                 KVS__METRIC_FAMILY__TYPE__COUNTER,
-                                "Connections closed, owed the most, because all connections' "
-                                "answers together passed limits.output_buffers."),
+                                "Connections to the TCP port closed, their answers taking the "
+                                "most, because all of theirs together passed "
+                                "limits.output_buffers."),
                   (double)out_evicted, 1, "shard", sh);
 }
 
@@ -1209,6 +1210,20 @@ void node_server_count_reload(node_server_t *srv, const char *result)
     srv->reloads[i]++;
 }
 
+/* Listener i's limits: `all`, but a unix socket's connections (the
+ * node's own router processes' links, the master's scrapes, the local
+ * tools: the node's own user) share no output budget, as the router's
+ * private socket does not: a link carries many clients' answers and
+ * always reads, and is never one to close for them. */
+static kvs_conn_limits_t listener_limits(const node_server_t *srv, int i,
+                                         const kvs_conn_limits_t *all)
+{
+    kvs_conn_limits_t l = *all;
+    if (srv->unix_listener[i])
+        l.output_budget = 0;
+    return l;
+}
+
 int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
 {
     kvs_conn_limits_t limits;
@@ -1217,8 +1232,10 @@ int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
     build_chain(srv);
     kvs_conn_limits_from_config(&limits, cfg);
     limits.idle_timeout_ms = 0; /* as at start (node_server_start says why) */
-    for (int i = 0; i < 2; i++)
-        kvs_conn_group_set_limits(&srv->groups[i], &limits);
+    for (int i = 0; i < 2; i++) {
+        kvs_conn_limits_t l = listener_limits(srv, i, &limits);
+        kvs_conn_group_set_limits(&srv->groups[i], &l);
+    }
     srv->max_clients =
         kvs_conn_max_clients(cfg->max_clients, (unsigned)srv->n_listeners, NODE_FD_RESERVE);
     /* Only a changed interval touches the timer, and the next sync stays
@@ -1338,8 +1355,12 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->kick.data = srv;
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
     srv->flusher.after = on_flushed;
-    for (int i = 0; rc == 0 && i < 2; i++)
-        rc = kvs_conn_group_init(&srv->groups[i], o->loop, &limits, "client");
+    for (size_t i = 0; i < o->n_addrs && i < 2; i++)
+        srv->unix_listener[i] = o->addrs[i].is_unix;
+    for (int i = 0; rc == 0 && i < 2; i++) {
+        kvs_conn_limits_t l = listener_limits(srv, i, &limits);
+        rc = kvs_conn_group_init(&srv->groups[i], o->loop, &l, "client");
+    }
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
         rc = add_listener(srv, &o->addrs[i], o->tls);
     if (rc == 0 && o->sync_interval_ms > 0) {

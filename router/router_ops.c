@@ -207,14 +207,15 @@ static void client_metrics(router_t *r, kvs_mb_t *b)
                   (double)r->group.turns_held, 0);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_client_output_bytes", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                                "Answers the router process's clients are owed and have not taken "
-                                "yet, together (bounded by its part of limits.output_buffers)."),
+                                "Memory the router process's clients' answers take together: "
+                                "their output buffers and the answers held for them (bounded by "
+                                "its part of limits.output_buffers)."),
                   (double)r->group.output_used, 0);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_client_output_evictions_total",
                                 KVS__METRIC_FAMILY__TYPE__COUNTER,
-                                "Clients closed, owed the most, because all clients' answers "
-                                "together passed limits.output_buffers."),
+                                "Clients closed, their answers taking the most, because all "
+                                "clients' answers together passed limits.output_buffers."),
                   (double)r->group.output_evicted, 0);
 }
 

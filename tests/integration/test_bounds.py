@@ -174,12 +174,43 @@ class WorkerOutputTest(NodeTestCase):
             self.assertOk(c.ping())
 
     def test_connections_that_stop_reading_are_bounded_together(self):
-        """Twelve connections each pipeline forty reads of a 200 KiB value
-        and never read: each stays within its own bound (a quarter of
-        limits.client_output), but together they would hold more than
-        limits.output_buffers; the worker closes those owed the most until
-        the rest fit, logs it and counts it, the ones it kept get every
-        answer, and another client is served."""
+        """Twelve connections to the worker's TCP port each pipeline forty
+        reads of a 100 KiB value and never read: each stays within its own
+        bound (a quarter of limits.client_output), but together they would
+        hold more than limits.output_buffers; the worker closes those owed
+        the most until the rest fit, logs it and counts it, the ones it
+        kept get every answer, and a client that reads larger answers as
+        they come (as a router's link does), four at a time, is never the
+        one closed (its answers were counted the moment they were queued,
+        before they went into its socket, and it was)."""
+        n = self.node(extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB, "
+                                 "output_buffers: 4MiB}\n")
+        big = b"x" * (200 * 1024)
+        with n.client() as c:
+            self.assertOk(c.hset("t", "big", big))
+            self.assertOk(c.hset("t", "mid", big[:100 * 1024]))
+            want = c.hget("t", "big").SerializeToString()
+            want_mid = c.hget("t", "mid").SerializeToString()
+        with n.client() as reader:
+            socks = flood_without_reading(n.addr, 12, req_hget("t", "mid"), 40)
+            for s in socks:
+                self.addCleanup(s.close)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                answers = reader.pipeline([req_hget("t", "big")] * 4)
+                self.assertTrue(all(a.SerializeToString() == want for a in answers))
+            m = reader.call(metrics_req())
+        self.assertOk(m)
+        self.assertGreater(metric_of(m.ops.metrics, "kvs_worker_output_evictions_total"), 0)
+        self.assertLessEqual(metric_of(m.ops.metrics, "kvs_worker_output_bytes"), 4 * MIB)
+        assert_some_closed_the_rest_whole(self, socks, 40, want_mid)
+        self.assertIn("limits.output_buffers", log_of(n))
+
+    def test_the_unix_socket_has_no_output_budget(self):
+        """The worker's unix socket is where the node's own router
+        processes' links come in (each carries many clients' answers) and
+        the master's scrapes: its connections share no output budget, so
+        however much they are owed together, none is closed for it."""
         n = self.node(extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB, "
                                  "output_buffers: 2MiB}\n")
         big = b"x" * (200 * 1024)
@@ -190,14 +221,9 @@ class WorkerOutputTest(NodeTestCase):
         for s in socks:
             self.addCleanup(s.close)
         time.sleep(0.5)
-        with n.client(unix=True) as c:
-            self.assertEqual(c.hget("t", "big").SerializeToString(), want)
-            m = c.call(metrics_req())
-        self.assertOk(m)
-        self.assertGreater(metric_of(m.ops.metrics, "kvs_worker_output_evictions_total"), 0)
-        self.assertLessEqual(metric_of(m.ops.metrics, "kvs_worker_output_bytes"), 2 * MIB)
-        assert_some_closed_the_rest_whole(self, socks, 40, want)
-        self.assertIn("limits.output_buffers", log_of(n))
+        for s in socks:
+            self.assertEqual(answers_until_closed(s, 40), [want] * 40)
+        self.assertNotIn("limits.output_buffers", log_of(n))
 
     @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
     def test_buffers_are_given_back_after_a_burst(self):
@@ -340,6 +366,58 @@ class RouterBoundsTest(RouterTestCase):
         self.assertLessEqual(most, 4 * MIB)
         assert_some_closed_the_rest_whole(self, socks, 40, want)
         self.assertIn("limits.output_buffers", r.stderr())
+
+    def test_clients_that_read_are_not_counted_against_the_output_budget(self):
+        """limits.output_buffers counts what clients' answers take, not
+        what they took: RESP clients that read a 200 KiB answer and QUIT,
+        whose connections linger for up to 2 s keeping their sockets open,
+        and clients that read large answers and then only Ping (their
+        drained buffers kept for the next answer), together hold nothing
+        the budget counts for long; a client that reads two large answers
+        at a time is never closed, and nobody is."""
+        mport, rport = free_port(), free_port()
+        r, pids = self.router_and_pids(
+            shards=2, extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB, "
+                                 "output_buffers: 4MiB}\n",
+            router_yaml=['metrics_listen: "127.0.0.1:%d"' % mport,
+                         'resp_listen: "127.0.0.1:%d"' % rport, "local_reads: false"])
+        big = b"x" * (200 * 1024)
+        with r.client() as c:
+            self.assertOk(c.hset("t", "big", big))
+            want = c.hget("t", "big").SerializeToString()
+        quitters = []
+        for _ in range(19):
+            s = socket.create_connection(("127.0.0.1", rport), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(b"*3\r\n$4\r\nHGET\r\n$1\r\nt\r\n$3\r\nbig\r\n*1\r\n$4\r\nQUIT\r\n")
+            quitters.append(s)
+        for s in quitters:  # every byte read, EOF seen; the socket stays open
+            got = b""
+            while True:
+                d = s.recv(1 << 20)
+                if not d:
+                    break
+                got += d
+            self.assertTrue(got.endswith(b"+OK\r\n") and len(got) > len(big), got[:100])
+        base = rss_anon(pids[0])
+        pingers = [r.client() for _ in range(80)]
+        for c in pingers:
+            self.addCleanup(c.close)
+            answers = c.pipeline([req_hget("t", "big")] * 2)
+            self.assertTrue(all(a.SerializeToString() == want for a in answers))
+        with r.client() as reader:
+            for _ in range(20):
+                answers = reader.pipeline([req_hget("t", "big")] * 2)
+                self.assertTrue(all(a.SerializeToString() == want for a in answers))
+                for c in pingers:
+                    self.assertOk(c.ping())
+            m = parse_metrics(http_get(mport)[2])
+        self.assertEqual(total(m, "kvs_client_output_evictions_total"), 0, r.stderr()[-2000:])
+        self.assertLess(total(m, "kvs_client_output_bytes"), 4 * MIB)
+        if not SANITIZED:  # the buffers the pingers kept were given back
+            time.sleep(1.5)  # (the heap's free pages go back once a second)
+            grown = (rss_anon(pids[0]) - base) >> 20
+            self.assertLess(grown, 12, "router grew by %d MiB" % grown)
 
     def test_local_reads_stop_at_high_water_for_a_client_that_does_not_read(self):
         """Reads the router answers itself are built as they are routed, so

@@ -782,6 +782,29 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
         self.assertIn("not stored", n.stderr())
         self.assertEqual((parts[0]["applied"], parts[0]["ingested"]), (4000, 4000), parts[0])
 
+    def test_records_not_followed_by_saved_offsets_count_once(self):
+        # Fifty records without a key are skipped (counted, nothing
+        # written), then the next record of the same reservation fails
+        # before it writes (a test hook, as a failed allocation). Nothing
+        # was written, so the turn's batch commits without the offsets
+        # that would have moved past the fifty: they are read again and
+        # must be counted once, not once a try.
+        m = self.mock({"users": 1})
+        recs = [(None, b"v%d" % i) for i in range(50)] + [(b"k", b"v")]
+        produce(m.bootstrap, "users", recs)
+        ends = self.ends(m, "users", 1)
+        n = Node(start=False, env={"KVS_TEST_FAIL_RECORD": "51"}, extra_yaml=ingest_yaml(
+            m.bootstrap, [("users", "users", "raw", 1)],
+            properties={"reconnect.backoff.max.ms": "500"}))
+        self._nodes.append(n)
+        self.addCleanup(n.close)
+        n.start()
+        parts = self.wait_caught_up(n, "users", ends)
+        self.assertIn("record 51 fails", n.stderr())
+        self.assertIn("not stored", n.stderr())
+        self.assertEqual((parts[0]["applied"], parts[0]["skipped"], parts[0]["ingested"]),
+                         (1, 50, 51), parts[0])
+
     def test_batches_lost_between_stored_ones_are_logged_at_most_every_10_s(self):
         # Every other sync of the worker's data fails for 2 s (the shim of
         # test_eio) while records keep coming: lost batches alternate with
