@@ -1248,6 +1248,62 @@ KVS_TEST(output_budget_closes_the_member_owed_the_most)
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
 
+/* With a flusher, the budget is looked at once the turn's output went
+ * into the sockets: a member given a large answer that its socket takes
+ * whole is not taken for one that does not read, and its emptied buffers
+ * are given back; a member whose answers stay is closed. */
+KVS_TEST(output_budget_looks_after_the_flush)
+{
+    uv_loop_t loop;
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    kvs_flusher_t f;
+    CHECK_EQ(kvs_flusher_init(&f, &loop, NULL, NULL), 0);
+    kvs_conn_limits_t l;
+    memset(&l, 0, sizeof(l));
+    l.high_water = 1u << 30;
+    l.output_budget = 100000;
+    kvs_conn_group_t g;
+    CHECK_EQ(kvs_conn_group_init(&g, &loop, &l, "client"), 0);
+    kvs_conn_t m[2];
+    int peer[2], closed[2] = {0};
+    for (int i = 0; i < 2; i++) {
+        int sv[2], big = 1 << 20;
+        CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big)), 0);
+        peer[i] = sv[1];
+        CHECK_EQ(kvs_conn_init(&m[i], &loop, 1, 1u << 20, NULL, NULL, budget_member_closed), 0);
+        m[i].data = &closed[i];
+        kvs_conn_join(&m[i], &g);
+        CHECK_EQ(uv_pipe_open(&m[i].h.pipe, sv[0]), 0);
+        CHECK_EQ(kvs_conn_start(&m[i]), 0);
+    }
+    m[1].flusher = &f;
+    kvs_conn_hold(&m[0], 60000); /* answers waiting for m[0] */
+    static uint8_t answer[80000];
+    append_frame(&m[1].out, answer, sizeof(answer));
+    kvs_conn_queue(&m[1]); /* past the budget until it is flushed */
+    CHECK(g.output_used > l.output_budget);
+    CHECK(!(m[1].flags & KVS_CONN_CLOSING));
+    kvs_flusher_run(&f); /* the socket takes it all; its buffers go */
+    CHECK(!(m[0].flags & KVS_CONN_CLOSING) && !(m[1].flags & KVS_CONN_CLOSING));
+    CHECK_EQ(g.output_evicted, 0);
+    CHECK_EQ(g.output_used, 60000);
+    CHECK_EQ(m[1].out.cap + m[1].wbuf.cap, 0);
+    kvs_conn_hold(&m[0], 50000); /* no flusher: looked at now, and it goes */
+    CHECK(m[0].flags & KVS_CONN_CLOSING);
+    CHECK_EQ(g.output_evicted, 1);
+    CHECK_EQ(g.output_used, 0);
+    kvs_conn_close(&m[1]);
+    kvs_conn_group_close(&g);
+    kvs_flusher_close(&f, NULL);
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(closed[i], 1);
+        close(peer[i]);
+    }
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
 static void client_idle(server_t *s, int fd)
 {
     (void)s;
@@ -2018,7 +2074,7 @@ KVS_TEST_MAIN(
     KVS_CASE(frame_timeout_spares_a_frame_that_completes),
     KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
     KVS_CASE(output_budget_closes_the_member_owed_the_most),
-    KVS_CASE(idle_timeout_closes_an_idle_member),
+    KVS_CASE(output_budget_looks_after_the_flush), KVS_CASE(idle_timeout_closes_an_idle_member),
     KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
     KVS_CASE(auth_timeout_spares_a_member_that_authenticated),
     KVS_CASE(deadline_closes_a_member_that_keeps_talking),
