@@ -63,6 +63,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -1514,6 +1515,41 @@ int kvs_conn_peer_gone(const kvs_conn_t *c)
 
 /* ---- groups ------------------------------------------------------------- */
 
+/* Once the process has no descriptor left, libuv takes each new
+ * connection and closes it at once (its EMFILE trick, which frees the
+ * listener's backlog) without telling the listener's owner: clients are
+ * dropped with no line in the log. So each sweep asks for a descriptor
+ * (a dup, closed at once) and says, at most once a minute, when none is
+ * free: the limit was lowered under the process (prlimit), or its own
+ * files and connections took them all. */
+static void descriptors_check(uv_loop_t *loop, uint64_t now)
+{
+    static uint64_t said_ms;
+    if (said_ms != 0 && now - said_ms < 60000)
+        return;
+    int fd = fcntl(uv_backend_fd(loop), F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) {
+        close(fd);
+        return;
+    }
+    int err = errno;
+    if (err != EMFILE && err != ENFILE)
+        return;
+    said_ms = now;
+    struct rlimit rl;
+    unsigned long long limit =
+        getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (unsigned long long)rl.rlim_cur : 0;
+    if (err == ENFILE)
+        kvs_warn("the system has no file descriptor left (ENFILE): new connections are closed as "
+                 "they come, without an answer, until descriptors are free again");
+    else
+        kvs_warn("this process has no file descriptor left (RLIMIT_NOFILE %llu): new connections "
+                 "are closed as they come, without an answer, until some close; raise the limit "
+                 "(LimitNOFILE=, ulimit -n) or lower limits.max_clients (logged at most once a "
+                 "minute)",
+                 limit);
+}
+
 /* Closes members whose started frame is overdue, members that do not take
  * their output, and idle members; says how many lines about members were
  * left out once their window is over. */
@@ -1524,6 +1560,7 @@ static void on_sweep(uv_timer_t *t)
     const kvs_conn_limits_t *lim = &g->limits;
     kvs_log_budget_flush(&g->log_budget, now);
     kvs_mem_give_back(now); /* what members that closed, or trimmed, freed */
+    descriptors_check(g->loop, now);
     kvs_list_t *pos, *tmp;
     KVS_LIST_EACH_SAFE(pos, tmp, &g->members) /* closing c unlinks it */
     {

@@ -640,6 +640,28 @@ class RouterBoundsTest(RouterTestCase):
             self.assertOk(c.hget("t", "k"))
         self.assertNotIn("down", r.stderr())
 
+    def test_clients_dropped_for_want_of_descriptors_are_logged(self):
+        """With no descriptor left (the limit lowered under the running
+        process), the event loop takes each new connection and closes it
+        without a word to kvs: the router says so in its log, once, and
+        serves new clients again once the limit is back."""
+        r = self.router(shards=1)
+        rp = router_pids(r)[0]
+        soft, hard = resource.prlimit(rp, resource.RLIMIT_NOFILE)
+        self.addCleanup(lambda: resource.prlimit(rp, resource.RLIMIT_NOFILE, (soft, hard)))
+        resource.prlimit(rp, resource.RLIMIT_NOFILE, (len(os.listdir("/proc/%d/fd" % rp)), hard))
+        for _ in range(3):
+            s = socket.create_connection(r.addr, timeout=10)
+            self.addCleanup(s.close)
+        deadline = time.monotonic() + 5
+        while "no file descriptor left" not in r.stderr() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn("this process has no file descriptor left (RLIMIT_NOFILE", r.stderr())
+        resource.prlimit(rp, resource.RLIMIT_NOFILE, (soft, hard))
+        with r.client() as c:
+            self.assertOk(c.ping())
+        self.assertEqual(r.stderr().count("no file descriptor left"), 1)
+
     def test_descriptor_limit_lowers_max_clients_and_workers_still_restart(self):
         """With RLIMIT_NOFILE at 256, the router lowers max_clients so its own
         descriptors stay in reserve: clients past it are refused, and a
