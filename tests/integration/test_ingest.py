@@ -85,10 +85,11 @@ class KafkaFixtures(LogsOnFailure):
                                  "not every worker runs: %r" % r.workers())
         return r
 
-    def node(self, mock, bindings, storage=None):
+    def node(self, mock, bindings, storage=None, env=None):
         """A lone kvs-node (shard 0 of 1: it owns every partition) ingesting
-        `bindings` [(topic, table, format, partitions)]."""
-        n = Node(storage=storage, start=False, extra_yaml=ingest_yaml(
+        `bindings` [(topic, table, format, partitions)], with `env` added
+        to its environment (test hooks)."""
+        n = Node(storage=storage, start=False, env=env, extra_yaml=ingest_yaml(
             mock.bootstrap, bindings, properties={"reconnect.backoff.max.ms": "500"}))
         self._nodes.append(n)
         self.addCleanup(n.close)
@@ -770,12 +771,8 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
         recs = [(b"k-%d" % i, b"v%d" % i) for i in range(4000)]
         produce(m.bootstrap, "users", recs)  # all there when the worker starts: one turn's
         ends = self.ends(m, "users", 1)
-        n = Node(start=False, env={"KVS_TEST_REFUSE_RESERVATION": "2"}, extra_yaml=ingest_yaml(
-            m.bootstrap, [("users", "users", "raw", 1)],
-            properties={"reconnect.backoff.max.ms": "500"}))
-        self._nodes.append(n)
-        self.addCleanup(n.close)
-        n.start()
+        n = self.node(m, [("users", "users", "raw", 1)],
+                      env={"KVS_TEST_REFUSE_RESERVATION": "2"})
         parts = self.wait_caught_up(n, "users", ends)
         self.assert_exactly_once(parts, ends)
         self.assertIn("reservation 2 of records is refused", n.stderr())
@@ -793,12 +790,7 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
         recs = [(None, b"v%d" % i) for i in range(50)] + [(b"k", b"v")]
         produce(m.bootstrap, "users", recs)
         ends = self.ends(m, "users", 1)
-        n = Node(start=False, env={"KVS_TEST_FAIL_RECORD": "51"}, extra_yaml=ingest_yaml(
-            m.bootstrap, [("users", "users", "raw", 1)],
-            properties={"reconnect.backoff.max.ms": "500"}))
-        self._nodes.append(n)
-        self.addCleanup(n.close)
-        n.start()
+        n = self.node(m, [("users", "users", "raw", 1)], env={"KVS_TEST_FAIL_RECORD": "51"})
         parts = self.wait_caught_up(n, "users", ends)
         self.assertIn("record 51 fails", n.stderr())
         self.assertIn("not stored", n.stderr())

@@ -1178,6 +1178,32 @@ static void budget_member_closed(kvs_conn_t *c)
     (*closed)++;
 }
 
+/* `g` on `loop` with only an output budget, of 100,000 bytes (`l`). */
+static void budget_group(kvs_conn_group_t *g, uv_loop_t *loop, kvs_conn_limits_t *l)
+{
+    memset(l, 0, sizeof(*l));
+    l->high_water = 1u << 30;
+    l->output_budget = 100000;
+    CHECK_EQ(kvs_conn_group_init(g, loop, l, "client"), 0);
+}
+
+/* `c`, a member of `g` on one end of a socketpair whose send buffer is
+ * `sndbuf` bytes, counting its close in *closed. Returns the other end,
+ * which never reads. */
+static int budget_member(kvs_conn_t *c, uv_loop_t *loop, kvs_conn_group_t *g, int sndbuf,
+                         int *closed)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+    CHECK_EQ(kvs_conn_init(c, loop, 1, 1u << 20, NULL, NULL, budget_member_closed), 0);
+    c->data = closed;
+    kvs_conn_join(c, g);
+    CHECK_EQ(uv_pipe_open(&c->h.pipe, sv[0]), 0);
+    CHECK_EQ(kvs_conn_start(c), 0);
+    return sv[1];
+}
+
 /* Members on one end of a socketpair each, whose peers never read: what
  * they are owed is held (kvs_conn_hold) or queued past a small socket
  * buffer. Past the group's budget the member owed the most is closed, the
@@ -1189,24 +1215,12 @@ KVS_TEST(output_budget_closes_the_member_owed_the_most)
     uv_loop_t loop;
     CHECK_EQ(uv_loop_init(&loop), 0);
     kvs_conn_limits_t l;
-    memset(&l, 0, sizeof(l));
-    l.high_water = 1u << 30;
-    l.output_budget = 100000;
     kvs_conn_group_t g;
-    CHECK_EQ(kvs_conn_group_init(&g, &loop, &l, "client"), 0);
+    budget_group(&g, &loop, &l);
     kvs_conn_t m[N];
     int peer[N], closed[N] = {0};
-    for (int i = 0; i < N; i++) {
-        int sv[2], small = 16 * 1024;
-        CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-        CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        peer[i] = sv[1];
-        CHECK_EQ(kvs_conn_init(&m[i], &loop, 1, 1u << 20, NULL, NULL, budget_member_closed), 0);
-        m[i].data = &closed[i];
-        kvs_conn_join(&m[i], &g);
-        CHECK_EQ(uv_pipe_open(&m[i].h.pipe, sv[0]), 0);
-        CHECK_EQ(kvs_conn_start(&m[i]), 0);
-    }
+    for (int i = 0; i < N; i++)
+        peer[i] = budget_member(&m[i], &loop, &g, 16 * 1024, &closed[i]);
     m[3].turn_exempt = 1; /* the owner's own peer */
     kvs_conn_hold(&m[3], 500000);
     CHECK_EQ(g.output_used, 0);
@@ -1259,24 +1273,12 @@ KVS_TEST(output_budget_looks_after_the_flush)
     kvs_flusher_t f;
     CHECK_EQ(kvs_flusher_init(&f, &loop, NULL, NULL), 0);
     kvs_conn_limits_t l;
-    memset(&l, 0, sizeof(l));
-    l.high_water = 1u << 30;
-    l.output_budget = 100000;
     kvs_conn_group_t g;
-    CHECK_EQ(kvs_conn_group_init(&g, &loop, &l, "client"), 0);
+    budget_group(&g, &loop, &l);
     kvs_conn_t m[2];
     int peer[2], closed[2] = {0};
-    for (int i = 0; i < 2; i++) {
-        int sv[2], big = 1 << 20;
-        CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-        CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big)), 0);
-        peer[i] = sv[1];
-        CHECK_EQ(kvs_conn_init(&m[i], &loop, 1, 1u << 20, NULL, NULL, budget_member_closed), 0);
-        m[i].data = &closed[i];
-        kvs_conn_join(&m[i], &g);
-        CHECK_EQ(uv_pipe_open(&m[i].h.pipe, sv[0]), 0);
-        CHECK_EQ(kvs_conn_start(&m[i]), 0);
-    }
+    for (int i = 0; i < 2; i++)
+        peer[i] = budget_member(&m[i], &loop, &g, 1 << 20, &closed[i]);
     m[1].flusher = &f;
     kvs_conn_hold(&m[0], 60000); /* answers waiting for m[0] */
     static uint8_t answer[80000];
