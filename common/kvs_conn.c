@@ -452,7 +452,6 @@ static int group_relieve(kvs_conn_group_t *g, const kvs_conn_t *c)
     int closed_c = 0;
     while (group_over_budget(g)) {
         kvs_conn_t *most = NULL;
-        kvs_list_t *pos;
         KVS_LIST_EACH(pos, &g->members)
         {
             kvs_conn_t *m = KVS_LIST_ENTRY(pos, kvs_conn_t, grp_link);
