@@ -306,7 +306,7 @@ uint64_t kvs_conn_queued_total(const kvs_conn_t *c)
 
 size_t kvs_conn_pending(const kvs_conn_t *c)
 {
-    return kvs_conn_backlog(c) + c->held;
+    return kvs_conn_backlog(c) + c->held + c->reserved;
 }
 
 int kvs_conn_output_full(kvs_conn_t *c, size_t not_output)
@@ -515,11 +515,13 @@ static void conn_output_drained(kvs_conn_t *c)
     conn_update_reading(c);
 }
 
-void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta)
+/* kvs_conn_hold and kvs_conn_reserve: `delta` more (or fewer) bytes of
+ * *owed, the one or the other. */
+static void conn_owe(kvs_conn_t *c, size_t *owed, ptrdiff_t delta)
 {
-    if (delta < 0 && (size_t)-delta > c->held)
-        delta = -(ptrdiff_t)c->held;
-    c->held = (size_t)((ptrdiff_t)c->held + delta);
+    if (delta < 0 && (size_t)-delta > *owed)
+        delta = -(ptrdiff_t)*owed;
+    *owed = (size_t)((ptrdiff_t)*owed + delta);
     conn_track_output(c);
     if (delta > 0) {
         conn_count_output(c);
@@ -527,6 +529,16 @@ void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta)
             group_check_output(c);
     } else if (delta < 0)
         conn_output_drained(c);
+}
+
+void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta)
+{
+    conn_owe(c, &c->held, delta);
+}
+
+void kvs_conn_reserve(kvs_conn_t *c, ptrdiff_t delta)
+{
+    conn_owe(c, &c->reserved, delta);
 }
 
 /* Gives back buffer memory that a burst left behind. */
@@ -1601,7 +1613,7 @@ static void on_sweep(uv_timer_t *t)
              * in the socket's send queue, which a slow reader's kernel
              * drains (and wakes libuv to refill) a third at a time, so the
              * process's own backlog is often empty between its reads. */
-            size_t owed = kvs_conn_untaken(c) + c->held;
+            size_t owed = kvs_conn_untaken(c) + c->held + c->reserved;
             uint64_t taken = owed > 0 ? kvs_conn_taken(c) : 0;
             if (owed == 0) {
                 c->progress_since_ms = 0; /* nothing waits: no clock */

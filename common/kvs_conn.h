@@ -203,6 +203,7 @@ struct kvs_conn_s {
     size_t hard_limit; /* close when pending output passes this (0: no limit) */
     size_t output_cap; /* kvs_conn_cap_output's cap on high_water, kept across reloads (0: none) */
     size_t held;       /* output the owner holds for this peer outside `out` */
+    size_t reserved;   /* output the owner expects for this peer and holds nothing of yet */
     size_t resume_below; /* kvs_conn_output_full said yes: kick when pending is below */
     size_t owed;         /* requests the owner has not answered yet (for the idle timeout) */
     size_t max_write;    /* bytes per write (KVS_CONN_MAX_WRITE; smaller in tests) */
@@ -405,6 +406,13 @@ void kvs_conn_queue(kvs_conn_t *c);
  * connection is closed. */
 void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta);
 
+/* The owner expects `delta` more (or, negative, fewer) bytes of output for
+ * this peer that it holds no memory for yet: room kept for an answer on
+ * its way (a whole-table read's frame). They count as pending output for
+ * the peer's own limits, as held output does, but not in its group's
+ * output budget, which counts memory. */
+void kvs_conn_reserve(kvs_conn_t *c, ptrdiff_t delta);
+
 /* Stops reading new bytes for good; frames already buffered are still
  * delivered (unless paused). For draining at shutdown. */
 void kvs_conn_stop_reading(kvs_conn_t *c);
@@ -475,7 +483,8 @@ uint64_t kvs_conn_taken(const kvs_conn_t *c);
  * size: the offset runs behind by the records' overhead). No system call. */
 uint64_t kvs_conn_queued_total(const kvs_conn_t *c);
 
-/* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
+/* Pending output: the backlog plus what the owner holds (kvs_conn_hold)
+ * and expects (kvs_conn_reserve). */
 size_t kvs_conn_pending(const kvs_conn_t *c);
 
 /* Whether pending output, less `not_output` bytes of what the owner holds

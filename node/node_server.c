@@ -1161,7 +1161,8 @@ static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_output_bytes", KVS__METRIC_FAMILY__TYPE__GAUGE,
                                 "Memory the answers of the worker's connections take together "
-                                "(its TCP port's bounded by limits.output_buffers)."),
+                                "(its TCP port's brought within limits.output_buffers at each "
+                                "loop turn's end)."),
                   (double)owed, 1, "shard", sh);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_output_evictions_total",

@@ -181,6 +181,9 @@ int router_client_table_after(const router_client_t *cl, const router_req_t *req
 /* The client's connection holds `delta` more bytes for it (kvs_conn_hold):
  * requests held back count against its output limits. */
 void router_client_hold(router_client_t *cl, ptrdiff_t delta);
+/* The same for room kept for an answer on its way (kvs_conn_reserve):
+ * counted in the client's own output limits, not in limits.output_buffers. */
+void router_client_reserve(router_client_t *cl, ptrdiff_t delta);
 /* Whether the client's output, less `not_output` bytes of it (requests
  * it holds), is at its high-water mark; if so, its draining calls
  * router_route_resume. */

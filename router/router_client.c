@@ -142,6 +142,15 @@ static void client_track_inflight(router_client_t *cl)
         kvs_conn_resume(c);
 }
 
+/* The room kept for req's answer (req->reserve, kvs_conn_reserve) becomes
+ * the answer, held until it moves into `out`; may close the client. */
+static void client_reserved_answered(router_client_t *cl, router_req_t *req)
+{
+    kvs_conn_reserve(&cl->conn, -(ptrdiff_t)req->reserve);
+    req->reserve = 0;
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->resp.len);
+}
+
 /* Runs the deferred Slowlog at the FIFO head in place: marked in_route,
  * its completion does not flush (a flush per Slowlog, nested, for a
  * pipeline of them), and its answer is accounted here as
@@ -155,8 +164,7 @@ static void client_run_deferred(router_client_t *cl, router_req_t *req)
     req->in_route = 1;
     router_ops_slowlog(cl->router, req, &q); /* completes it */
     req->in_route = 0;
-    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->resp.len - (ptrdiff_t)req->reserve);
-    req->reserve = 0;
+    client_reserved_answered(cl, req);
 }
 
 /* Moves completed requests at the FIFO head into the output buffer. A
@@ -216,9 +224,14 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta)
     kvs_conn_hold(&cl->conn, delta);
 }
 
+void router_client_reserve(router_client_t *cl, ptrdiff_t delta)
+{
+    kvs_conn_reserve(&cl->conn, delta);
+}
+
 size_t router_client_held_output(const router_client_t *cl)
 {
-    return cl->conn.held;
+    return cl->conn.held + cl->conn.reserved;
 }
 
 int router_client_output_full(router_client_t *cl, size_t not_output)
@@ -228,9 +241,7 @@ int router_client_output_full(router_client_t *cl, size_t not_output)
 
 void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
-    /* The reservation becomes the answer; may close the client. */
-    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->resp.len - (ptrdiff_t)req->reserve);
-    req->reserve = 0;
+    client_reserved_answered(cl, req); /* may close the client */
     client_flush_done(cl);
 }
 
@@ -242,7 +253,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     router_req_send_event(req, KVS_HOOK_BEFORE_SEND);
     if (client_write(cl, req, payload, len) != 0)
         return 0;
-    kvs_conn_hold(&cl->conn, -(ptrdiff_t)req->reserve);
+    kvs_conn_reserve(&cl->conn, -(ptrdiff_t)req->reserve);
     cl->head = req->next;
     if (cl->head == NULL)
         cl->tail = NULL;
@@ -306,7 +317,7 @@ int router_client_closing(const router_client_t *cl)
 
 void router_client_routed(router_client_t *cl, router_req_t *req)
 {
-    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->reserve);
+    kvs_conn_reserve(&cl->conn, (ptrdiff_t)req->reserve);
     if (req->done)
         router_client_req_done(cl, req);
     else

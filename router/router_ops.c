@@ -208,8 +208,9 @@ static void client_metrics(router_t *r, kvs_mb_t *b)
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_client_output_bytes", KVS__METRIC_FAMILY__TYPE__GAUGE,
                                 "Memory the router process's clients' answers take together: "
-                                "their output buffers and the answers held for them (bounded by "
-                                "its part of limits.output_buffers)."),
+                                "their output buffers and the answers held for them (brought "
+                                "within its part of limits.output_buffers at each loop turn's "
+                                "end)."),
                   (double)r->group.output_used, 0);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_client_output_evictions_total",

@@ -3053,7 +3053,8 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
         s->held = req;
     s->held_tail = req;
     s->held_bytes += len + reserve;
-    router_client_hold(req->client, (ptrdiff_t)(len + reserve));
+    router_client_hold(req->client, (ptrdiff_t)len); /* the request, kept */
+    router_client_reserve(req->client, (ptrdiff_t)reserve);
     cap_wait_add(req->router, s); /* (if that is why: else released as before) */
     return 1;
 }
@@ -3344,11 +3345,12 @@ static void release_session(router_t *r, router_session_t *s)
         req->held_next = NULL;
         size_t len = req->held_payload.len;
         s->held_bytes -= len + req->held_reserve;
-        router_client_hold(cl, -(ptrdiff_t)(len + req->held_reserve));
+        router_client_hold(cl, -(ptrdiff_t)len);
+        router_client_reserve(cl, -(ptrdiff_t)req->held_reserve);
         req->releasing = 1;
         router_route(r, req, req->held_payload.data, len);
         req->releasing = 0;
-        router_client_hold(cl, (ptrdiff_t)req->reserve);
+        router_client_reserve(cl, (ptrdiff_t)req->reserve);
         if (req->done)
             router_client_req_done(cl, req); /* may free it */
     }

@@ -419,6 +419,34 @@ class RouterBoundsTest(RouterTestCase):
             grown = (rss_anon(pids[0]) - base) >> 20
             self.assertLess(grown, 12, "router grew by %d MiB" % grown)
 
+    def test_whole_table_reads_in_flight_are_not_memory(self):
+        """Each whole-table read in flight keeps a frame of its client's
+        output bound for its answer (limits.max_frame), but that is room,
+        not memory: twenty clients that each pipeline four Hgetalls of a
+        small table through the workers and read every answer are never
+        closed for limits.output_buffers, however many frames their reads
+        in flight keep (80 MiB here, against 8 MiB)."""
+        mport = free_port()
+        r = self.router(shards=2, extra_yaml="limits: {max_frame: 1MiB, client_output: 4MiB, "
+                                             "output_buffers: 8MiB}\n",
+                        router_yaml=['metrics_listen: "127.0.0.1:%d"' % mport,
+                                     "local_reads: false"])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+            want = c.hgetall("t").SerializeToString()
+        clients = [r.client() for _ in range(20)]
+        for c in clients:
+            self.addCleanup(c.close)
+        for _ in range(5):
+            for c in clients:
+                c.send_raw(encode(req_hgetall("t")) * 4)
+            for c in clients:
+                for _ in range(4):
+                    self.assertEqual(c.recv().SerializeToString(), want)
+        m = parse_metrics(http_get(mport)[2])
+        self.assertEqual(total(m, "kvs_client_output_evictions_total"), 0, r.stderr()[-2000:])
+        self.assertNotIn("limits.output_buffers", r.stderr())
+
     def test_local_reads_stop_at_high_water_for_a_client_that_does_not_read(self):
         """Reads the router answers itself are built as they are routed, so
         a client that asks for more than it reads stops being served at the

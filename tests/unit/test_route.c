@@ -57,6 +57,7 @@ typedef struct {
     char keys[SHARDS][KEYS_PER_SHARD][16];
     router_session_t session; /* the fake client's */
     ptrdiff_t held;           /* bytes router_client_hold was told of */
+    ptrdiff_t reserved;       /* bytes router_client_reserve was told of */
     int output_full;          /* router_client_output_full's answer */
     int many;                 /* several requests at once: any may complete */
     router_req_t *completed[8];
@@ -173,10 +174,18 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta)
     CHECK(fx.held >= 0);
 }
 
+void router_client_reserve(router_client_t *cl, ptrdiff_t delta)
+{
+    CHECK(cl == CLIENT);
+    fx.reserved += delta;
+    CHECK(fx.reserved >= 0);
+}
+
 int router_client_output_full(router_client_t *cl, size_t not_output)
 {
     CHECK(cl == CLIENT);
-    CHECK((ptrdiff_t)not_output <= fx.held); /* its held requests are held output */
+    /* its held requests are held output, their reservations reserved */
+    CHECK((ptrdiff_t)not_output <= fx.held + fx.reserved);
     return fx.output_full;
 }
 
@@ -185,7 +194,7 @@ int router_client_output_full(router_client_t *cl, size_t not_output)
 size_t router_client_held_output(const router_client_t *cl)
 {
     CHECK(cl == CLIENT);
-    return fx.held > 0 ? (size_t)fx.held : 0;
+    return fx.held + fx.reserved > 0 ? (size_t)(fx.held + fx.reserved) : 0;
 }
 
 int router_client_is_head(const router_client_t *cl, const router_req_t *req)
@@ -249,6 +258,7 @@ static void teardown(void)
     router_session_init(&fx.session);
     kvs_buf_free(&fx.r.scratch);
     fx.held = 0;
+    fx.reserved = 0;
     fx.cfg = NULL;
 }
 
@@ -347,6 +357,7 @@ static void drop_req(void)
     }
     if (fx.req->held) {
         fx.held -= (ptrdiff_t)fx.req->held_payload.len;
+        fx.reserved -= (ptrdiff_t)fx.req->held_reserve;
         router_route_forget(&fx.r, &fx.session);
     }
     router_req_free(fx.req);
