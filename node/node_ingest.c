@@ -786,22 +786,21 @@ static size_t record_bytes(const rd_kafka_message_t *m)
 
 /* Records count in `ingested` for good once the offsets saved after them
  * are committed: a rewind then keeps them counted (it re-reads only what
- * the stored offsets say is not stored). A batch that ended (committed,
- * or failed) is known to have committed when no batch since it failed:
- * never counted when it failed, and asked after each reservation and at
- * the turn's end, so a batch committed early (a turn's records take
- * several) settles before a later one of the turn can fail. Records
+ * the stored offsets say is not stored). Whether a batch that ended
+ * committed is asked of the store (node_store_gen_failed), after each
+ * reservation and at the turn's end, so a batch committed early (a
+ * turn's records take several) settles before later ones end. Records
  * applied and not followed by saved offsets (a reservation that stopped
  * before them) are counted again when read again, once. */
 static void settle_counts(node_ingest_t *in)
 {
-    uint64_t open = node_store_batch_gen(in->store), failed = node_store_last_failed_gen(in->store);
+    uint64_t open = node_store_batch_gen(in->store);
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
             part_t *pt = &in->topics[i].parts[p];
             if (pt->saved_gen == 0 || pt->saved_gen == open)
                 continue; /* none, or its batch is still open */
-            if (failed < pt->saved_gen) {
+            if (!node_store_gen_failed(in->store, pt->saved_gen)) {
                 pt->committed_ingested = pt->saved_ingested;
                 in->stored_some = 1;
             }

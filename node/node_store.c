@@ -120,9 +120,10 @@
 #define NAMES_SHOWN 5 /* table names an error message lists */
 #define NAME_CAP 256  /* longest table name read back, plus NUL (kvs allows 200) */
 /* A table's marks (kvs_dbimap_entry_t.mark) */
-#define T_BOUND 1u   /* named at open (bound to a topic): never dropped */
-#define T_EMPTIED 2u /* unbound, and a delete left it with no key: drop_emptied looks */
-#define T_DROPPED 4u /* dropped in the open batch: its entry is taken out */
+#define T_BOUND 1u     /* named at open (bound to a topic): never dropped */
+#define T_EMPTIED 2u   /* unbound, and a delete left it with no key: drop_emptied looks */
+#define T_DROPPED 4u   /* dropped in the open batch: its entry is taken out */
+#define FAILED_GENS 16 /* failed batches node_store_gen_failed remembers */
 
 struct node_store_s {
     MDB_env *env;
@@ -134,16 +135,18 @@ struct node_store_s {
     void *wake_arg;
     uint64_t gen; /* generation of the open batch (0 = none) */
     uint64_t next_gen;
-    uint64_t last_failed_gen; /* most recent batch that failed (0 = none) */
-    size_t op_pages;          /* sum of the batch's writes' worst cases */
-    size_t bytes;             /* keys and values the batch wrote */
-    size_t used;              /* pages in use when the batch began */
-    size_t txn_budget;        /* pages the batch may use before an early commit */
-    int reserved;             /* inside node_store_reserve .. reserve_end: no early commit */
-    int reserve_wrote;        /* the reservation has written something */
-    int reserve_err;          /* why the reserved batch is gone, if it failed */
-    int grow;                 /* MDB_MAP_FULL happened: grow the map before the next batch */
-    unsigned depth;           /* deepest tree seen (B-tree levels) */
+    uint64_t last_failed_gen;          /* most recent batch that failed (0 = none) */
+    uint64_t failed_gens[FAILED_GENS]; /* the latest batches that failed, a ring */
+    size_t n_failed;                   /* failures ever (the ring's next place mod its size) */
+    size_t op_pages;                   /* sum of the batch's writes' worst cases */
+    size_t bytes;                      /* keys and values the batch wrote */
+    size_t used;                       /* pages in use when the batch began */
+    size_t txn_budget;                 /* pages the batch may use before an early commit */
+    int reserved;      /* inside node_store_reserve .. reserve_end: no early commit */
+    int reserve_wrote; /* the reservation has written something */
+    int reserve_err;   /* why the reserved batch is gone, if it failed */
+    int grow;          /* MDB_MAP_FULL happened: grow the map before the next batch */
+    unsigned depth;    /* deepest tree seen (B-tree levels) */
     size_t psize;
     uint64_t map_size;
     kvs_dbimap_t tables;         /* pending: created in the open batch */
@@ -802,13 +805,21 @@ static int restore_dropped(node_store_t *s)
     return rc != 0 ? -1 : 0;
 }
 
+/* Batch `gen` failed: the latest, and one of those node_store_gen_failed
+ * remembers. */
+static void note_failed(node_store_t *s, uint64_t gen)
+{
+    s->last_failed_gen = gen;
+    s->failed_gens[s->n_failed++ % FAILED_GENS] = gen;
+}
+
 /* Fails the open batch with `err` (a KVS_E* code): LMDB cannot undo part
  * of a txn, so the whole batch is aborted and its generation reported. */
 static int batch_abort(node_store_t *s, int err)
 {
     s->reserve_err = err; /* the rest of a reservation must not start anew */
     uint64_t gen = s->gen;
-    s->last_failed_gen = gen;
+    note_failed(s, gen);
     s->failed_batches++;
     s->batch_writes = 0;
     mdb_txn_abort(s->wtxn);
@@ -870,7 +881,7 @@ static int batch_commit(node_store_t *s)
          * (KVS_EBROKEN, gave_up). */
         int err = write_err(s, "commit", rc);
         kvs_dbimap_settle(&s->tables, 1);
-        s->last_failed_gen = gen;
+        note_failed(s, gen);
         s->resync = s->meta_unsynced; /* its fdatasync may be what failed (ENOSPC too) */
         read_release(s);
         if (gave_up(s) || restore_dropped(s) != 0)
@@ -1159,6 +1170,20 @@ uint64_t node_store_batch_gen(const node_store_t *s)
 uint64_t node_store_last_failed_gen(const node_store_t *s)
 {
     return s->last_failed_gen;
+}
+
+int node_store_gen_failed(const node_store_t *s, uint64_t gen)
+{
+    size_t kept = s->n_failed < FAILED_GENS ? s->n_failed : FAILED_GENS;
+    uint64_t oldest = UINT64_MAX;
+    for (size_t i = 0; i < kept; i++) {
+        if (s->failed_gens[i] == gen)
+            return 1;
+        oldest = s->failed_gens[i] < oldest ? s->failed_gens[i] : oldest;
+    }
+    /* Older than the failures the ring still holds, once it has let some
+     * go: not known, so taken for failed. */
+    return s->n_failed > FAILED_GENS && gen < oldest;
 }
 
 int node_store_end_turn(node_store_t *s)

@@ -216,6 +216,12 @@ uint64_t node_store_batch_gen(const node_store_t *s);
  * Generations only grow, so "did any batch since G fail" is a comparison. */
 uint64_t node_store_last_failed_gen(const node_store_t *s);
 
+/* Whether batch `gen` (one that has ended) failed. Exact for the last 16
+ * failures; a batch older than those the store still remembers is taken
+ * for failed (never a committed batch said failed otherwise, never a
+ * failed one said committed). */
+int node_store_gen_failed(const node_store_t *s, uint64_t gen);
+
 /* Ends the turn: commits the open batch (if any) and releases the read
  * snapshot. Returns 0 or the commit error (fail_cb has run for it). */
 int node_store_end_turn(node_store_t *s);

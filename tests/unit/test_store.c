@@ -486,6 +486,7 @@ static void commit_fails_on_full_disk(kvs_sync_t sync)
     o.sync = sync;
     node_store_t *s = open_watched(o, &f);
     put_str(s, "t", "before", "kept");
+    uint64_t kept_gen = node_store_batch_gen(s);
     CHECK_EQ(node_store_end_turn(s), 0);
     limit_growth(0);
     char key[32], val[1000];
@@ -503,12 +504,17 @@ static void commit_fails_on_full_disk(kvs_sync_t sync)
     CHECK_EQ(f.gen, gen);
     CHECK_EQ(f.err, KVS_EFULL);
     CHECK_EQ(node_store_last_failed_gen(s), gen);
+    CHECK(node_store_gen_failed(s, gen));
+    CHECK(!node_store_gen_failed(s, kept_gen)); /* before it, committed */
     CHECK(get_is(s, "t", "new0000", NULL));
     CHECK(get_is(s, "t", "new0299", NULL));
     CHECK(get_is(s, "t", "before", "kept"));
     unlimit_growth();
     put_str(s, "t", "after", "works");
+    uint64_t after_gen = node_store_batch_gen(s);
     CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(!node_store_gen_failed(s, after_gen)); /* after it, committed: the failure */
+    CHECK(node_store_gen_failed(s, gen));        /* before is still known */
     CHECK(get_is(s, "t", "after", "works"));
     CHECK(get_is(s, "t", "before", "kept"));
     CHECK_EQ(f.calls, 1);
