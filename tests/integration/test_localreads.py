@@ -643,15 +643,23 @@ class FairnessTest(LocalReadsCase):
 
 
 class ProcessesTest(LocalReadsCase):
-    def conn_on(self, r, index, tries=200):
-        """A protobuf Client that reached router process `index`."""
-        for _ in range(tries):
+    def conn_on(self, r, index, timeout=15.0):
+        """A protobuf Client that reached router process `index` (the
+        kernel spreads connections over the processes that listen: one
+        restarted may take a moment to listen again)."""
+        deadline = time.monotonic() + timeout
+        tries = 0
+        while time.monotonic() < deadline:
+            tries += 1
             c = r.client()
             if info_of(c)["router.process"] == index:
                 self.addCleanup(c.close)
                 return c
             c.close()
-        self.fail("no connection reached router %d in %d tries" % (index, tries))
+            if tries > 50:
+                time.sleep(0.01)
+        self.fail("no connection reached router %d in %d tries over %.0f s"
+                  % (index, tries, timeout))
 
     def test_every_router_process_reads_locally_and_sees_the_others_writes(self):
         r = self.local_router(processes=2)
