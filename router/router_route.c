@@ -3024,6 +3024,17 @@ static int holds_for_writes(Kvs__CommandRequest__CommandCase c)
     return is_read_cmd(c) || c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
 }
 
+/* Whether `req` must wait for its session's order: behind requests it
+ * holds already, or (a read of a bound table, `bound_read`) behind its
+ * writes to bound tables in flight. */
+static int held_behind(const router_req_t *req, int bound_read)
+{
+    if (req->client == NULL || req->releasing)
+        return 0;
+    const router_session_t *s = router_client_session(req->client);
+    return s->held != NULL || (bound_read && s->writes > 0);
+}
+
 /* Holds `req` back when its session holds earlier requests, when it
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight, or when the session has its fair share of
@@ -3035,8 +3046,7 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
     if (req->client == NULL || req->releasing)
         return 0;
     router_session_t *s = router_client_session(req->client);
-    if (s->held == NULL && !(bound_read && s->writes > 0) &&
-        !share_taken(req->router, s->at_workers))
+    if (!held_behind(req, bound_read) && !share_taken(req->router, s->at_workers))
         return 0;
     req->held_payload.len = 0;
     if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
@@ -3237,10 +3247,14 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
         return 0; /* the full path asks every owning shard */
     int read = pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
                pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
-    if (hold(req, b != NULL && read, payload, len, 0)) /* a key's answer: nothing reserved */
-        return 1;
     uint32_t shard = place_key(r, b, pk->key, pk->key_len);
-    if (read && read_key_here(r, req, shard, b, pk))
+    /* A read answered here costs the workers nothing: only the session's
+     * order holds it back, not the fair share, nor its cap (which the
+     * requests of a stopped worker keep reached until router.timeout:
+     * every client's local reads waited that long). */
+    if (read && !held_behind(req, b != NULL) && read_key_here(r, req, shard, b, pk))
+        return 1;
+    if (hold(req, b != NULL && read, payload, len, 0)) /* a key's answer: nothing reserved */
         return 1;
     if (b == NULL && !read && unbound_replicated(r, pk->cmd, shard))
         return 0; /* refused: the full path says why */

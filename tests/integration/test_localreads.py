@@ -534,6 +534,35 @@ class FairnessTest(LocalReadsCase):
                 resp = c.call(req_hmset("big", [(k, b"x") for k in keys[i:i + 50000]]))
                 self.assertEqual(resp.status, 200, resp.message)
 
+    def test_local_reads_go_while_a_stopped_worker_holds_the_fair_share_cap(self):
+        """Ten clients each send an Hmset of 4,000 keys to shard 1, whose
+        worker is stopped: together past the units at workers where
+        nobody sends (4,096), held there until router.timeout (10 s
+        here). A read answered in the router costs the workers nothing:
+        another client's Hgets of both shards are answered at once, not
+        after router.timeout."""
+        r = self.router(shards=2, partitions=PARTITIONS, timeout="10s")
+        one = keys_by_shard("r", 1, PARTITIONS, 2)
+        k0, k1 = one[0][0], one[1][0]
+        heavy = keys_by_shard("w", 4000, PARTITIONS, 2)[1]
+        with r.client() as c:
+            self.assertEqual(c.hset("t", k0, b"zero").status, 200)
+            self.assertEqual(c.hset("t", k1, b"one").status, 200)
+        writers = [r.client(timeout=30) for _ in range(10)]
+        for w in writers:
+            self.addCleanup(w.close)
+        with stopped(r.worker_pid(1)):
+            for w in writers:
+                w.send_raw(encode(req_hmset("t", [(k, b"v") for k in heavy])))
+            time.sleep(0.3)
+            with r.client() as c:
+                for k, want in ((k0, b"zero"), (k1, b"one")):
+                    got, el = self.timed(c.hget, "t", k)
+                    self.assertHere(el, "Hget")
+                    self.assertEqual((got.status, pyval(got.values[0])), (200, want))
+        for w in writers:  # the worker back, every Hmset is answered
+            self.assertEqual(w.recv().status, 200)
+
     def test_a_pipeline_of_costly_local_reads_leaves_room_for_others(self):
         """A client pipelines 60 Hgetall of a table of 280,000 pairs, each
         walked by the router itself and refused (413) once past the frame:
