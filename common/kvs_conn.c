@@ -420,17 +420,26 @@ static int group_over_budget(const kvs_conn_group_t *g)
     return g->limits.output_budget != 0 && g->output_used > g->limits.output_budget;
 }
 
+/* Frees c's output buffers that hold nothing and are larger than `keep`
+ * bytes (0: all of them): memory a burst left behind (KVS_CONN_KEEP_BUFFER,
+ * once drained), an idle connection's (KVS_CONN_IDLE_KEEP), or every empty
+ * one when its group is past its output budget. The caller counts. */
+static void conn_free_empty(kvs_conn_t *c, size_t keep)
+{
+    if (c->out.len == 0 && c->out.cap > keep)
+        kvs_buf_free(&c->out);
+    if (c->cout.len == 0 && c->cout.cap > keep)
+        kvs_buf_free(&c->cout);
+    if (!has(c, KVS_CONN_WRITING) && c->wbuf.len == 0 && c->wbuf.cap > keep)
+        kvs_buf_free(&c->wbuf);
+}
+
 /* Frees c's output buffers that hold nothing (kept for the next answer). */
 static void conn_trim_drained(kvs_conn_t *c)
 {
     if (has(c, KVS_CONN_CLOSING | KVS_CONN_DELIVERING))
         return;
-    if (c->out.len == 0)
-        kvs_buf_free(&c->out);
-    if (c->cout.len == 0)
-        kvs_buf_free(&c->cout);
-    if (!has(c, KVS_CONN_WRITING) && c->wbuf.len == 0)
-        kvs_buf_free(&c->wbuf);
+    conn_free_empty(c, 0);
     conn_count_output(c);
 }
 
@@ -541,17 +550,6 @@ void kvs_conn_reserve(kvs_conn_t *c, ptrdiff_t delta)
     conn_owe(c, &c->reserved, delta);
 }
 
-/* Gives back buffer memory that a burst left behind. */
-static void conn_trim_output(kvs_conn_t *c)
-{
-    if (c->out.len == 0 && c->out.cap > KVS_CONN_KEEP_BUFFER)
-        kvs_buf_free(&c->out);
-    if (c->cout.len == 0 && c->cout.cap > KVS_CONN_KEEP_BUFFER)
-        kvs_buf_free(&c->cout);
-    if (c->wbuf.len == 0 && c->wbuf.cap > KVS_CONN_KEEP_BUFFER)
-        kvs_buf_free(&c->wbuf);
-}
-
 /* ---- input accounting (groups) ------------------------------------------- */
 
 static size_t chargeable(size_t cap)
@@ -581,12 +579,7 @@ static void conn_trim_idle(kvs_conn_t *c)
 {
     if (has(c, KVS_CONN_CLOSING | KVS_CONN_DELIVERING))
         return;
-    if (c->out.len == 0 && c->out.cap > KVS_CONN_IDLE_KEEP)
-        kvs_buf_free(&c->out);
-    if (c->cout.len == 0 && c->cout.cap > KVS_CONN_IDLE_KEEP)
-        kvs_buf_free(&c->cout);
-    if (!has(c, KVS_CONN_WRITING) && c->wbuf.len == 0 && c->wbuf.cap > KVS_CONN_IDLE_KEEP)
-        kvs_buf_free(&c->wbuf);
+    conn_free_empty(c, KVS_CONN_IDLE_KEEP);
     conn_count_output(c);
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_IDLE_KEEP))
         conn_charge(c, 0);
@@ -1160,7 +1153,7 @@ static void on_write(uv_write_t *req, int status)
          * output appended earlier in this loop turn may wait on the
          * flusher's `before` step (e.g. a commit) and must not leave ahead
          * of it. */
-        conn_trim_output(c);
+        conn_free_empty(c, KVS_CONN_KEEP_BUFFER); /* what a burst left */
         kvs_conn_queue(c);
     }
     conn_output_drained(c);
@@ -1200,7 +1193,7 @@ void kvs_conn_flush(kvs_conn_t *c)
     if (q->len > 0 && conn_write_queue(c, q) != 0)
         return;
     if (!has(c, KVS_CONN_WRITING)) {
-        conn_trim_output(c);
+        conn_free_empty(c, KVS_CONN_KEEP_BUFFER); /* what a burst left */
         if (has(c, KVS_CONN_SHUTTING)) {
             conn_linger(c);
             return;

@@ -135,7 +135,6 @@ struct node_store_s {
     void *wake_arg;
     uint64_t gen; /* generation of the open batch (0 = none) */
     uint64_t next_gen;
-    uint64_t last_failed_gen;          /* most recent batch that failed (0 = none) */
     uint64_t failed_gens[FAILED_GENS]; /* the latest batches that failed, a ring */
     size_t n_failed;                   /* failures ever (the ring's next place mod its size) */
     size_t op_pages;                   /* sum of the batch's writes' worst cases */
@@ -809,7 +808,6 @@ static int restore_dropped(node_store_t *s)
  * remembers. */
 static void note_failed(node_store_t *s, uint64_t gen)
 {
-    s->last_failed_gen = gen;
     s->failed_gens[s->n_failed++ % FAILED_GENS] = gen;
 }
 
@@ -1169,7 +1167,7 @@ uint64_t node_store_batch_gen(const node_store_t *s)
 
 uint64_t node_store_last_failed_gen(const node_store_t *s)
 {
-    return s->last_failed_gen;
+    return s->n_failed > 0 ? s->failed_gens[(s->n_failed - 1) % FAILED_GENS] : 0;
 }
 
 int node_store_gen_failed(const node_store_t *s, uint64_t gen)

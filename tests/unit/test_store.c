@@ -726,6 +726,25 @@ KVS_TEST(a_large_clear_in_a_reservation_is_never_split)
     node_store_close(s);
 }
 
+/* Writes `turns` turns of `per_turn` values v[0..len) into table "t", at
+ * keys "<prefix>000000" on, each turn committed. Returns the bytes of keys
+ * and values written. */
+static uint64_t put_turns(node_store_t *s, const char *prefix, int turns, int per_turn,
+                          const char *v, size_t len)
+{
+    char key[32];
+    uint64_t written = 0;
+    for (int turn = 0; turn < turns; turn++) {
+        for (int i = 0; i < per_turn; i++) {
+            snprintf(key, sizeof(key), "%s%06d", prefix, turn * per_turn + i);
+            CHECK_EQ(node_store_put(s, "t", key, strlen(key), v, len), 0);
+            written += strlen(key) + len;
+        }
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    return written;
+}
+
 /* On a tight disk a large write goes alone on freed pages. Two in one turn
  * were both weighed against the pages freed before the turn, so the second
  * took new pages: the room kept for deletes. The second is weighed once
@@ -738,14 +757,9 @@ KVS_TEST(two_large_writes_in_a_turn_are_weighed_one_after_the_other)
     node_store_t *s = open_ok(o);
     static char val[200000];
     memset(val, 'v', sizeof(val));
-    char key[32];
-    for (int i = 0; i < 8; i++) {
-        snprintf(key, sizeof(key), "v%d", i);
-        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
-        CHECK_EQ(node_store_end_turn(s), 0);
-    }
+    put_turns(s, "v", 8, 1, val, sizeof(val));
     go_tight(s);
-    CHECK_EQ(node_store_del(s, "t", "v0", 2), 0); /* some 49 pages in a row, freed */
+    CHECK_EQ(node_store_del(s, "t", "v000000", 7), 0); /* some 49 pages in a row, freed */
     CHECK_EQ(node_store_end_turn(s), 0);
     for (int i = 0; i < 2; i++) { /* two commits: they are reusable */
         put_str(s, "u", "tiny", "x");
@@ -776,17 +790,9 @@ KVS_TEST(disk_use_follows_bytes_written)
 {
     fresh_dir();
     node_store_t *s = open_ok(opts(0, "p"));
-    char key[32], val[100];
+    char val[100];
     memset(val, 'd', sizeof(val));
-    uint64_t written = 0;
-    for (int turn = 0; turn < 40; turn++) {
-        for (int i = 0; i < 500; i++) {
-            snprintf(key, sizeof(key), "d%06d", turn * 500 + i);
-            CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
-            written += strlen(key) + sizeof(val);
-        }
-        CHECK_EQ(node_store_end_turn(s), 0);
-    }
+    uint64_t written = put_turns(s, "d", 40, 500, val, sizeof(val));
     uint64_t disk = allocated();
     fprintf(stderr, "%llu bytes written, %llu allocated\n", (unsigned long long)written,
             (unsigned long long)disk);
