@@ -334,20 +334,35 @@ static void batch_list_add(node_server_t *srv, node_client_t *cl)
     }
 }
 
+/* A batch failure raised while the request that just returned ran, taken
+ * out of `srv` at once on every path out of on_frame (one left behind
+ * would fail the next request run, whose write a later batch stores). */
+typedef struct exec_fail_s {
+    uint64_t gen; /* 0: none */
+    int err;
+} exec_fail_t;
+
+static exec_fail_t take_exec_fail(node_server_t *srv)
+{
+    exec_fail_t f = {srv->exec_fail_gen, srv->exec_fail_err};
+    srv->exec_fail_gen = 0;
+    return f;
+}
+
 /* After a request ran: note that its response belongs to the open batch,
- * or apply a failure raised while it ran. `slot` is where the answer went
- * (finished already), or NULL: the output buffer, from offset `before`. */
-static void track_batch(node_client_t *cl, node_slot_t *slot, size_t before)
+ * or apply the failure `f` raised while it ran. `slot` is where the
+ * answer went (finished already), or NULL: the output buffer, from offset
+ * `before`. */
+static void track_batch(node_client_t *cl, node_slot_t *slot, size_t before, exec_fail_t f)
 {
     node_server_t *srv = cl->srv;
-    if (srv->exec_fail_gen != 0) {
+    if (f.gen != 0) {
         if (slot != NULL) {
-            slot->gen = srv->exec_fail_gen;
-            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, 0, 0);
+            slot->gen = f.gen;
+            rewrite_failed(cl, f.gen, f.err, 0, 0);
         } else {
-            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, before, 1);
+            rewrite_failed(cl, f.gen, f.err, before, 1);
         }
-        srv->exec_fail_gen = 0;
         return;
     }
     uint64_t gen = node_store_batch_gen(srv->store);
@@ -825,6 +840,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     srv->cmd.who = srv->auth != NULL ? &cl->auth : NULL;
     hook_identity(srv, cl);
     int rc = node_cmd_frame(&srv->cmd, payload, len, out);
+    exec_fail_t fail = take_exec_fail(srv);
     if (cl->streaming) { /* Snapshot took the connection: nothing else is answered on it */
         srv->executing = NULL;
         srv->exec_slot = NULL;
@@ -849,14 +865,13 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     if (deferred) {
         /* No answer yet; but a batch that failed while it ran may hold
          * earlier answers of this client. */
-        if (srv->exec_fail_gen != 0 && has_gen(cl, srv->exec_fail_gen))
-            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, cl->mark, 0);
-        srv->exec_fail_gen = 0;
+        if (fail.gen != 0 && has_gen(cl, fail.gen))
+            rewrite_failed(cl, fail.gen, fail.err, cl->mark, 0);
         return;
     }
     if (slot != NULL)
         slot_finish(slot);
-    track_batch(cl, slot, before);
+    track_batch(cl, slot, before, fail);
     if (slot == NULL && cl->auth_close) /* Auth failed once too often */
         kvs_conn_close_after_flush(c);
     else if (slot == NULL)
