@@ -500,12 +500,14 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         r, a, b, first, second, ends = self.recreate()
         k0 = min(k for k in first if partition_of(k, 2) == 0)
         pid = r.worker_pid(0)
-        data = os.path.join(r.data_dir, "shard-0", "data.mdb")
-        # Worker 0's data file may not grow: the batch holding a new 20 KB
-        # value (test_disk) fails at its commit, and with it the Rebuild
-        # pipelined before the write, in the same batch.
-        resource.prlimit(pid, resource.RLIMIT_FSIZE,
-                         (os.stat(data).st_size, resource.RLIM_INFINITY))
+        # Worker 0 may write nothing to its files (RLIMIT_FSIZE 0: every
+        # pwrite fails, EFBIG): the Rebuild's batch fails at its commit, and
+        # so does the write pipelined after it, whether in the same batch
+        # or, when the Rebuild took longer than a delivery slice (5 ms, a
+        # loaded machine), in the next one. (With the file only kept from
+        # growing, the Rebuild's batch, which writes within the file, then
+        # committed alone: 200.)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
         q = pb.CommandRequest()
         q.rebuild.table = "users"
         with r.worker_client(0) as c:
