@@ -961,6 +961,10 @@ class RouterBoundsTest(RouterTestCase):
             self.assertEqual(pyval(c.hget("t", keys[1][0]).values[0]), b"one")
         for w in writers:  # the worker back, every Hmset is answered
             self.assertEqual(w.recv().status, 200)
+        with r.client() as c:  # and every unit came off its shard
+            m = c.call(metrics_req())
+        self.assertOk(m)
+        self.assertEqual(metric_of(m.ops.metrics, "kvs_shard_units_at_workers"), 0)
 
     def test_answers_done_behind_a_held_request_do_not_keep_it_held(self):
         """62 Hgets to a stopped worker (the 62nd held by the share), then
