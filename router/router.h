@@ -85,8 +85,7 @@ struct router_s {
     router_session_t *release; /* sessions whose held requests may go now */
     uint32_t busy_sessions;    /* sessions with requests at workers (router_route: fair share) */
     uint64_t orphan_units;     /* ... and what requests of clients gone still have there */
-    uint64_t total_units;      /* every request's units at workers, orphans' too */
-    kvs_list_t cap_wait;       /* router_session_t held at ROUTER_FAIR_CAP, in order */
+    uint32_t n_capped;         /* shards with ROUTER_SHARD_CAP units or more (sets[].units) */
     kvs_buf_t scratch;         /* a request with positions attached, being sent */
     router_local_t *local;     /* reads of local shards answered here; NULL: local_reads off */
     kvs_buf_t local_out;       /* a part's answer built here, before it joins its merge */

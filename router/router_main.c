@@ -408,6 +408,7 @@ static int start_links(router_main_t *m)
             return KVS_EINVAL;
         }
         m->r.sets[s] = (router_set_t){.first = m->r.n_links, .n = (uint32_t)n};
+        kvs_list_init(&m->r.sets[s].cap_wait);
         for (int i = 0; i < n; i++) {
             router_link_t *l = &m->r.links[m->r.n_links++];
             int rc = router_link_start(l, m->r.loop, s, &reps[i].addr, cfg->router_timeout_ms,
@@ -636,7 +637,6 @@ static int router_start(router_main_t *m)
     r->loop = uv_default_loop();
     r->shards = r->cfg->shards;
     kvs_list_init(&r->clients);
-    kvs_list_init(&r->cap_wait);
     kvs_unproven_init(&r->unproven[0]);
     kvs_unproven_init(&r->unproven[1]);
     kvs_arena_init(&r->arena);

@@ -249,6 +249,12 @@ static void link_metrics(router_t *r, kvs_mb_t *b)
         kvs_mb_sample(b, maps, (double)l->map_differs, 3, "shard", shard, "node", node, "location",
                       where);
     }
+    Kvs__MetricFamily *units = kvs_mb_family(
+        b, "kvs_shard_units_at_workers", KVS__METRIC_FAMILY__TYPE__GAUGE,
+        "The fair share's units of work (README, Limits) of the requests sent to the shard and "
+        "not answered yet; from 4,096 on, nobody sends it more until they come down.");
+    for (uint32_t s = 0; s < r->shards && r->sets != NULL; s++)
+        kvs_mb_sample(b, units, (double)r->sets[s].units, 1, "shard", kvs_mb_printf(b, "%u", s));
 }
 
 /* Reads sent to shards with replicas, and their second tries

@@ -39,6 +39,7 @@
 #define ROUTER_REPLICA_H
 
 #include "kvs_buf.h"
+#include "kvs_list.h"
 #include "router_link.h"
 
 #include <stdint.h>
@@ -47,6 +48,12 @@ typedef struct router_set_s {
     uint32_t first; /* its first link in router_t.links */
     uint32_t n;     /* replicas (1..KVS_MAX_REPLICAS) */
     uint32_t rr;    /* where the next choice among equals starts */
+    /* The fair share's units of the parts sent to the shard and not
+     * answered yet, and the sessions whose next request waits for them to
+     * come below ROUTER_SHARD_CAP (router_route; a head kvs_list_init
+     * made, in order). */
+    uint64_t units;
+    kvs_list_t cap_wait;
 } router_set_t;
 
 /* One part of a request on its way to a shard: which replicas it was
@@ -56,6 +63,7 @@ typedef struct router_try_s {
     uint64_t tried; /* bit i: replica i of the set */
     uint32_t link;  /* index in router_t.links it was sent on last */
     uint32_t shard;
+    uint32_t cost;       /* its units in sets[shard].units until answered (router_route) */
     int unsent;          /* no replica took it: it failed without being sent */
     uint32_t value_keys; /* the keys it reads values of (Hget, Hmget; 1 for a part of Hgetall or
                             Hscan) */

@@ -250,8 +250,6 @@ void router_req_free(router_req_t *req)
  * no division is needed: the hot path's case. */
 static int share_taken(const router_t *r, uint32_t at)
 {
-    if (r->total_units >= ROUTER_FAIR_CAP)
-        return 1; /* nobody sends: see cap_wait_add */
     if (at < ROUTER_FAIR_MIN)
         return 0;
     uint32_t busy = r->busy_sessions > 0 ? r->busy_sessions : 1;
@@ -270,22 +268,29 @@ static void release_later(router_t *r, router_session_t *s)
     r->release = s;
 }
 
-/* `s` holds requests while the units at workers are at ROUTER_FAIR_CAP:
- * it is released, in turn, once they come down (cap_release). */
-static void cap_wait_add(router_t *r, router_session_t *s)
+#define NO_SHARD UINT32_MAX
+
+static int shard_capped(const router_t *r, uint32_t shard)
 {
-    if (kvs_list_linked(&s->cap_link) || r->total_units < ROUTER_FAIR_CAP)
-        return;
-    kvs_list_push_back(&r->cap_wait, &s->cap_link);
+    return r->sets[shard].units >= ROUTER_SHARD_CAP;
 }
 
-/* The units at workers came below ROUTER_FAIR_CAP: every session held at
+/* The first request `s` holds waits for `shard` to come below
+ * ROUTER_SHARD_CAP: `s` is released, in turn, once it does (cap_release).
+ * A session waits on one shard's list, its first request's. */
+static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
+{
+    kvs_list_remove(&s->cap_link);
+    kvs_list_push_back(&r->sets[shard].cap_wait, &s->cap_link);
+}
+
+/* `shard`'s units came below ROUTER_SHARD_CAP: every session waiting for
  * it goes on the release list, in the order they were held (those that
- * find the cap reached again wait again, at the end). */
-static void cap_release(router_t *r)
+ * find it at the cap again wait again, at the end). */
+static void cap_release(router_t *r, uint32_t shard)
 {
     kvs_list_t *l;
-    while ((l = kvs_list_first(&r->cap_wait)) != NULL) {
+    while ((l = kvs_list_first(&r->sets[shard].cap_wait)) != NULL) {
         router_session_t *s = KVS_LIST_ENTRY(l, router_session_t, cap_link);
         kvs_list_remove(l);
         release_later(r, s);
@@ -320,12 +325,14 @@ static uint32_t part_cost(const Kvs__CommandRequest *q, size_t len)
     return cost < ROUTER_FAIR_TOTAL * 64 ? (uint32_t)cost : ROUTER_FAIR_TOTAL * 64;
 }
 
-/* A part of `req` that costs `cost` goes to a worker: counted in its
- * connection's share until `req` is answered. No sum overflows: a request
- * is sent only below the share (1,024), and its parts (at most one per
- * shard, 1,024) cost at most 131,072 each (part_cost and
+/* Part `t` of `req`, which costs `cost`, goes to a worker of `shard`:
+ * counted in its connection's share until `req` is answered, and in the
+ * shard's units until the part is (part_answered). No sum overflows: a
+ * request is sent only below the share (1,024), and its parts (at most
+ * one per shard, 1,024) cost at most 131,072 each (part_cost and
  * router_session_read_cost, 65,536 each). */
-static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
+static void count_at_worker(router_t *r, router_req_t *req, router_try_t *t, uint32_t shard,
+                            uint32_t cost)
 {
     if (req->client == NULL)
         return;
@@ -334,7 +341,28 @@ static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
         r->busy_sessions++;
     req->at_worker += cost;
     s->at_workers += cost;
-    r->total_units += cost;
+    int was = shard_capped(r, shard);
+    r->sets[shard].units += cost;
+    t->cost = cost;
+    if (!was && shard_capped(r, shard))
+        r->n_capped++;
+}
+
+/* Part `t` is answered (or failed): its units are off its shard's. */
+static void part_answered(router_t *r, router_try_t *t)
+{
+    uint32_t cost = t->cost;
+    if (cost == 0)
+        return;
+    t->cost = 0;
+    router_set_t *set = &r->sets[t->shard];
+    int was = shard_capped(r, t->shard);
+    set->units -= cost < set->units ? cost : set->units;
+    if (was && !shard_capped(r, t->shard)) {
+        r->n_capped--;
+        if (!kvs_list_empty(&set->cap_wait))
+            cap_release(r, t->shard);
+    }
 }
 
 /* `req` is answered: what it cost is off its connection's share. */
@@ -345,9 +373,6 @@ static void at_worker_finished(router_req_t *req)
         return;
     req->at_worker = 0;
     router_t *r = req->router;
-    r->total_units -= cost < r->total_units ? cost : r->total_units;
-    if (!kvs_list_empty(&r->cap_wait) && r->total_units < ROUTER_FAIR_CAP)
-        cap_release(r);
     if (req->client == NULL) { /* its client went (router_route_orphan): the work was done */
         r->orphan_units -= cost < r->orphan_units ? cost : r->orphan_units;
         return;
@@ -358,12 +383,8 @@ static void at_worker_finished(router_req_t *req)
     s->at_workers -= cost < s->at_workers ? cost : s->at_workers;
     if (s->at_workers == 0 && r->busy_sessions > 0)
         r->busy_sessions--;
-    if (s->held == NULL)
-        return;
-    if (!share_taken(r, s->at_workers))
-        release_later(r, s);
-    else
-        cap_wait_add(r, s); /* past the cap: its next answer may never come (at 0) */
+    if (s->held != NULL && !kvs_list_linked(&s->cap_link) && !share_taken(r, s->at_workers))
+        release_later(r, s); /* (at a shard's cap: released when it comes down) */
 }
 
 /* A write to a bound table was answered (or failed): the session's reads
@@ -411,6 +432,11 @@ static void forward_finished(router_req_t *req)
  * was out (bound writes, local forwards, the fair share) is given back. */
 static void session_answered(router_req_t *req)
 {
+    /* Every part's answer took its units off its shard (router_route_reply):
+     * none is left, unless a request ended with a part still out. */
+    part_answered(req->router, &req->try0);
+    for (uint32_t i = 0; req->merge != NULL && i < req->merge->nparts; i++)
+        part_answered(req->router, &req->merge->tries[i]);
     write_finished(req);
     forward_finished(req);
     at_worker_finished(req);
@@ -702,6 +728,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
     if (router_send_answered(req->router, req, t, part, payload, len, failure))
         return; /* sent to another replica: its answer comes later */
+    part_answered(req->router, t);
     /* Not an answer a worker gives: it proves nothing (a write may have
      * run there: its failure says so). */
     char why[160];
@@ -2291,7 +2318,7 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     /* What its answer may cost: a few bytes, or MiB */
     if (t->value_keys > 0 && req->client != NULL)
         cost += router_session_read_cost(router_client_session(req->client), t->value_keys, whole);
-    count_at_worker(r, req, cost);
+    count_at_worker(r, req, t, shard, cost);
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 
@@ -3037,35 +3064,50 @@ static int held_behind(const router_req_t *req, int bound_read)
 
 /* Holds `req` back when its session holds earlier requests, when it
  * reads a bound table (`bound_read`) while the session's writes to bound
- * tables are in flight, or when the session has its fair share of
- * requests at the workers already. Returns 1 when held (or answered: out
- * of memory). */
+ * tables are in flight, when the session has its fair share of requests
+ * at the workers already, or when `capped`, a shard it would send a part
+ * to, is at ROUTER_SHARD_CAP (NO_SHARD: none is). A request being
+ * released (release_session checked the rest) is held again, first,
+ * for the cap alone. Returns 1 when held (or answered: out of memory). */
 static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len,
-                size_t reserve)
+                size_t reserve, uint32_t capped)
 {
-    if (req->client == NULL || req->releasing)
+    if (req->client == NULL || (req->releasing && capped == NO_SHARD))
         return 0;
     router_session_t *s = router_client_session(req->client);
-    if (!held_behind(req, bound_read) && !share_taken(req->router, s->at_workers))
+    if (!req->releasing && capped == NO_SHARD && !held_behind(req, bound_read) &&
+        !share_taken(req->router, s->at_workers))
         return 0;
-    req->held_payload.len = 0;
-    if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
-        return 1;
+    if (payload == req->held_payload.data) { /* released: kept already */
+        req->held_payload.len = len;
+    } else {
+        req->held_payload.len = 0;
+        if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+            return 1;
+        }
     }
     req->held = 1;
     req->held_read = bound_read;
     req->held_reserve = reserve;
-    req->held_next = NULL;
-    if (s->held_tail != NULL)
-        s->held_tail->held_next = req;
-    else
+    if (req->releasing) { /* back where release_session took it from */
+        req->held_next = s->held;
         s->held = req;
-    s->held_tail = req;
+        if (s->held_tail == NULL)
+            s->held_tail = req;
+    } else {
+        req->held_next = NULL;
+        if (s->held_tail != NULL)
+            s->held_tail->held_next = req;
+        else
+            s->held = req;
+        s->held_tail = req;
+    }
     s->held_bytes += len + reserve;
     router_client_hold(req->client, (ptrdiff_t)len); /* the request, kept */
     router_client_reserve(req->client, (ptrdiff_t)reserve);
-    cap_wait_add(req->router, s); /* (if that is why: else released as before) */
+    if (capped != NO_SHARD && s->held == req)
+        cap_wait_add(req->router, s, capped); /* released when the shard comes down */
     return 1;
 }
 
@@ -3150,6 +3192,45 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
     return 1;
 }
 
+/* A shard at ROUTER_SHARD_CAP that `q` (of a table with binding `b`)
+ * would send a part to, decided before any part goes; NO_SHARD when none
+ * is. A request placed by its keys looks at their shards, an Hscan at its
+ * cursor's; any other (a whole-table read, Info, Metrics, a read of a
+ * `partitioner: none` table) may reach every shard and waits for any
+ * capped one (it would wait for its answer anyway). */
+static uint32_t capped_for(const router_t *r, const Kvs__CommandRequest *q, const kvs_binding_t *b)
+{
+    if (r->n_capped == 0)
+        return NO_SHARD; /* the common case: no walk */
+    switch (q->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_PING:
+    case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
+        return NO_SHARD; /* answered here */
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN: {
+        const ProtobufCBinaryData *c = &q->hscan->cursor;
+        uint32_t shard = c->len >= 3 ? (uint32_t)c->data[1] << 8 | c->data[2] : 0;
+        return shard < r->shards && shard_capped(r, shard) ? shard : NO_SHARD;
+    }
+    default:
+        break;
+    }
+    const ProtobufCBinaryData *key = single_key(q);
+    size_t n = key != NULL ? 1 : nkeys_of(q);
+    if (n > 0 && (b == NULL || b->partitioner != KVS_PARTITIONER_NONE)) {
+        for (size_t i = 0; i < n; i++) {
+            const ProtobufCBinaryData *k = key != NULL ? key : nth_key(q, i);
+            uint32_t shard = place_key(r, b, k->data, k->len);
+            if (shard_capped(r, shard))
+                return shard;
+        }
+        return NO_SHARD;
+    }
+    for (uint32_t shard = 0; shard < r->shards; shard++)
+        if (shard_capped(r, shard))
+            return shard;
+    return NO_SHARD;
+}
+
 /* A valid request (`received`: the fast path checked it and ran RECEIVED
  * already). */
 static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
@@ -3187,7 +3268,7 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
     if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen,
-             answer_reserve(r, q->command_case)))
+             answer_reserve(r, q->command_case), capped_for(r, q, b)))
         return;
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
@@ -3249,12 +3330,12 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
                pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
     uint32_t shard = place_key(r, b, pk->key, pk->key_len);
     /* A read answered here costs the workers nothing: only the session's
-     * order holds it back, not the fair share, nor its cap (which the
-     * requests of a stopped worker keep reached until router.timeout:
-     * every client's local reads waited that long). */
+     * order holds it back, not the fair share, nor the shard's cap (which
+     * the requests of a stopped worker keep reached until router.timeout). */
     if (read && !held_behind(req, b != NULL) && read_key_here(r, req, shard, b, pk))
         return 1;
-    if (hold(req, b != NULL && read, payload, len, 0)) /* a key's answer: nothing reserved */
+    uint32_t capped = r->n_capped > 0 && shard_capped(r, shard) ? shard : NO_SHARD;
+    if (hold(req, b != NULL && read, payload, len, 0, capped)) /* a key's answer: no reserve */
         return 1;
     if (b == NULL && !read && unbound_replicated(r, pk->cmd, shard))
         return 0; /* refused: the full path says why */
@@ -3338,10 +3419,8 @@ static void release_session(router_t *r, router_session_t *s)
         router_req_t *req = s->held;
         if (req->held_read && s->writes > 0)
             return; /* a write released just before it is in flight */
-        if (share_taken(r, s->at_workers)) {
-            cap_wait_add(r, s); /* at the cap: released when it comes down */
-            return;             /* its share is taken again: its next answer releases more */
-        }
+        if (share_taken(r, s->at_workers))
+            return; /* its share is taken again: its next answer releases more */
         router_client_t *cl = req->client;
         /* What it holds is not output that can drain: the held requests,
          * and, once the first of them is the oldest the client waits for,
@@ -3364,6 +3443,8 @@ static void release_session(router_t *r, router_session_t *s)
         req->releasing = 1;
         router_route(r, req, req->held_payload.data, len);
         req->releasing = 0;
+        if (req->held)
+            return; /* held again, first, for a shard at its cap: released when it comes down */
         router_client_reserve(cl, (ptrdiff_t)req->reserve);
         if (req->done)
             router_client_req_done(cl, req); /* may free it */

@@ -925,6 +925,49 @@ class RouterBoundsTest(RouterTestCase):
         for i in range(n):
             self.assertOk(a.recv())  # timed out at the 513th
 
+    def test_a_stopped_worker_at_its_cap_holds_only_its_own_shard(self):
+        """Ten clients each send an Hmset of 4,000 keys to shard 1, whose
+        worker is stopped: past the 4,096 units where nobody sends it
+        anything, held there until router.timeout (10 s here). The cap is
+        shard 1's own: another client's writes and multi-key reads of
+        shard 0 (forwarded: local_reads off) are answered at once, where
+        with one cap on the total they waited out router.timeout; its
+        write to shard 1 waits for the worker, and is answered once it
+        runs."""
+        partitions = 16
+        r = self.router(shards=2, partitions=partitions, timeout="10s",
+                        router_yaml=["local_reads: false"])
+        keys = keys_by_shard("r", 4, partitions, 2)
+        heavy = keys_by_shard("w", 4000, partitions, 2)[1]
+        writers = [r.client(timeout=30) for _ in range(10)]
+        for w in writers:
+            self.addCleanup(w.close)
+        with r.client(timeout=30) as c:
+            with stopped(r.worker_pid(1)):
+                for w in writers:
+                    w.send_raw(encode(req_hmset("t", [(k, b"v") for k in heavy])))
+                time.sleep(0.5)
+                for i, k in enumerate(keys[0][:2]):
+                    t = time.monotonic()
+                    self.assertEqual(c.hset("t", k, b"zero%d" % i).status, 200)
+                    got = c.hmget("t", keys[0][:2])
+                    took = time.monotonic() - t
+                    self.assertEqual(got.status, 200, got.message)
+                    self.assertLess(took, 3.0, "shard 0's requests waited %.2f s behind "
+                                    "shard 1's cap" % took)
+                c.send(req_hset("t", keys[1][0], b"one"))  # waits for the worker
+                time.sleep(0.5)
+            self.assertEqual(c.recv().status, 200)
+            self.assertEqual(pyval(c.hget("t", keys[1][0]).values[0]), b"one")
+        for w in writers:  # the worker back, every Hmset is answered
+            self.assertEqual(w.recv().status, 200)
+        with r.client() as c:  # and every unit came off its shard
+            m = c.call(metrics_req())
+        self.assertOk(m)
+        units = [s.value for f in m.ops.metrics if f.name == "kvs_shard_units_at_workers"
+                 for s in f.samples]
+        self.assertEqual(units, [0, 0])
+
     def test_answers_done_behind_a_held_request_do_not_keep_it_held(self):
         """62 Hgets to a stopped worker (the 62nd held by the share), then
         200 Digests, each answered 400 by the router at once: those

@@ -288,7 +288,6 @@ static void setup_yaml(const char *yaml)
     CHECK_EQ(rc, 0);
     fx.r.cfg = fx.cfg;
     fx.r.shards = fx.cfg->shards;
-    kvs_list_init(&fx.r.cap_wait);
     uint32_t reps = fx.cfg->n_nodes > 0 ? kvs_config_replica_count(fx.cfg, 0) : 1;
     fx.r.n_links = fx.r.shards * reps; /* replicas of shard s: links[s * reps ..] */
     fx.r.links = calloc(fx.r.n_links, sizeof(*fx.r.links));
@@ -301,8 +300,10 @@ static void setup_yaml(const char *yaml)
         fx.r.links[i].max_frame = (uint32_t)fx.cfg->max_frame;
         fx.r.links[i].node = "";
     }
-    for (uint32_t s = 0; s < fx.r.shards; s++)
+    for (uint32_t s = 0; s < fx.r.shards; s++) {
         fx.r.sets[s] = (router_set_t){.first = s * reps, .n = reps};
+        kvs_list_init(&fx.r.sets[s].cap_wait);
+    }
     kvs_arena_init(&fx.r.arena);
     kvs_arena_init(&fx.r.merge_arena);
     kvs_arena_init(&fx.arena);
@@ -348,10 +349,14 @@ static void drop_req(void)
         return;
     if (fx.req->bound_write && fx.session.writes > 0)
         fx.session.writes--;
+    /* as if answered: its parts' units leave their shards (the only
+     * request out, but in the session cases, which answer theirs) */
+    for (uint32_t s = 0; !fx.many && fx.r.sets != NULL && s < fx.r.shards; s++)
+        fx.r.sets[s].units = 0;
+    fx.r.n_capped = fx.many ? fx.r.n_capped : 0;
     if (fx.req->at_worker > 0 && fx.session.at_workers >= fx.req->at_worker) {
         /* as if answered: its cost leaves the fair share */
         fx.session.at_workers -= fx.req->at_worker;
-        fx.r.total_units -= fx.req->at_worker;
         if (fx.session.at_workers == 0 && fx.r.busy_sessions > 0)
             fx.r.busy_sessions--;
     }
@@ -3103,76 +3108,164 @@ KVS_TEST(fair_share_counts_work_of_clients_gone)
     fx.r.busy_sessions = 0;
 }
 
-/* Past ROUTER_FAIR_CAP units at workers in all, nobody sends, not even a
- * connection with nothing there (the least share of each new connection
- * added up without bound); it goes, in turn, once the total comes down. */
+/* K keys of "plain" placed on `shard`, named into `names`. */
+static void keys_on(uint32_t shard, char (*names)[16], ProtobufCBinaryData *kb, int k)
+{
+    for (int i = 0, n = 0; i < k; n++) {
+        snprintf(names[i], sizeof(names[i]), "m%d", n);
+        if (kvs_place_key_shard(names[i], strlen(names[i]), PARTITIONS, SHARDS) == shard) {
+            kb[i] = bin(names[i]);
+            i++;
+        }
+    }
+}
+
+/* An Hmget of `k` keys of "plain" on `shard` (one part): 16 units a key
+ * on the first read's guess. */
+static router_req_t *route_hmget_on(uint32_t shard, int k)
+{
+    static char names[512][16];
+    static ProtobufCBinaryData kb[512];
+    CHECK(k <= 512);
+    keys_on(shard, names, kb, k);
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hmget m = KVS__HMGET__INIT;
+    m.table = "plain";
+    m.n_keys = (size_t)k;
+    m.keys = kb;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    q.hmget = &m;
+    return route_req(&q);
+}
+
+/* Past ROUTER_SHARD_CAP units at a shard nobody sends it anything, not
+ * even a connection with nothing at the workers (the least share of each
+ * new connection added up without bound): the connection waits, with its
+ * later requests behind it, until the shard's units come down. The cap
+ * is the shard's own: the other shards' requests go meanwhile (a cap on
+ * the total held every shard's behind one stopped worker until
+ * router.timeout). */
 static void cap_case(int client_closes)
 {
     setup_bound("murmur2", 12);
     fx.many = 1;
-    enum { K = 256 };
-    static char names[K][16];
-    ProtobufCBinaryData kb[K];
-    for (int i = 0; i < K; i++) {
-        snprintf(names[i], sizeof(names[i]), "m%d", i);
-        kb[i] = bin(names[i]);
-    }
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    Kvs__Hmget m = KVS__HMGET__INIT;
-    m.table = "plain";
-    m.n_keys = K;
-    m.keys = kb;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
-    q.hmget = &m;
-    router_req_t *big = route_req(&q); /* 16 units a key on the guess: past the cap alone */
-    size_t parts = fx.n_sent;
-    CHECK(parts > 1);
-    CHECK(fx.r.total_units >= ROUTER_FAIR_CAP);
-    router_req_t *next = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", "x");
-    CHECK(next->held);
-    CHECK_EQ(fx.n_sent, parts);
-    CHECK(kvs_list_linked(&fx.session.cap_link));
-    CHECK(kvs_list_first(&fx.r.cap_wait) == &fx.session.cap_link &&
-          kvs_list_last(&fx.r.cap_wait) == &fx.session.cap_link);
+    router_req_t *big = route_hmget_on(0, 300); /* past the cap alone */
+    CHECK_EQ(fx.n_sent, 1u);
+    CHECK(fx.r.sets[0].units >= ROUTER_SHARD_CAP);
+    CHECK_EQ(fx.r.n_capped, 1u);
+    router_route_forget(&fx.r, &fx.session); /* its client closed: the work stays */
+    router_route_orphan(&fx.r, big);
+    /* A new client (the same session, emptied); writes cost a unit each,
+     * below the least share. */
+    router_req_t *other = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, "plain", fx.keys[1][0]);
+    CHECK(!other->held);
+    CHECK_EQ(fx.n_sent, 2u); /* another shard's: it goes */
+    router_req_t *at_cap =
+        route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, "plain", fx.keys[0][0]);
+    CHECK(at_cap->held);
+    CHECK(kvs_list_first(&fx.r.sets[0].cap_wait) == &fx.session.cap_link &&
+          kvs_list_last(&fx.r.sets[0].cap_wait) == &fx.session.cap_link);
+    router_req_t *after = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, "plain", fx.keys[1][1]);
+    CHECK(after->held); /* behind it, in order */
+    CHECK_EQ(fx.n_sent, 2u);
+    reply_status(1, 200, ""); /* shard 1's answer: shard 0 is still at its cap */
+    router_route_release(&fx.r);
+    CHECK(at_cap->held && after->held);
+    CHECK_EQ(fx.n_sent, 2u);
     if (client_closes) { /* its client closes while held */
         router_route_forget(&fx.r, &fx.session);
         CHECK(!kvs_list_linked(&fx.session.cap_link));
-        CHECK(kvs_list_empty(&fx.r.cap_wait));
-        router_route_orphan(&fx.r, big);
-        router_req_free(next); /* held: freed with its client */
-        for (size_t i = 0; i < parts; i++)
-            reply_status(i, 200, ""); /* the orphan frees itself once answered */
-        CHECK_EQ(fx.r.total_units, 0u);
+        CHECK(kvs_list_empty(&fx.r.sets[0].cap_wait));
+        router_req_free(at_cap); /* held: freed with its client */
+        router_req_free(after);
+        reply_status(0, 200, ""); /* the orphan frees itself once answered */
+        CHECK_EQ(fx.r.sets[0].units, 0u);
+        CHECK_EQ(fx.r.n_capped, 0u);
         CHECK_EQ(fx.r.orphan_units, 0u);
-        CHECK_EQ(fx.n_sent, parts);
+        CHECK_EQ(fx.n_sent, 2u);
+        router_req_free(other);
         return;
     }
-    for (size_t i = 0; i < parts; i++) {
-        fx.n_completed = 0;
-        reply_status(i, 200, "");
-    }
-    CHECK(fx.r.total_units < ROUTER_FAIR_CAP);
+    reply_status(0, 200, ""); /* the orphan is answered: shard 0 comes down */
+    CHECK_EQ(fx.r.n_capped, 0u);
     CHECK(!kvs_list_linked(&fx.session.cap_link));
     router_route_release(&fx.r);
-    CHECK(!next->held);
-    CHECK_EQ(fx.n_sent, parts + 1);
-    router_req_free(big);
-    router_req_free(next);
+    CHECK(!at_cap->held && !after->held);
+    CHECK_EQ(fx.n_sent, 4u);
+    CHECK_EQ(fx.held, 0);
+    for (size_t i = 2; i < 4; i++)
+        reply_status(i, 200, "");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        CHECK_EQ(fx.r.sets[s].units, 0u);
+    router_req_free(other);
+    router_req_free(at_cap);
+    router_req_free(after);
     fx.session.at_workers = 0;
     fx.r.busy_sessions = 0;
-    fx.r.total_units = 0;
 }
 
-KVS_TEST(fair_share_cap_holds_everyone_until_the_work_comes_down)
+KVS_TEST(shard_cap_holds_its_shard_until_its_work_comes_down)
 {
     cap_case(0);
 }
 
-/* A client held at the cap closes: it leaves the list, and its work at
- * the worker counts until answered, then nothing is left. */
-KVS_TEST(fair_share_cap_forgets_a_client_that_closes)
+/* A client held at the cap closes: it leaves the shard's list, and its
+ * work at the worker counts until answered, then nothing is left. */
+KVS_TEST(shard_cap_forgets_a_client_that_closes)
 {
     cap_case(1);
+}
+
+/* A request held for another reason (here its session's share) whose
+ * shard reached its cap meanwhile is held again when released, first in
+ * its session's order and counted as before, and goes once the shard
+ * comes down. */
+KVS_TEST(shard_cap_holds_again_a_request_released_into_it)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    router_req_t *first = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, "plain", fx.keys[0][0]);
+    router_req_t *big = route_hmget_on(1, 70); /* past the share alone (1,024) */
+    CHECK_EQ(fx.n_sent, 2u);
+    CHECK(fx.session.at_workers >= ROUTER_FAIR_TOTAL);
+    router_req_t *held = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, "plain", fx.keys[0][1]);
+    CHECK(held->held);
+    CHECK(!kvs_list_linked(&fx.session.cap_link)); /* held for its share */
+    ptrdiff_t kept = fx.held;
+    CHECK(kept > 0);
+    /* Other clients' requests bring shard 0 to its cap meanwhile: counted
+     * here as part of `first`'s, so that its answer brings it down. */
+    first->try0.cost += ROUTER_SHARD_CAP;
+    fx.r.sets[0].units += ROUTER_SHARD_CAP;
+    fx.r.n_capped = 1;
+    reply_status(1, 200, ""); /* the share is free: `held` is released, into the cap */
+    router_route_release(&fx.r);
+    CHECK(held->held);
+    CHECK_EQ(fx.n_sent, 2u);
+    CHECK(kvs_list_first(&fx.r.sets[0].cap_wait) == &fx.session.cap_link);
+    CHECK_EQ(fx.held, kept); /* counted once, as before */
+    CHECK(fx.session.held == held);
+    router_req_t *behind =
+        route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, "plain", fx.keys[1][0]);
+    CHECK(behind->held);
+    CHECK(fx.session.held == held && held->held_next == behind);
+    reply_status(0, 200, ""); /* shard 0 comes down */
+    CHECK_EQ(fx.r.n_capped, 0u);
+    router_route_release(&fx.r);
+    CHECK(!held->held && !behind->held);
+    CHECK_EQ(fx.n_sent, 4u);
+    CHECK_EQ(fx.held, 0);
+    CHECK(fx.sent[2].shard == 0 && fx.sent[3].shard == 1); /* in order */
+    for (size_t i = 2; i < 4; i++)
+        reply_status(i, 200, "");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        CHECK_EQ(fx.r.sets[s].units, 0u);
+    router_req_free(first);
+    router_req_free(big);
+    router_req_free(held);
+    router_req_free(behind);
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
 }
 
 KVS_TEST(split_write_answer_merges_positions)
@@ -3642,6 +3735,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(fair_share_prices_value_reads_by_their_answers),
               KVS_CASE(fair_share_prices_whole_table_reads_by_their_answers),
               KVS_CASE(fair_share_counts_work_of_clients_gone),
-              KVS_CASE(fair_share_cap_holds_everyone_until_the_work_comes_down),
-              KVS_CASE(fair_share_cap_forgets_a_client_that_closes),
+              KVS_CASE(shard_cap_holds_its_shard_until_its_work_comes_down),
+              KVS_CASE(shard_cap_forgets_a_client_that_closes),
+              KVS_CASE(shard_cap_holds_again_a_request_released_into_it),
               KVS_CASE(split_write_answer_merges_positions))
