@@ -3138,6 +3138,15 @@ static router_req_t *route_hmget_on(uint32_t shard, int k)
     return route_req(&q);
 }
 
+/* Answers the parts sent from `first` on (200): no shard has units left. */
+static void answer_all_from(size_t first)
+{
+    for (size_t i = first; i < fx.n_sent; i++)
+        reply_status(i, 200, "");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        CHECK_EQ(fx.r.sets[s].units, 0u);
+}
+
 /* Past ROUTER_SHARD_CAP units at a shard nobody sends it anything, not
  * even a connection with nothing at the workers (the least share of each
  * new connection added up without bound): the connection waits, with its
@@ -3193,10 +3202,7 @@ static void cap_case(int client_closes)
     CHECK(!at_cap->held && !after->held);
     CHECK_EQ(fx.n_sent, 4u);
     CHECK_EQ(fx.held, 0);
-    for (size_t i = 2; i < 4; i++)
-        reply_status(i, 200, "");
-    for (uint32_t s = 0; s < SHARDS; s++)
-        CHECK_EQ(fx.r.sets[s].units, 0u);
+    answer_all_from(2);
     router_req_free(other);
     router_req_free(at_cap);
     router_req_free(after);
@@ -3256,10 +3262,7 @@ KVS_TEST(shard_cap_holds_again_a_request_released_into_it)
     CHECK_EQ(fx.n_sent, 4u);
     CHECK_EQ(fx.held, 0);
     CHECK(fx.sent[2].shard == 0 && fx.sent[3].shard == 1); /* in order */
-    for (size_t i = 2; i < 4; i++)
-        reply_status(i, 200, "");
-    for (uint32_t s = 0; s < SHARDS; s++)
-        CHECK_EQ(fx.r.sets[s].units, 0u);
+    answer_all_from(2);
     router_req_free(first);
     router_req_free(big);
     router_req_free(held);
