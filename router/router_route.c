@@ -3195,9 +3195,10 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
 /* A shard at ROUTER_SHARD_CAP that `q` (of a table with binding `b`)
  * would send a part to, decided before any part goes; NO_SHARD when none
  * is. A request placed by its keys looks at their shards, an Hscan at its
- * cursor's; any other (a whole-table read, Info, Metrics, a read of a
- * `partitioner: none` table) may reach every shard and waits for any
- * capped one (it would wait for its answer anyway). */
+ * cursor's; Ping, Slowlog and Metrics add no units anywhere; any other
+ * (a whole-table read, Info, a read of a `partitioner: none` table) may
+ * reach every shard and waits for any capped one (it would wait for its
+ * answer anyway). */
 static uint32_t capped_for(const router_t *r, const Kvs__CommandRequest *q, const kvs_binding_t *b)
 {
     if (r->n_capped == 0)
@@ -3206,6 +3207,11 @@ static uint32_t capped_for(const router_t *r, const Kvs__CommandRequest *q, cons
     case KVS__COMMAND_REQUEST__COMMAND_PING:
     case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
         return NO_SHARD; /* answered here */
+    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
+        /* Costs the workers no units (route_metrics): the master's scrapes
+         * of this process's own metrics, and anyone's, go on while a
+         * worker is at its cap. */
+        return NO_SHARD;
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN: {
         const ProtobufCBinaryData *c = &q->hscan->cursor;
         uint32_t shard = c->len >= 3 ? (uint32_t)c->data[1] << 8 | c->data[2] : 0;

@@ -141,6 +141,13 @@ def assert_some_closed_the_rest_whole(test, socks, count, want):
         test.assertTrue(all(a == want for a in g))
 
 
+def timed_call(c, req):
+    """(the answer to `req` on client `c`, the seconds it took)."""
+    t = time.monotonic()
+    resp = c.call(req)
+    return resp, time.monotonic() - t
+
+
 def metric_of(family_list, name):
     """The sum of a Metrics answer's samples of family `name`."""
     return sum(s.value for f in family_list if f.name == name for s in f.samples)
@@ -933,7 +940,8 @@ class RouterBoundsTest(RouterTestCase):
         shard 0 (forwarded: local_reads off) are answered at once, where
         with one cap on the total they waited out router.timeout; its
         write to shard 1 waits for the worker, and is answered once it
-        runs."""
+        runs. The router process's own metrics (the master's scrapes ask
+        for them) cost the workers nothing: answered at once too."""
         partitions = 16
         r = self.router(shards=2, partitions=partitions, timeout="10s",
                         router_yaml=["local_reads: false"])
@@ -955,6 +963,13 @@ class RouterBoundsTest(RouterTestCase):
                     self.assertEqual(got.status, 200, got.message)
                     self.assertLess(took, 3.0, "shard 0's requests waited %.2f s behind "
                                     "shard 1's cap" % took)
+                own = metrics_req()
+                own.metrics.own = True
+                m, took = timed_call(c, own)
+                self.assertLess(took, 3.0, "Metrics waited %.2f s behind shard 1's cap" % took)
+                self.assertOk(m)
+                self.assertGreaterEqual(metric_of(m.ops.metrics, "kvs_shard_units_at_workers"),
+                                        4096)  # shard 1's, at its cap
                 c.send(req_hset("t", keys[1][0], b"one"))  # waits for the worker
                 time.sleep(0.5)
             self.assertEqual(c.recv().status, 200)
