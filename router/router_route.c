@@ -286,11 +286,12 @@ static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
 
 /* `shard`'s units came below ROUTER_SHARD_CAP: every session waiting for
  * it goes on the release list, in the order they were held (those that
- * find it at the cap again wait again, at the end). */
+ * find it at the cap again wait again, at the end). release_later puts
+ * each first on the list, so the last held goes on it first. */
 static void cap_release(router_t *r, uint32_t shard)
 {
     kvs_list_t *l;
-    while ((l = kvs_list_first(&r->sets[shard].cap_wait)) != NULL) {
+    while ((l = kvs_list_last(&r->sets[shard].cap_wait)) != NULL) {
         router_session_t *s = KVS_LIST_ENTRY(l, router_session_t, cap_link);
         kvs_list_remove(l);
         release_later(r, s);
@@ -3192,17 +3193,31 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
     return 1;
 }
 
+/* Whether a part for `shard` is at its cap and would go to its worker:
+ * not when `local`, a read that may be answered from local shards'
+ * environments, and `shard` is one (read_here; should that read decline,
+ * the part goes all the same, a request over the cap, as an Hscan page's
+ * later shards do). */
+static int capped_part(const router_t *r, uint32_t shard, int local)
+{
+    return shard_capped(r, shard) && !(local && router_local_is_local(r->local, shard));
+}
+
 /* A shard at ROUTER_SHARD_CAP that `q` (of a table with binding `b`)
- * would send a part to, decided before any part goes; NO_SHARD when none
- * is. A request placed by its keys looks at their shards, an Hscan at its
- * cursor's; Ping, Slowlog and Metrics add no units anywhere; any other
- * (a whole-table read, Info, a read of a `partitioner: none` table) may
- * reach every shard and waits for any capped one (it would wait for its
- * answer anyway). */
-static uint32_t capped_for(const router_t *r, const Kvs__CommandRequest *q, const kvs_binding_t *b)
+ * would send a part of `req` to, decided before any part goes; NO_SHARD
+ * when none is. A request placed by its keys looks at their shards, an
+ * Hscan at its cursor's (the page's later shards are not looked at: a
+ * request over the cap at most); Ping, Slowlog and Metrics add no units
+ * anywhere; any other (a whole-table read, Info, a read of a
+ * `partitioner: none` table) may reach every shard and waits for any
+ * capped one (it would wait for its answer anyway). Reads answered from
+ * a local shard's environment cost its worker nothing (capped_part). */
+static uint32_t capped_for(const router_t *r, const router_req_t *req, const Kvs__CommandRequest *q,
+                           const kvs_binding_t *b)
 {
     if (r->n_capped == 0)
         return NO_SHARD; /* the common case: no walk */
+    int local = may_read_here(r, req) && kvs_reads_is_read(q->command_case);
     switch (q->command_case) {
     case KVS__COMMAND_REQUEST__COMMAND_PING:
     case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
@@ -3215,7 +3230,7 @@ static uint32_t capped_for(const router_t *r, const Kvs__CommandRequest *q, cons
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN: {
         const ProtobufCBinaryData *c = &q->hscan->cursor;
         uint32_t shard = c->len >= 3 ? (uint32_t)c->data[1] << 8 | c->data[2] : 0;
-        return shard < r->shards && shard_capped(r, shard) ? shard : NO_SHARD;
+        return shard < r->shards && capped_part(r, shard, local) ? shard : NO_SHARD;
     }
     default:
         break;
@@ -3226,13 +3241,13 @@ static uint32_t capped_for(const router_t *r, const Kvs__CommandRequest *q, cons
         for (size_t i = 0; i < n; i++) {
             const ProtobufCBinaryData *k = key != NULL ? key : nth_key(q, i);
             uint32_t shard = place_key(r, b, k->data, k->len);
-            if (shard_capped(r, shard))
+            if (capped_part(r, shard, local))
                 return shard;
         }
         return NO_SHARD;
     }
     for (uint32_t shard = 0; shard < r->shards; shard++)
-        if (shard_capped(r, shard))
+        if (capped_part(r, shard, local))
             return shard;
     return NO_SHARD;
 }
@@ -3274,7 +3289,7 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
     if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen,
-             answer_reserve(r, q->command_case), capped_for(r, q, b)))
+             answer_reserve(r, q->command_case), capped_for(r, req, q, b)))
         return;
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,

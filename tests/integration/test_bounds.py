@@ -983,6 +983,35 @@ class RouterBoundsTest(RouterTestCase):
                  for s in f.samples]
         self.assertEqual(units, [0, 0])
 
+    def test_clients_held_at_a_shards_cap_go_in_the_order_they_were_held(self):
+        """Shard 1's worker stopped past its cap (ten Hmsets of 4,000 keys),
+        three clients then write one key of it, each held at the cap, one
+        after another. Once the worker runs they go in the order they
+        were held: the last one's value is what the key keeps. (The
+        sessions came off the shard's list in order but onto the release
+        list at its head, so the last held went first and the first
+        held's value was kept.)"""
+        partitions = 16
+        r = self.router(shards=2, partitions=partitions, timeout="10s",
+                        router_yaml=["local_reads: false"])
+        key = keys_by_shard("r", 1, partitions, 2)[1][0]
+        heavy = keys_by_shard("w", 4000, partitions, 2)[1]
+        clients = [r.client(timeout=30) for _ in range(13)]
+        for c in clients:
+            self.addCleanup(c.close)
+        writers, held = clients[:10], clients[10:]
+        with stopped(r.worker_pid(1)):
+            for w in writers:
+                w.send_raw(encode(req_hmset("t", [(k, b"v") for k in heavy])))
+            time.sleep(0.3)
+            for i, c in enumerate(held):
+                c.send(req_hset("t", key, b"held-%d" % i))
+                time.sleep(0.2)
+        for c in writers + held:
+            self.assertEqual(c.recv().status, 200)
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("t", key).values[0]), b"held-2")
+
     def test_answers_done_behind_a_held_request_do_not_keep_it_held(self):
         """62 Hgets to a stopped worker (the 62nd held by the share), then
         200 Digests, each answered 400 by the router at once: those

@@ -536,11 +536,13 @@ class FairnessTest(LocalReadsCase):
 
     def test_local_reads_go_while_a_stopped_worker_holds_the_fair_share_cap(self):
         """Ten clients each send an Hmset of 4,000 keys to shard 1, whose
-        worker is stopped: together past the units at workers where
-        nobody sends (4,096), held there until router.timeout (10 s
-        here). A read answered in the router costs the workers nothing:
-        another client's Hgets of both shards are answered at once, not
-        after router.timeout."""
+        worker is stopped: together past the units at a shard where
+        nobody sends it more (4,096), held there until router.timeout
+        (10 s here). A read answered in the router costs the workers
+        nothing: another client's Hgets of both shards are answered at
+        once, not after router.timeout; so are its Hmget, Hmexist and
+        Hgetall of both (the full path, whose hold looked at shard 1's
+        cap, not at where the parts are read)."""
         r = self.router(shards=2, partitions=PARTITIONS, timeout="10s")
         one = keys_by_shard("r", 1, PARTITIONS, 2)
         k0, k1 = one[0][0], one[1][0]
@@ -560,6 +562,15 @@ class FairnessTest(LocalReadsCase):
                     got, el = self.timed(c.hget, "t", k)
                     self.assertHere(el, "Hget")
                     self.assertEqual((got.status, pyval(got.values[0])), (200, want))
+                got, el = self.timed(c.hmget, "t", [k0, k1])
+                self.assertHere(el, "Hmget")
+                self.assertEqual([pyval(v) for v in got.values], [b"zero", b"one"])
+                got, el = self.timed(c.call, req_hmexist("t", [k1, b"absent"]))
+                self.assertHere(el, "Hmexist")
+                self.assertEqual(got.status, 200, got.message)
+                got, el = self.timed(c.call, req_hgetall("t"))
+                self.assertHere(el, "Hgetall")
+                self.assertEqual(sorted(p.key for p in got.pairs), sorted([k0, k1]))
         for w in writers:  # the worker back, every Hmset is answered
             self.assertEqual(w.recv().status, 200)
 
