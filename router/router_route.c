@@ -275,6 +275,17 @@ static int shard_capped(const router_t *r, uint32_t shard)
     return r->sets[shard].units >= ROUTER_SHARD_CAP;
 }
 
+static int may_read_here(const router_t *r, const router_req_t *req);
+
+/* Whether a part for `shard` is at its cap and would go to its worker:
+ * not when `local`, a read that may be answered from local shards'
+ * environments, and `shard` is one (read_here; should that read decline,
+ * the part goes all the same: a request over the cap). */
+static int capped_part(const router_t *r, uint32_t shard, int local)
+{
+    return shard_capped(r, shard) && !(local && router_local_is_local(r->local, shard));
+}
+
 /* The first request `s` holds waits for `shard` to come below
  * ROUTER_SHARD_CAP: `s` is released, in turn, once it does (cap_release).
  * A session waits on one shard's list, its first request's. */
@@ -1747,9 +1758,11 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
          * (a connection with requests at a worker reads local shards
          * there too), or names a shard the page has not reached yet: the
          * next boundary sees it. A Ping or Info shows no table: the page
-         * goes on. */
+         * goes on. Nor into a shard at its cap (unless read here): the
+         * next page's hold waits for it (capped_for). */
         if (req->client != NULL && !router_client_table_after(req->client, req) &&
             m->scan_req.len > 0 && next < m->router->shards &&
+            !capped_part(m->router, next, may_read_here(m->router, req)) &&
             m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
             kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
             scan_next(req, next, (uint32_t)w->n_pairs) == 0)
@@ -3193,21 +3206,11 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
     return 1;
 }
 
-/* Whether a part for `shard` is at its cap and would go to its worker:
- * not when `local`, a read that may be answered from local shards'
- * environments, and `shard` is one (read_here; should that read decline,
- * the part goes all the same, a request over the cap, as an Hscan page's
- * later shards do). */
-static int capped_part(const router_t *r, uint32_t shard, int local)
-{
-    return shard_capped(r, shard) && !(local && router_local_is_local(r->local, shard));
-}
-
 /* A shard at ROUTER_SHARD_CAP that `q` (of a table with binding `b`)
  * would send a part of `req` to, decided before any part goes; NO_SHARD
  * when none is. A request placed by its keys looks at their shards, an
- * Hscan at its cursor's (the page's later shards are not looked at: a
- * request over the cap at most); Ping, Slowlog and Metrics add no units
+ * Hscan at its cursor's (a page ends before a later shard at its cap:
+ * merge_scan); Ping, Slowlog and Metrics add no units
  * anywhere; any other (a whole-table read, Info, a read of a
  * `partitioner: none` table) may reach every shard and waits for any
  * capped one (it would wait for its answer anyway). Reads answered from

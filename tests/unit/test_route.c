@@ -2062,6 +2062,31 @@ KVS_TEST(hscan_page_ends_before_a_shard_that_fails)
     }
 }
 
+/* A page does not go on into a shard at its cap: it ends at the boundary
+ * before it, whose cursor the next page's hold looks at (capped_for). */
+KVS_TEST(hscan_page_ends_before_a_shard_at_its_cap)
+{
+    setup();
+    const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
+    route_hscan(NULL, 0, 7);
+    fx.r.sets[1].units = ROUTER_SHARD_CAP; /* other clients' requests */
+    fx.r.n_capped = 1;
+    reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
+    CHECK_EQ(fx.n_sent, 1); /* shard 1 was not asked */
+    Kvs__CommandResponse *r = answer_async();
+    CHECK_EQ(r->n_pairs, 1);
+    check_cursor(r, "S\x00\x01", 3);
+    fx.r.sets[1].units = ROUTER_SHARD_CAP - 1; /* below it: the page goes on */
+    fx.r.n_capped = 0;
+    route_hscan(NULL, 0, 7);
+    reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
+    reply_pairs(check_hscan_sent(1, "", 6), 0, NULL, "c", 1);
+    check_cursor(answer_async(),
+                 "S\x00\x01"
+                 "c",
+                 4);
+}
+
 /* A page that went on to a shard whose part ends there, and ends with that
  * shard's pairs: the router's cursor (the next shard's start, 5 bytes with
  * its field tag and length) is on top of the pairs, where the worker's had
@@ -3718,6 +3743,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(info_fans_out_and_merges), KVS_CASE(info_reports_an_unavailable_shard),
               KVS_CASE(hscan_walks_shards_in_turn),
               KVS_CASE(hscan_page_ends_before_a_shard_that_fails),
+              KVS_CASE(hscan_page_ends_before_a_shard_at_its_cap),
               KVS_CASE(hscan_page_fits_the_routers_cursor_where_the_worker_had_none),
               KVS_CASE(hscan_forged_cursor_is_400),
               KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
