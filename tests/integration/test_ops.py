@@ -139,6 +139,24 @@ class MetricsCase(RouterTestCase):
 
 
 class MetricsTest(MetricsCase):
+    def test_every_family_a_scrape_shows_is_in_the_readme(self):
+        """README's metrics tables name each family (a row's first cell,
+        which may name several): a family added to the code and not to
+        them is found here. The histograms' _bucket, _sum and _count
+        samples are the histogram's."""
+        r = self.metrics_router(shards=2, partitions=8)
+        with r.client() as c:  # requests, so that their families have samples
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            self.assertEqual(c.hget("t", "k").status, 200)
+        shown = {re.sub(r"_(bucket|sum|count)$", "", name)
+                 for name, _, _ in self.settled_scrape()}
+        readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"),
+                      encoding="utf-8").read()
+        documented = {name for cell in re.findall(r"^\| (`kvs_[^|]*)\|", readme, re.M)
+                      for name in re.findall(r"`(kvs_[a-z0-9_]+)`", cell)}
+        missing = sorted(n for n in shown if n not in documented)
+        self.assertEqual(missing, [], "families a scrape shows that README.md does not name")
+
     def test_scrape_passes_promtool_and_counts_activity(self):
         r = self.metrics_router(shards=2, partitions=8)
         before = self.settled_scrape()
