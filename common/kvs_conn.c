@@ -496,12 +496,8 @@ static int group_check_output(kvs_conn_t *c)
     kvs_flusher_t *f = c->flusher;
     if (f == NULL || f->closing)
         return group_relieve(g, c);
-    if (!g->relieve_queued) {
-        g->relieve_queued = 1;
-        g->relieve_flusher = f;
-        g->relieve_next = f->relieve;
-        f->relieve = g;
-    }
+    if (!kvs_list_linked(&g->relieve_link))
+        kvs_list_push_back(&f->relieve, &g->relieve_link);
     kvs_flusher_wake(f);
     return 0;
 }
@@ -1801,13 +1797,7 @@ int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns)
 
 void kvs_conn_group_close(kvs_conn_group_t *g)
 {
-    if (g->relieve_queued) { /* off its flusher's list: the group is going */
-        kvs_conn_group_t **p = &g->relieve_flusher->relieve;
-        while (*p != g)
-            p = &(*p)->relieve_next;
-        *p = g->relieve_next;
-        g->relieve_queued = 0;
-    }
+    kvs_list_remove(&g->relieve_link); /* off its flusher's list: the group is going */
     uv_timer_stop(&g->sweep);
     uv_close((uv_handle_t *)&g->sweep, NULL);
     if (g->turn_end_on) {
@@ -2021,12 +2011,10 @@ void kvs_flusher_run(kvs_flusher_t *f)
         c->flush_next = NULL;
         kvs_conn_flush(c);
     }
-    while (f->relieve != NULL) { /* after the flush: see group_check_output */
-        kvs_conn_group_t *g = f->relieve;
-        f->relieve = g->relieve_next;
-        g->relieve_queued = 0;
-        g->relieve_next = NULL;
-        group_relieve(g, NULL);
+    kvs_list_t *l;
+    while ((l = kvs_list_first(&f->relieve)) != NULL) { /* after the flush: group_check_output */
+        kvs_list_remove(l);
+        group_relieve(KVS_LIST_ENTRY(l, kvs_conn_group_t, relieve_link), NULL);
     }
     f->running = 0;
     if (f->after != NULL)
@@ -2065,6 +2053,7 @@ void kvs_flusher_wake(kvs_flusher_t *f)
 int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, void *data)
 {
     memset(f, 0, sizeof(*f));
+    kvs_list_init(&f->relieve);
     f->before = before;
     f->data = data;
     int rc = uv_idle_init(loop, &f->idle);

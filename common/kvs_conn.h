@@ -520,13 +520,11 @@ struct kvs_conn_group_s {
     uv_timer_t sweep; /* once a second: frame, output and idle timeouts, log budget */
     kvs_list_t members;
     size_t count;
-    size_t input_used;       /* decoder bytes charged by all members */
-    size_t output_used;      /* memory of all members' output (turn_exempt ones aside) */
-    uint64_t output_evicted; /* members closed because output_used passed output_budget */
-    int relieve_queued;      /* on relieve_flusher's list: past the budget, checked after
-                                the flush (group_check_output) */
-    kvs_flusher_t *relieve_flusher;
-    kvs_conn_group_t *relieve_next;
+    size_t input_used;           /* decoder bytes charged by all members */
+    size_t output_used;          /* memory of all members' output (turn_exempt ones aside) */
+    uint64_t output_evicted;     /* members closed because output_used passed output_budget */
+    kvs_list_t relieve_link;     /* on a flusher's `relieve`: past the budget, checked after
+                                    the flush (group_check_output) */
     const char *what;            /* "client", for log lines */
     uint64_t joined;             /* members ever (connections accepted) */
     uint64_t bytes_in;           /* bytes members read */
@@ -642,11 +640,11 @@ struct kvs_flusher_s {
     int running, closing;
     uv_close_cb close_cb;
     kvs_conn_t *head;
-    kvs_flusher_cb before;     /* runs before flushing, e.g. to commit a batch */
-    kvs_flusher_cb after;      /* runs after flushing (optional; set after init) */
-    kvs_conn_group_t *relieve; /* groups past their output budget, checked after the flush */
-    uint64_t now_ns;           /* read_ns of its latest read by a stamp_reads member: the
-                                  loop's latest precise time, without a clock read per request */
+    kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
+    kvs_flusher_cb after;  /* runs after flushing (optional; set after init) */
+    kvs_list_t relieve;    /* groups past their output budget, checked after the flush */
+    uint64_t now_ns;       /* read_ns of its latest read by a stamp_reads member: the
+                              loop's latest precise time, without a clock read per request */
     void *data;
 };
 

@@ -153,6 +153,12 @@ struct node_client_s {
  * KVS_TEST_SNAPSHOT_ACK_WAIT_MS replaces it (a test need not wait 30 s). */
 #define ACK_WAIT_MS 30000u
 
+/* A write batch's failure: its generation (0: none) and error. */
+typedef struct exec_fail_s {
+    uint64_t gen;
+    int err;
+} exec_fail_t;
+
 struct node_server_s {
     uv_loop_t *loop;
     node_store_t *store;
@@ -182,8 +188,7 @@ struct node_server_s {
     node_client_t *executing; /* client whose request is running */
     node_slot_t *exec_slot;   /* the slot its answer goes into, if any */
     int exec_deferred;        /* ... taken by the handler (answer later) */
-    uint64_t exec_fail_gen;   /* a batch failure raised during it */
-    int exec_fail_err;
+    exec_fail_t exec_fail;    /* a batch failure raised during it (take_exec_fail) */
     int stopping;
     node_server_stopped_cb on_stopped;
     void *stopped_arg;
@@ -312,17 +317,14 @@ static void on_batch_failed(void *arg, uint64_t gen, int err)
                   (unsigned long long)gen, kvs_strerror(err));
     for (node_client_t *cl = srv->batch_members; cl != NULL; cl = cl->batch_next) {
         if (cl == srv->executing) {
-            srv->exec_fail_gen = gen; /* applied when its request returns */
-            srv->exec_fail_err = err;
+            srv->exec_fail = (exec_fail_t){gen, err}; /* applied when its request returns */
             continue;
         }
         if (has_gen(cl, gen))
             rewrite_failed(cl, gen, err, cl->mark, 0);
     }
-    if (srv->executing != NULL && srv->exec_fail_gen == 0) {
-        srv->exec_fail_gen = gen;
-        srv->exec_fail_err = err;
-    }
+    if (srv->executing != NULL && srv->exec_fail.gen == 0)
+        srv->exec_fail = (exec_fail_t){gen, err};
 }
 
 static void batch_list_add(node_server_t *srv, node_client_t *cl)
@@ -334,18 +336,14 @@ static void batch_list_add(node_server_t *srv, node_client_t *cl)
     }
 }
 
-/* A batch failure raised while the request that just returned ran, taken
- * out of `srv` at once on every path out of on_frame (one left behind
- * would fail the next request run, whose write a later batch stores). */
-typedef struct exec_fail_s {
-    uint64_t gen; /* 0: none */
-    int err;
-} exec_fail_t;
-
+/* The batch failure raised while the request that just returned ran,
+ * taken out of `srv` at once on every path out of on_frame (one left
+ * behind would fail the next request run, whose write a later batch
+ * stores). */
 static exec_fail_t take_exec_fail(node_server_t *srv)
 {
-    exec_fail_t f = {srv->exec_fail_gen, srv->exec_fail_err};
-    srv->exec_fail_gen = 0;
+    exec_fail_t f = srv->exec_fail;
+    srv->exec_fail.gen = 0;
     return f;
 }
 

@@ -82,13 +82,13 @@ struct router_s {
     size_t n_listen;
     router_req_t *free_reqs; /* recycled requests: no malloc per request */
     size_t n_free_reqs;
-    router_session_t *release; /* sessions whose held requests may go now */
-    uint32_t busy_sessions;    /* sessions with requests at workers (router_route: fair share) */
-    uint64_t orphan_units;     /* ... and what requests of clients gone still have there */
-    uint32_t n_capped;         /* shards with ROUTER_SHARD_CAP units or more (sets[].units) */
-    kvs_buf_t scratch;         /* a request with positions attached, being sent */
-    router_local_t *local;     /* reads of local shards answered here; NULL: local_reads off */
-    kvs_buf_t local_out;       /* a part's answer built here, before it joins its merge */
+    kvs_list_t release;     /* router_session_t whose held requests may go now, in order */
+    uint32_t busy_sessions; /* sessions with requests at workers (router_route: fair share) */
+    uint64_t orphan_units;  /* ... and what requests of clients gone still have there */
+    uint32_t n_capped;      /* shards with ROUTER_SHARD_CAP units or more (sets[].units) */
+    kvs_buf_t scratch;      /* a request with positions attached, being sent */
+    router_local_t *local;  /* reads of local shards answered here; NULL: local_reads off */
+    kvs_buf_t local_out;    /* a part's answer built here, before it joins its merge */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
     /* operations (router_ops.c) */

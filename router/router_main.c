@@ -637,6 +637,7 @@ static int router_start(router_main_t *m)
     r->loop = uv_default_loop();
     r->shards = r->cfg->shards;
     kvs_list_init(&r->clients);
+    kvs_list_init(&r->release);
     kvs_unproven_init(&r->unproven[0]);
     kvs_unproven_init(&r->unproven[1]);
     kvs_arena_init(&r->arena);

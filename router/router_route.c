@@ -261,11 +261,9 @@ static int share_taken(const router_t *r, uint32_t at)
  * release_session finds they may. */
 static void release_later(router_t *r, router_session_t *s)
 {
-    if (s->held == NULL || s->on_release_list)
+    if (s->held == NULL || kvs_list_linked(&s->release_link))
         return;
-    s->on_release_list = 1;
-    s->next = r->release;
-    r->release = s;
+    kvs_list_push_back(&r->release, &s->release_link);
 }
 
 #define NO_SHARD UINT32_MAX
@@ -297,12 +295,11 @@ static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
 
 /* `shard`'s units came below ROUTER_SHARD_CAP: every session waiting for
  * it goes on the release list, in the order they were held (those that
- * find it at the cap again wait again, at the end). release_later puts
- * each first on the list, so the last held goes on it first. */
+ * find it at the cap again wait again, at the end). */
 static void cap_release(router_t *r, uint32_t shard)
 {
     kvs_list_t *l;
-    while ((l = kvs_list_last(&r->sets[shard].cap_wait)) != NULL) {
+    while ((l = kvs_list_first(&r->sets[shard].cap_wait)) != NULL) {
         router_session_t *s = KVS_LIST_ENTRY(l, router_session_t, cap_link);
         kvs_list_remove(l);
         release_later(r, s);
@@ -3477,12 +3474,10 @@ static void release_session(router_t *r, router_session_t *s)
 
 void router_route_release(router_t *r)
 {
-    while (r->release != NULL) {
-        router_session_t *s = r->release;
-        r->release = s->next;
-        s->on_release_list = 0;
-        s->next = NULL;
-        release_session(r, s);
+    kvs_list_t *l;
+    while ((l = kvs_list_first(&r->release)) != NULL) {
+        kvs_list_remove(l);
+        release_session(r, KVS_LIST_ENTRY(l, router_session_t, release_link));
     }
 }
 
@@ -3506,14 +3501,7 @@ void router_route_forget(router_t *r, router_session_t *s)
     if (s->at_workers > 0 && r->busy_sessions > 0)
         r->busy_sessions--; /* its requests still out no longer count (req->client is NULL) */
     s->at_workers = 0;
-    if (s->on_release_list) {
-        for (router_session_t **p = &r->release; *p != NULL; p = &(*p)->next)
-            if (*p == s) {
-                *p = s->next;
-                break;
-            }
-        s->on_release_list = 0;
-    }
+    kvs_list_remove(&s->release_link);
     s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
     s->held_bytes = 0;
 }

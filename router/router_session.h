@@ -117,9 +117,8 @@ typedef struct router_session_s {
     uint32_t replica_pref;    /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     size_t held_bytes;              /* what they count as the client's output (hold) */
-    struct router_session_s *next;  /* on the router's release list */
-    int on_release_list;
-    kvs_list_t cap_link; /* on the router's list of sessions held at the cap */
+    kvs_list_t release_link;        /* on the router's release list */
+    kvs_list_t cap_link;            /* on a shard's list of sessions held at its cap */
 } router_session_t;
 
 void router_session_init(router_session_t *s);

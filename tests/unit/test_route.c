@@ -288,6 +288,7 @@ static void setup_yaml(const char *yaml)
     CHECK_EQ(rc, 0);
     fx.r.cfg = fx.cfg;
     fx.r.shards = fx.cfg->shards;
+    kvs_list_init(&fx.r.release);
     uint32_t reps = fx.cfg->n_nodes > 0 ? kvs_config_replica_count(fx.cfg, 0) : 1;
     fx.r.n_links = fx.r.shards * reps; /* replicas of shard s: links[s * reps ..] */
     fx.r.links = calloc(fx.r.n_links, sizeof(*fx.r.links));
@@ -2914,7 +2915,7 @@ KVS_TEST(session_holds_reads_behind_its_writes)
     size_t n = kvs_pos_encode_one(tok, "t-users", 7, p, 3);
     reply_with_position(wpart, tok, n);
     CHECK_EQ(fx.n_sent, 1);
-    CHECK(fx.session.on_release_list);
+    CHECK(kvs_list_linked(&fx.session.release_link));
     router_route_release(&fx.r);
     CHECK_EQ(fx.n_sent, 3);
     CHECK(!r1->held && !r2->held);
