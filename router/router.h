@@ -85,7 +85,7 @@ struct router_s {
     kvs_list_t release;     /* router_session_t whose held requests may go now, in order */
     uint32_t busy_sessions; /* sessions with requests at workers (router_route: fair share) */
     uint64_t orphan_units;  /* ... and what requests of clients gone still have there */
-    uint32_t n_capped;      /* shards with ROUTER_SHARD_CAP units or more (sets[].units) */
+    uint32_t n_capped;      /* links with ROUTER_SHARD_CAP units or more (links[].units) */
     kvs_buf_t scratch;      /* a request with positions attached, being sent */
     router_local_t *local;  /* reads of local shards answered here; NULL: local_reads off */
     kvs_buf_t local_out;    /* a part's answer built here, before it joins its merge */
@@ -305,6 +305,12 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
 /* Routes the held requests of the sessions on r->release that may go now
  * (the flusher's `before` step, so never inside another routing). */
 void router_route_release(router_t *r);
+
+/* Shard `shard` may have come below its cap (a link's units came down,
+ * a link came up or went down: router_replica_capped): the sessions
+ * waiting for it are released, in the order they were held (those that
+ * find it capped still wait again). */
+void router_route_cap_changed(router_t *r, uint32_t shard);
 
 /* The client of session `s` may take answers again (its output drained
  * below the high-water mark): its held requests are released as far as

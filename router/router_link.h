@@ -73,6 +73,8 @@ struct router_link_s {
     int connect_late; /* ... and given up at timeout_ms: its cancellation is being called back */
     int handshaking;  /* TLS: connected, the handshake under way (bounded by timeout_ms) */
     int up;
+    uint64_t units; /* the fair share's units of the parts in flight on it (router_send's; the
+                     * shard cap: router_session.h); never touched here */
     int hung;       /* down since its worker left requests unanswered for timeout_ms (it is there,
                      * slow or stopped, serving from the same files), not since it closed or
                      * refused a connection: cleared by the next connection's outcome */

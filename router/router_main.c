@@ -370,6 +370,7 @@ static void on_link_state(router_link_t *l, int up)
     router_main_t *m = l->data;
     if (up && l->addr.is_unix && m->r.local != NULL)
         router_local_link_up(m->r.local, l->shard);
+    router_route_cap_changed(&m->r, l->shard); /* the replicas a read may go to changed */
     if (!l->addr.is_unix || m->ready || m->shutting_down || !up || l->seen_up)
         return;     /* only this node's own workers (their unix sockets) are waited for */
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */

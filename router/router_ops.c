@@ -251,10 +251,15 @@ static void link_metrics(router_t *r, kvs_mb_t *b)
     }
     Kvs__MetricFamily *units = kvs_mb_family(
         b, "kvs_shard_units_at_workers", KVS__METRIC_FAMILY__TYPE__GAUGE,
-        "The fair share's units of work (README, Limits) of the requests sent to the shard and "
-        "not answered yet; from 4,096 on, nobody sends it more until they come down.");
-    for (uint32_t s = 0; s < r->shards && r->sets != NULL; s++)
-        kvs_mb_sample(b, units, (double)r->sets[s].units, 1, "shard", kvs_mb_printf(b, "%u", s));
+        "The fair share's units of work (README, Limits) of the requests sent to the shard's "
+        "replicas and not answered yet; from 4,096 on one replica, nobody sends it more until "
+        "they come down (reads go to another replica below it).");
+    for (uint32_t s = 0; s < r->shards && r->sets != NULL; s++) {
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < r->sets[s].n; i++)
+            sum += r->links[r->sets[s].first + i].units;
+        kvs_mb_sample(b, units, (double)sum, 1, "shard", kvs_mb_printf(b, "%u", s));
+    }
 }
 
 /* Reads sent to shards with replicas, and their second tries

@@ -18,7 +18,11 @@
  * then one that is avoided, the one whose avoidance ends soonest among
  * those not waiting for the answer to their link's own Ping, else among
  * those that are; then one that is down (a send to it fails at once, and
- * the caller moves on). A replica is avoided for a while after it failed a
+ * the caller moves on). A read takes a replica below the shard's cap
+ * (router_session.h: the units of the parts in flight on its link) before
+ * any at it: the healthy ones, then the avoided ones; a write keeps to
+ * its connection's replica, cap or not (router_replica_capped). A replica
+ * is avoided for a while after it failed a
  * request (router_link_avoid: 500 ms, doubling with each failure after the
  * last avoidance ran out, up to 30 s; the requests that fail together, in
  * flight when a link broke, count once; an answer that is not 503 ends
@@ -48,11 +52,9 @@ typedef struct router_set_s {
     uint32_t first; /* its first link in router_t.links */
     uint32_t n;     /* replicas (1..KVS_MAX_REPLICAS) */
     uint32_t rr;    /* where the next choice among equals starts */
-    /* The fair share's units of the parts sent to the shard and not
-     * answered yet, and the sessions whose next request waits for them to
-     * come below ROUTER_SHARD_CAP (router_route; a head kvs_list_init
+    /* The sessions whose next request waits for the shard to come below
+     * its cap (router_replica_capped; router_route; a head kvs_list_init
      * made, in order). */
-    uint64_t units;
     kvs_list_t cap_wait;
 } router_set_t;
 
@@ -63,7 +65,8 @@ typedef struct router_try_s {
     uint64_t tried; /* bit i: replica i of the set */
     uint32_t link;  /* index in router_t.links it was sent on last */
     uint32_t shard;
-    uint32_t cost;       /* its units in sets[shard].units until answered (router_route) */
+    uint32_t cost;       /* its units of the fair share (router_route) */
+    int charged;         /* ... counted in links[link].units (router_send) */
     int unsent;          /* no replica took it: it failed without being sent */
     uint32_t value_keys; /* the keys it reads values of (Hget, Hmget; 1 for a part of Hgetall or
                             Hscan) */
@@ -94,11 +97,19 @@ int router_budget_take(router_budget_t *b);
 /* The replica of `set` to send to next (an index into `links`), skipping
  * those in `tried`; -1 when every one was tried. `now` is uv_now. Among
  * equals, `start` < 0 takes the next in turn (reads: spread over the
- * replicas); otherwise the first from replica start % n (a connection's
- * writes: one replica while it stays healthy, so they reach the topic in
- * the order sent). */
+ * replicas, those with fewer than `cap` units first, unless cap is 0);
+ * otherwise the first from replica start % n (a connection's writes: one
+ * replica while it stays healthy, so they reach the topic in the order
+ * sent; `cap` is not looked at). */
 int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now,
-                        int64_t start);
+                        int64_t start, uint64_t cap);
+
+/* Whether a part for `set` sent now, with `start` as for
+ * router_replica_pick, would go to a replica with `cap` units or more in
+ * flight: a read (start < 0) when every replica that is up has; a write
+ * when the one it keeps to has. */
+int router_replica_capped(const router_link_t *links, const router_set_t *set, uint64_t now,
+                          int64_t start, uint64_t cap);
 
 /* True when some replica of `set` outside `tried` is up. */
 int router_replica_any_up(const router_link_t *links, const router_set_t *set, uint64_t tried);

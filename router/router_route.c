@@ -268,24 +268,31 @@ static void release_later(router_t *r, router_session_t *s)
 
 #define NO_SHARD UINT32_MAX
 
-static int shard_capped(const router_t *r, uint32_t shard)
+static int is_retryable(Kvs__CommandRequest__CommandCase c);
+
+/* Whether a part of `req` for `shard` would find the shard at its cap
+ * (router_replica_capped: a read when every replica that is up is, a
+ * write when the one it keeps to is). */
+static int shard_capped(const router_t *r, const router_req_t *req, uint32_t shard)
 {
-    return r->sets[shard].units >= ROUTER_SHARD_CAP;
+    return r->n_capped > 0 &&
+           router_replica_capped(r->links, &r->sets[shard], r->loop != NULL ? uv_now(r->loop) : 0,
+                                 router_send_start(req, is_retryable(req->cmd)), ROUTER_SHARD_CAP);
 }
 
 static int may_read_here(const router_t *r, const router_req_t *req);
 
-/* Whether a part for `shard` is at its cap and would go to its worker:
- * not when `local`, a read that may be answered from local shards'
- * environments, and `shard` is one (read_here; should that read decline,
- * the part goes all the same: a request over the cap). */
-static int capped_part(const router_t *r, uint32_t shard, int local)
+/* Whether a part of `req` for `shard` is at its cap and would go to its
+ * worker: not when `local`, a read that may be answered from local
+ * shards' environments, and `shard` is one (read_here; should that read
+ * decline, the part goes all the same: a request over the cap). */
+static int capped_part(const router_t *r, const router_req_t *req, uint32_t shard, int local)
 {
-    return shard_capped(r, shard) && !(local && router_local_is_local(r->local, shard));
+    return shard_capped(r, req, shard) && !(local && router_local_is_local(r->local, shard));
 }
 
-/* The first request `s` holds waits for `shard` to come below
- * ROUTER_SHARD_CAP: `s` is released, in turn, once it does (cap_release).
+/* The first request `s` holds waits for `shard` to come below its cap:
+ * `s` is released, in turn, once it may have (router_route_cap_changed).
  * A session waits on one shard's list, its first request's. */
 static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
 {
@@ -293,11 +300,10 @@ static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
     kvs_list_push_back(&r->sets[shard].cap_wait, &s->cap_link);
 }
 
-/* `shard`'s units came below ROUTER_SHARD_CAP: every session waiting for
- * it goes on the release list, in the order they were held (those that
- * find it at the cap again wait again, at the end). */
-static void cap_release(router_t *r, uint32_t shard)
+void router_route_cap_changed(router_t *r, uint32_t shard)
 {
+    if (r->sets == NULL || shard >= r->shards || kvs_list_empty(&r->sets[shard].cap_wait))
+        return;
     kvs_list_t *l;
     while ((l = kvs_list_first(&r->sets[shard].cap_wait)) != NULL) {
         router_session_t *s = KVS_LIST_ENTRY(l, router_session_t, cap_link);
@@ -334,15 +340,15 @@ static uint32_t part_cost(const Kvs__CommandRequest *q, size_t len)
     return cost < ROUTER_FAIR_TOTAL * 64 ? (uint32_t)cost : ROUTER_FAIR_TOTAL * 64;
 }
 
-/* Part `t` of `req`, which costs `cost`, goes to a worker of `shard`:
- * counted in its connection's share until `req` is answered, and in the
- * shard's units until the part is (part_answered). No sum overflows: a
+/* Part `t` of `req`, which costs `cost`, goes to a worker: counted in its
+ * connection's share until `req` is answered, and on the link it goes out
+ * on until the part is (router_send: charge; part_answered). No sum overflows: a
  * request is sent only below the share (1,024), and its parts (at most
  * one per shard, 1,024) cost at most 131,072 each (part_cost and
  * router_session_read_cost, 65,536 each). */
-static void count_at_worker(router_t *r, router_req_t *req, router_try_t *t, uint32_t shard,
-                            uint32_t cost)
+static void count_at_worker(router_t *r, router_req_t *req, router_try_t *t, uint32_t cost)
 {
+    t->cost = 0;
     if (req->client == NULL)
         return;
     router_session_t *s = router_client_session(req->client);
@@ -350,28 +356,14 @@ static void count_at_worker(router_t *r, router_req_t *req, router_try_t *t, uin
         r->busy_sessions++;
     req->at_worker += cost;
     s->at_workers += cost;
-    int was = shard_capped(r, shard);
-    r->sets[shard].units += cost;
     t->cost = cost;
-    if (!was && shard_capped(r, shard))
-        r->n_capped++;
 }
 
-/* Part `t` is answered (or failed): its units are off its shard's. */
+/* Part `t` is answered (or failed): its units are off its link's. */
 static void part_answered(router_t *r, router_try_t *t)
 {
-    uint32_t cost = t->cost;
-    if (cost == 0)
-        return;
+    router_send_discharge(r, t);
     t->cost = 0;
-    router_set_t *set = &r->sets[t->shard];
-    int was = shard_capped(r, t->shard);
-    set->units -= cost < set->units ? cost : set->units;
-    if (was && !shard_capped(r, t->shard)) {
-        r->n_capped--;
-        if (!kvs_list_empty(&set->cap_wait))
-            cap_release(r, t->shard);
-    }
 }
 
 /* `req` is answered: what it cost is off its connection's share. */
@@ -1759,7 +1751,7 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
          * next page's hold waits for it (capped_for). */
         if (req->client != NULL && !router_client_table_after(req->client, req) &&
             m->scan_req.len > 0 && next < m->router->shards &&
-            !capped_part(m->router, next, may_read_here(m->router, req)) &&
+            !capped_part(m->router, req, next, may_read_here(m->router, req)) &&
             m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
             kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
             scan_next(req, next, (uint32_t)w->n_pairs) == 0)
@@ -2304,8 +2296,6 @@ static void count_forward(router_t *r, router_req_t *req, uint32_t shard)
     router_client_session(req->client)->forwarded++;
 }
 
-static int is_retryable(Kvs__CommandRequest__CommandCase c);
-
 /* Sends part `part` to a replica of `shard` (`q`: the request it carries,
  * decoded, or NULL), or answers it here when it is a local read; when no
  * replica takes it, the part fails at once. */
@@ -2329,7 +2319,7 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     /* What its answer may cost: a few bytes, or MiB */
     if (t->value_keys > 0 && req->client != NULL)
         cost += router_session_read_cost(router_client_session(req->client), t->value_keys, whole);
-    count_at_worker(r, req, t, shard, cost);
+    count_at_worker(r, req, t, cost);
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 
@@ -3077,7 +3067,7 @@ static int held_behind(const router_req_t *req, int bound_read)
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight, when the session has its fair share of requests
  * at the workers already, or when `capped`, a shard it would send a part
- * to, is at ROUTER_SHARD_CAP (NO_SHARD: none is). A request being
+ * to, is at its cap (NO_SHARD: none is). A request being
  * released (release_session checked the rest) is held again, first,
  * for the cap alone. Returns 1 when held (or answered: out of memory). */
 static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len,
@@ -3203,7 +3193,7 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
     return 1;
 }
 
-/* A shard at ROUTER_SHARD_CAP that `q` (of a table with binding `b`)
+/* A shard at its cap (shard_capped) that `q` (of a table with binding `b`)
  * would send a part of `req` to, decided before any part goes; NO_SHARD
  * when none is. A request placed by its keys looks at their shards, an
  * Hscan at its cursor's (a page ends before a later shard at its cap:
@@ -3230,7 +3220,7 @@ static uint32_t capped_for(const router_t *r, const router_req_t *req, const Kvs
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN: {
         const ProtobufCBinaryData *c = &q->hscan->cursor;
         uint32_t shard = c->len >= 3 ? (uint32_t)c->data[1] << 8 | c->data[2] : 0;
-        return shard < r->shards && capped_part(r, shard, local) ? shard : NO_SHARD;
+        return shard < r->shards && capped_part(r, req, shard, local) ? shard : NO_SHARD;
     }
     default:
         break;
@@ -3241,13 +3231,13 @@ static uint32_t capped_for(const router_t *r, const router_req_t *req, const Kvs
         for (size_t i = 0; i < n; i++) {
             const ProtobufCBinaryData *k = key != NULL ? key : nth_key(q, i);
             uint32_t shard = place_key(r, b, k->data, k->len);
-            if (capped_part(r, shard, local))
+            if (capped_part(r, req, shard, local))
                 return shard;
         }
         return NO_SHARD;
     }
     for (uint32_t shard = 0; shard < r->shards; shard++)
-        if (capped_part(r, shard, local))
+        if (capped_part(r, req, shard, local))
             return shard;
     return NO_SHARD;
 }
@@ -3355,7 +3345,7 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
      * the requests of a stopped worker keep reached until router.timeout). */
     if (read && !held_behind(req, b != NULL) && read_key_here(r, req, shard, b, pk))
         return 1;
-    uint32_t capped = r->n_capped > 0 && shard_capped(r, shard) ? shard : NO_SHARD;
+    uint32_t capped = shard_capped(r, req, shard) ? shard : NO_SHARD;
     if (hold(req, b != NULL && read, payload, len, 0, capped)) /* a key's answer: no reserve */
         return 1;
     if (b == NULL && !read && unbound_replicated(r, pk->cmd, shard))

@@ -73,6 +73,41 @@ static void unavailable(const router_t *r, uint32_t shard, int rc, const router_
     router_send_refused(shard, rc, l, who, why, n);
 }
 
+/* Part `t` went out on links[t->link]: its units count there until it is
+ * answered or sent elsewhere (the shard cap, router_session.h). */
+static void charge(router_t *r, router_try_t *t)
+{
+    if (t->cost == 0 || t->charged)
+        return;
+    router_link_t *l = &r->links[t->link];
+    int was = l->units >= ROUTER_SHARD_CAP;
+    l->units += t->cost;
+    t->charged = 1;
+    if (!was && l->units >= ROUTER_SHARD_CAP)
+        r->n_capped++;
+}
+
+void router_send_discharge(router_t *r, router_try_t *t)
+{
+    if (!t->charged)
+        return;
+    t->charged = 0;
+    router_link_t *l = &r->links[t->link];
+    int was = l->units >= ROUTER_SHARD_CAP;
+    l->units -= t->cost < l->units ? t->cost : l->units;
+    if (was && l->units < ROUTER_SHARD_CAP) {
+        r->n_capped--;
+        router_route_cap_changed(r, t->shard);
+    }
+}
+
+int64_t router_send_start(const router_req_t *req, int retryable)
+{
+    if (retryable || req->client == NULL)
+        return -1;
+    return router_client_session(req->client)->replica_pref;
+}
+
 /* Sends to the next replica that takes it. Returns 0, or the last error
  * (no replica took it) with *last the link that refused last. */
 static int send_some(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
@@ -83,7 +118,7 @@ static int send_some(router_t *r, router_req_t *req, router_try_t *t, uint32_t p
     int rc = KVS_ECLOSED;
     *last = NULL;
     for (;;) {
-        int i = router_replica_pick(r->links, set, t->tried, now_ms(r), start);
+        int i = router_replica_pick(r->links, set, t->tried, now_ms(r), start, ROUTER_SHARD_CAP);
         if (i < 0)
             return rc;
         t->tried |= 1ull << ((uint32_t)i - set->first);
@@ -91,6 +126,8 @@ static int send_some(router_t *r, router_req_t *req, router_try_t *t, uint32_t p
         *last = &r->links[i];
         rc = msg != NULL ? router_link_send_msg(*last, msg, req, part)
                          : router_link_send(*last, raw, rawlen, req, part);
+        if (rc == 0)
+            charge(r, t);
         if (rc == 0 || (rc != KVS_ECLOSED && rc != KVS_ELIMIT))
             return rc;
     }
@@ -103,6 +140,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     t->tried = 0;
     t->shard = shard;
     t->unsent = 0;
+    t->charged = 0;
     t->bytes.len = 0;
     if (r->sets[shard].n > 1 && retryable) {
         int rc = msg != NULL ? kvs_msg_append(&t->bytes, msg, SIZE_MAX)
@@ -121,14 +159,8 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
             t->bytes.len = 0; /* out of memory: sent once, not retried */
         }
     }
-    /* Not a read: the connection's own replica, so that its pipelined
-     * writes to the shard reach the topic in the order it sent them (two
-     * replicas would race to produce them). */
-    int64_t start = -1;
-    if (!retryable && req->client != NULL)
-        start = router_client_session(req->client)->replica_pref;
     router_link_t *last;
-    int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
+    int rc = send_some(r, req, t, part, msg, raw, rawlen, router_send_start(req, retryable), &last);
     if (rc == 0)
         return;
     char why[600];
@@ -180,6 +212,7 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
     if (t->bytes.len == 0 || !router_replica_any_up(r->links, &r->sets[t->shard], t->tried) ||
         later_write_of_table(req) || !router_budget_take(&r->budget))
         return 0;
+    router_send_discharge(r, t); /* its units go where it goes */
     router_link_t *last;
     int rc = send_some(r, req, t, part, NULL, t->bytes.data, t->bytes.len, -1, &last);
     if (rc == 0)

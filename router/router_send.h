@@ -28,6 +28,19 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
                          const uint8_t *payload, size_t len, const char *failure);
 
+/* Part `t` is answered, failed or going elsewhere: its units (t->cost)
+ * come off the link it was on, and when that brings the link below
+ * ROUTER_SHARD_CAP the shard's waiters are told (router_route_cap_changed).
+ * Once only: a part not counted on a link is left as it is. */
+void router_send_discharge(router_t *r, router_try_t *t);
+
+/* Where the choice of a replica for a part of `req` starts
+ * (router_replica_pick): -1 for a `retryable` read (the next in turn);
+ * for anything else the connection's own replica, so that its pipelined
+ * writes to a shard reach the topic in the order it sent them (two
+ * replicas would race to produce them). */
+int64_t router_send_start(const router_req_t *req, int retryable);
+
 /* Why link `l` of `shard` refused a request (router_link_send's error
  * `rc`: down, overloaded with limits.client_output bytes of requests, or
  * KVS_ETOOBIG: a frame larger than limits.max_frame),

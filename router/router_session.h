@@ -46,18 +46,22 @@
  *    was larger (up to ROUTER_FAIR_TOTAL times the n-th harmonic number
  *    in all). Work a closed client left at workers keeps counting, off
  *    the ROUTER_FAIR_TOTAL every busy connection shares, until done
- *    (router_route_orphan). And past ROUTER_SHARD_CAP units at a shard
- *    (orphans' included) nobody sends it a request, not even below the
- *    least share: a connection whose next request has a part for it
- *    waits (and its later requests behind it, in order), in the order
- *    they were held, and goes as the shard's units come down. Otherwise
+ *    (router_route_orphan). And past ROUTER_SHARD_CAP units on a link
+ *    to a worker (orphans' included) nobody sends it a request, not even
+ *    below the least share: a read goes to another replica of the shard
+ *    below its cap (router_replica_pick); a connection whose next
+ *    request has a part for a shard with none (router_replica_capped; a
+ *    write: the replica its connection keeps to) waits (and its later
+ *    requests behind it, in order), in the order they were held, and
+ *    goes as the worker's units come down. Otherwise
  *    each new connection's least share adds to the work ahead of
  *    everyone, and clients that connect, pipeline and close at once,
  *    again and again, made it grow without bound (minutes). The cap is
- *    the shard's own, decided before any part is sent: a stopped or hung
- *    worker, whose requests keep their units until router.timeout, holds
- *    the requests that would wait for it anyway, not those of every
- *    other shard (a cap on the total did).
+ *    each replica's own, decided before any part is sent: a stopped or
+ *    hung worker, whose requests keep their units until router.timeout,
+ *    holds the requests that would wait for it anyway, not those of
+ *    every other shard (a cap on the total did), nor the reads another
+ *    replica can serve (a cap per shard did).
  *  - What a value read costs: a worker's time goes mostly into the bytes
  *    of its answers, which the request does not show. A key an Hget or
  *    Hmget reads costs one unit more per ROUTER_FAIR_BYTES of the answer
@@ -95,7 +99,7 @@ typedef struct router_req_s router_req_t;
 #define ROUTER_FAIR_MIN 16
 #define ROUTER_FAIR_BYTES 4096
 #define ROUTER_FAIR_KEYS 8
-#define ROUTER_SHARD_CAP (4 * ROUTER_FAIR_TOTAL) /* units at a shard past which nobody sends it */
+#define ROUTER_SHARD_CAP (4 * ROUTER_FAIR_TOTAL) /* units on a link past which nobody sends it */
 #define ROUTER_READ_GUESS (64u << 10)   /* bytes per key a first value read is taken to answer */
 #define ROUTER_TABLE_GUESS (256u << 10) /* ... and a whole-table read's part (Hgetall, Hscan) */
 

@@ -25,7 +25,7 @@ from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_unti
 from kvstest import (BUILD_DIR, Client, LogsOnFailure, LoopbackServer, cert_path, free_port,
                      free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hmget,
                      req_hmset, req_hset, tls_yaml)
-from routertest import ClientThreads, Router, partition_of
+from routertest import ClientThreads, Router, partition_of, stopped
 
 SHARDS = 4
 PARTITIONS = 64      # cluster.partitions (tables bound to no topic)
@@ -38,6 +38,13 @@ LAYOUT = {"a": [0, 1], "b": [0, 2, 3], "c": [1, 2, 3]}
 
 def shard_of_key(key):
     return partition_of(key, TOPIC_PARTS) % SHARDS
+
+
+def metrics_own():
+    """A Metrics request for the answering router process's own families."""
+    r = pb.CommandRequest()
+    r.metrics.own = True
+    return r
 
 
 def hget_at(table, key, position=b""):
@@ -799,6 +806,38 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                 self.assertEqual(pyval(second.values[0]), "first", "applied out of order")
                 got = c.call(hget_at(TABLE, k, second.position))
                 self.assertEqual(pyval(got.values[0]), "second")
+
+    def test_a_hung_replica_at_its_cap_leaves_reads_to_the_other(self):
+        """a's own worker of shard 0 stops with a read of 300 values in
+        flight, past the 4,096 units where nobody sends a worker more (it
+        would answer after router.timeout, 10 s here). The cap is that
+        replica's: another client's read of the shard goes to b's replica
+        at once, where with one cap for the shard it waited out
+        router.timeout. Once the worker runs, the large read is answered
+        too."""
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]},
+                                       timeout="10s", router_yaml=("local_reads: false",))
+        a = rt["a"]
+        keys = [k for k in (b"cap-%d" % i for i in range(4000)) if shard_of_key(k) == 0][:300]
+        with a.client() as c:
+            put = c.call(req_hset(TABLE, keys[0], "v0"))
+        self.assertEqual(put.status, 200, put.message)
+        big = a.client(timeout=30)
+        self.addCleanup(big.close)
+        with stopped(a.worker_pid(0)):
+            big.send(req_hmget(TABLE, keys))  # to a's own replica, which holds it
+            time.sleep(0.5)
+            with a.client(timeout=30) as c:
+                start = time.monotonic()
+                got = c.call(hget_at(TABLE, keys[0], put.position))
+                took = time.monotonic() - start
+                units = [s.value for f in c.call(metrics_own()).ops.metrics
+                         if f.name == "kvs_shard_units_at_workers" for s in f.samples]
+        self.assertEqual(got.status, 200, got.message)
+        self.assertEqual(pyval(got.values[0]), "v0")
+        self.assertLess(took, 3.0, "a read waited %.2f s behind a hung replica's cap" % took)
+        self.assertGreaterEqual(units[0], 4096)  # shard 0's, a's replica at its cap
+        self.assertEqual(big.recv().status, 200)
 
     def test_consumer_group_and_info_name_the_replica(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})

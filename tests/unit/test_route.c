@@ -352,8 +352,8 @@ static void drop_req(void)
         fx.session.writes--;
     /* as if answered: its parts' units leave their shards (the only
      * request out, but in the session cases, which answer theirs) */
-    for (uint32_t s = 0; !fx.many && fx.r.sets != NULL && s < fx.r.shards; s++)
-        fx.r.sets[s].units = 0;
+    for (uint32_t i = 0; !fx.many && fx.r.links != NULL && i < fx.r.n_links; i++)
+        fx.r.links[i].units = 0;
     fx.r.n_capped = fx.many ? fx.r.n_capped : 0;
     if (fx.req->at_worker > 0 && fx.session.at_workers >= fx.req->at_worker) {
         /* as if answered: its cost leaves the fair share */
@@ -2070,14 +2070,14 @@ KVS_TEST(hscan_page_ends_before_a_shard_at_its_cap)
     setup();
     const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
     route_hscan(NULL, 0, 7);
-    fx.r.sets[1].units = ROUTER_SHARD_CAP; /* other clients' requests */
+    fx.r.links[1].units = ROUTER_SHARD_CAP; /* other clients' requests */
     fx.r.n_capped = 1;
     reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
     CHECK_EQ(fx.n_sent, 1); /* shard 1 was not asked */
     Kvs__CommandResponse *r = answer_async();
     CHECK_EQ(r->n_pairs, 1);
     check_cursor(r, "S\x00\x01", 3);
-    fx.r.sets[1].units = ROUTER_SHARD_CAP - 1; /* below it: the page goes on */
+    fx.r.links[1].units = ROUTER_SHARD_CAP - 1; /* below it: the page goes on */
     fx.r.n_capped = 0;
     route_hscan(NULL, 0, 7);
     reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
@@ -3164,13 +3164,22 @@ static router_req_t *route_hmget_on(uint32_t shard, int k)
     return route_req(&q);
 }
 
+/* The units of the parts in flight to shard s's replicas. */
+static uint64_t shard_units(uint32_t s)
+{
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < fx.r.sets[s].n; i++)
+        sum += fx.r.links[fx.r.sets[s].first + i].units;
+    return sum;
+}
+
 /* Answers the parts sent from `first` on (200): no shard has units left. */
 static void answer_all_from(size_t first)
 {
     for (size_t i = first; i < fx.n_sent; i++)
         reply_status(i, 200, "");
     for (uint32_t s = 0; s < SHARDS; s++)
-        CHECK_EQ(fx.r.sets[s].units, 0u);
+        CHECK_EQ(shard_units(s), 0u);
 }
 
 /* Past ROUTER_SHARD_CAP units at a shard nobody sends it anything, not
@@ -3186,7 +3195,7 @@ static void cap_case(int client_closes)
     fx.many = 1;
     router_req_t *big = route_hmget_on(0, 300); /* past the cap alone */
     CHECK_EQ(fx.n_sent, 1u);
-    CHECK(fx.r.sets[0].units >= ROUTER_SHARD_CAP);
+    CHECK(shard_units(0) >= ROUTER_SHARD_CAP);
     CHECK_EQ(fx.r.n_capped, 1u);
     router_route_forget(&fx.r, &fx.session); /* its client closed: the work stays */
     router_route_orphan(&fx.r, big);
@@ -3214,7 +3223,7 @@ static void cap_case(int client_closes)
         router_req_free(at_cap); /* held: freed with its client */
         router_req_free(after);
         reply_status(0, 200, ""); /* the orphan frees itself once answered */
-        CHECK_EQ(fx.r.sets[0].units, 0u);
+        CHECK_EQ(shard_units(0), 0u);
         CHECK_EQ(fx.r.n_capped, 0u);
         CHECK_EQ(fx.r.orphan_units, 0u);
         CHECK_EQ(fx.n_sent, 2u);
@@ -3268,7 +3277,7 @@ KVS_TEST(shard_cap_holds_again_a_request_released_into_it)
     /* Other clients' requests bring shard 0 to its cap meanwhile: counted
      * here as part of `first`'s, so that its answer brings it down. */
     first->try0.cost += ROUTER_SHARD_CAP;
-    fx.r.sets[0].units += ROUTER_SHARD_CAP;
+    fx.r.links[0].units += ROUTER_SHARD_CAP;
     fx.r.n_capped = 1;
     reply_status(1, 200, ""); /* the share is free: `held` is released, into the cap */
     router_route_release(&fx.r);
@@ -3667,6 +3676,105 @@ KVS_TEST(replica_retry_budget)
 /* A link whose own Ping to its new worker is unanswered (router_link: a
  * reconnect's hello) counts as avoided, even once its avoidance ran out:
  * what a client sent behind the Ping would fail with it. */
+/* The cap is each replica's own (its link's units): a read goes to a
+ * replica below it, avoided or not, before one at it, and finds the shard
+ * capped only when every replica that is up is; a write keeps to its
+ * connection's replica, and finds the shard capped when that one is. */
+KVS_TEST(replica_pick_prefers_a_replica_below_its_cap)
+{
+    router_link_t links[2];
+    memset(links, 0, sizeof(links));
+    router_set_t set = {.first = 0, .n = 2, .rr = 0};
+    links[0].up = links[1].up = 1;
+    links[0].addr.is_unix = 1; /* this node's own worker */
+    links[0].units = ROUTER_SHARD_CAP;
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, ROUTER_SHARD_CAP), 1);
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, 0), 0); /* no cap: local first */
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, 0, ROUTER_SHARD_CAP), 0); /* a write */
+    CHECK(!router_replica_capped(links, &set, 1000, -1, ROUTER_SHARD_CAP));
+    CHECK(router_replica_capped(links, &set, 1000, 0, ROUTER_SHARD_CAP));
+    CHECK(router_replica_capped(links, &set, 1000, 1, ROUTER_SHARD_CAP)); /* own first too */
+    links[0].addr.is_unix = 0; /* a routing node: a write from replica 1 keeps to it */
+    CHECK(!router_replica_capped(links, &set, 1000, 1, ROUTER_SHARD_CAP));
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, 1, ROUTER_SHARD_CAP), 1);
+    links[0].addr.is_unix = 1;
+    links[1].avoid_ms = 500; /* avoided, below its cap: still before one at it */
+    links[1].avoid_until = 1500;
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, ROUTER_SHARD_CAP), 1);
+    CHECK(!router_replica_capped(links, &set, 1000, -1, ROUTER_SHARD_CAP));
+    /* The write's replica is avoided: it goes to the healthy one, at its
+     * cap or not. */
+    links[0].units = ROUTER_SHARD_CAP - 1;
+    links[1].avoid_until = 0;
+    links[1].units = ROUTER_SHARD_CAP;
+    links[0].avoid_ms = 500;
+    links[0].avoid_until = 1500;
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, 0, ROUTER_SHARD_CAP), 1);
+    CHECK(router_replica_capped(links, &set, 1000, 0, ROUTER_SHARD_CAP));
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, ROUTER_SHARD_CAP), 0);
+    /* Every replica that is up at its cap: capped; a read not held (a
+     * retry, a request over the cap) takes the healthy one at its cap
+     * before one that is down. */
+    links[0].avoid_until = 0;
+    links[0].units = ROUTER_SHARD_CAP;
+    CHECK(router_replica_capped(links, &set, 1000, -1, ROUTER_SHARD_CAP));
+    links[0].up = 0;
+    CHECK(router_replica_capped(links, &set, 1000, -1, ROUTER_SHARD_CAP));
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, ROUTER_SHARD_CAP), 1);
+    links[1].up = 0; /* none up: not capped (a send fails at once) */
+    CHECK(!router_replica_capped(links, &set, 1000, -1, ROUTER_SHARD_CAP));
+    CHECK(!router_replica_capped(links, &set, 1000, 0, ROUTER_SHARD_CAP));
+}
+
+/* A replica past its cap (a hung worker's requests keep their units until
+ * router.timeout) takes no more reads while another is below it: they go
+ * there, not held. Reads wait only once every replica is at its cap, and
+ * go as soon as one comes down; a write waits for its own replica. */
+KVS_TEST(replica_cap_holds_reads_only_when_every_replica_is_at_it)
+{
+    setup_replicas(10, 100);
+    fx.many = 1;
+    router_req_t *big[2];
+    for (int i = 0; i < 2; i++) { /* each a client that sent it and closed */
+        big[i] = route_hmget_on(0, 300);
+        CHECK_EQ(fx.n_sent, (size_t)i + 1);
+        CHECK_EQ(fx.sent[i].link, (uint32_t)i); /* the local one, then the one below its cap */
+        CHECK(fx.r.links[i].units >= ROUTER_SHARD_CAP);
+        CHECK_EQ(fx.r.n_capped, (uint32_t)i + 1);
+        router_route_forget(&fx.r, &fx.session);
+        router_route_orphan(&fx.r, big[i]);
+    }
+    router_req_t *read = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, fx.keys[0][0]);
+    CHECK(read->held);
+    CHECK(kvs_list_first(&fx.r.sets[0].cap_wait) == &fx.session.cap_link);
+    reply_status(1, 200, ""); /* node b's replica comes down: the read goes there */
+    CHECK(!fx.r.links[1].units && fx.r.n_capped == 1);
+    router_route_release(&fx.r);
+    CHECK(!read->held);
+    CHECK_EQ(fx.n_sent, 3u);
+    CHECK_EQ(fx.sent[2].link, 1u);
+    reply_status(2, 404, "");
+    /* A write keeps to its connection's replica (the local one, at its
+     * cap): held, though node b's is below it. */
+    fx.session.replica_pref = 0;
+    router_req_t *write = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][1]);
+    CHECK(write->held);
+    CHECK_EQ(fx.n_sent, 3u);
+    reply_status(0, 200, ""); /* the local replica comes down */
+    CHECK_EQ(fx.r.n_capped, 0u);
+    router_route_release(&fx.r);
+    CHECK(!write->held);
+    CHECK_EQ(fx.n_sent, 4u);
+    CHECK_EQ(fx.sent[3].link, 0u);
+    reply_status(3, 200, "");
+    for (uint32_t i = 0; i < fx.r.n_links; i++)
+        CHECK_EQ(fx.r.links[i].units, 0u);
+    router_req_free(read);
+    router_req_free(write);
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
+}
+
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 {
     router_link_t links[3];
@@ -3681,7 +3789,7 @@ KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
         fifo[i].ctx = &links[i]; /* the link's own Ping, pending while count is 1 */
     }
     links[0].addr.is_unix = 1; /* this node's own worker */
-    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, 0), 0);
     links[0].avoid_ms = 500;
     links[0].avoid_until = 900; /* ran out, but its Ping is unanswered */
     links[0].count = 1;
@@ -3690,24 +3798,26 @@ KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
     links[2].count = 1;
     CHECK(!router_link_asking(&links[2]));
     links[2].count = 0;
-    int i = router_replica_pick(links, &set, 0, 1000, -1);
+    int i = router_replica_pick(links, &set, 0, 1000, -1, 0);
     CHECK(i == 1 || i == 2);
     /* Nothing else healthy: an avoided replica is the last resort (before
      * one that is down), one not behind its Ping first, then the soonest. */
     links[1].avoid_ms = 8000;
     links[1].avoid_until = 9000;
     links[2].up = 0;
-    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 1);
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, 0), 1);
     links[1].count = 1;
-    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
-    CHECK_EQ(router_replica_pick(links, &set, 1, 1000, -1), 1);
-    CHECK_EQ(router_replica_pick(links, &set, 3, 1000, -1), 2);
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, 0), 0);
+    CHECK_EQ(router_replica_pick(links, &set, 1, 1000, -1, 0), 1);
+    CHECK_EQ(router_replica_pick(links, &set, 3, 1000, -1, 0), 2);
     links[0].count = 0; /* answered, not 200: its avoidance ran out */
-    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1, 0), 0);
 }
 
 KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_pick_passes_over_a_link_asking_its_new_worker),
+              KVS_CASE(replica_pick_prefers_a_replica_below_its_cap),
+              KVS_CASE(replica_cap_holds_reads_only_when_every_replica_is_at_it),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
               KVS_CASE(replica_split_read_retries_its_part),
