@@ -86,6 +86,8 @@ struct router_s {
     uint32_t busy_sessions; /* sessions with requests at workers (router_route: fair share) */
     uint64_t orphan_units;  /* ... and what requests of clients gone still have there */
     uint32_t n_capped;      /* links with ROUTER_SHARD_CAP units or more (links[].units) */
+    uv_timer_t cap_timer;   /* while sessions wait at a cap: their shards' replicas looked at */
+    int cap_timer_on;       /* ... initialized (router_route_start) */
     kvs_buf_t scratch;      /* a request with positions attached, being sent */
     router_local_t *local;  /* reads of local shards answered here; NULL: local_reads off */
     kvs_buf_t local_out;    /* a part's answer built here, before it joins its merge */
@@ -305,6 +307,10 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
 /* Routes the held requests of the sessions on r->release that may go now
  * (the flusher's `before` step, so never inside another routing). */
 void router_route_release(router_t *r);
+
+/* Starts what routing needs of the loop (the cap's recheck timer: see
+ * router_route.c). Returns 0 or a libuv error. */
+int router_route_start(router_t *r);
 
 /* Shard `shard` may have come below its cap (a link's units came down,
  * a link came up or went down: router_replica_capped): the sessions

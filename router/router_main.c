@@ -666,6 +666,8 @@ static int router_start(router_main_t *m)
             m->n_local++;
     r->add_metrics = main_metrics;
     if (rc == 0)
+        rc = router_route_start(r);
+    if (rc == 0)
         rc = router_ops_init(r, r->cfg, m->plugins);
     if (rc == 0)
         rc = start_links(m);

@@ -56,6 +56,20 @@ static int capped(const router_link_t *l, uint64_t cap)
     return cap > 0 && l->units >= cap;
 }
 
+static int healthy(const router_link_t *l, uint64_t now)
+{
+    return usable(l) && l->avoid_until <= now && !router_link_asking(l);
+}
+
+uint64_t router_replica_healthy(const router_link_t *links, const router_set_t *set, uint64_t now)
+{
+    uint64_t mask = 0;
+    for (uint32_t i = 0; i < set->n; i++)
+        if (healthy(&links[set->first + i], now))
+            mask |= 1ull << i;
+    return mask;
+}
+
 /* The best untried replica that is up, not avoided and below `cap` (0:
  * any): the local one, else the next in turn from set->rr (start < 0) or
  * from replica start % n. -1 when none; *turn is where the next choice
@@ -68,8 +82,7 @@ static int pick_healthy(const router_link_t *links, const router_set_t *set, uin
     for (uint32_t k = 0; k < set->n; k++) {
         uint32_t i = (from + k) % set->n;
         const router_link_t *l = &links[set->first + i];
-        if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now || router_link_asking(l) ||
-            capped(l, cap))
+        if ((tried & (1ull << i)) || !healthy(l, now) || capped(l, cap))
             continue;
         if (l->addr.is_unix)
             return (int)(set->first + i); /* this node's own worker: no hop */

@@ -54,8 +54,10 @@ typedef struct router_set_s {
     uint32_t rr;    /* where the next choice among equals starts */
     /* The sessions whose next request waits for the shard to come below
      * its cap (router_replica_capped; router_route; a head kvs_list_init
-     * made, in order). */
+     * made, in order), and its healthy replicas (router_replica_healthy)
+     * when the last of them was held. */
     kvs_list_t cap_wait;
+    uint64_t cap_healthy;
 } router_set_t;
 
 /* One part of a request on its way to a shard: which replicas it was
@@ -110,6 +112,11 @@ int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried,
  * when the one it keeps to has. */
 int router_replica_capped(const router_link_t *links, const router_set_t *set, uint64_t now,
                           int64_t start, uint64_t cap);
+
+/* The replicas of `set` that are up and neither avoided nor asking their
+ * worker whether it serves (bit i: replica i) at `now`: those among which
+ * a write's replica is chosen first. */
+uint64_t router_replica_healthy(const router_link_t *links, const router_set_t *set, uint64_t now);
 
 /* True when some replica of `set` outside `tried` is up. */
 int router_replica_any_up(const router_link_t *links, const router_set_t *set, uint64_t tried);

@@ -268,6 +268,11 @@ static void release_later(router_t *r, router_session_t *s)
 
 #define NO_SHARD UINT32_MAX
 
+static uint64_t now_ms(const router_t *r)
+{
+    return r->loop != NULL ? uv_now(r->loop) : 0;
+}
+
 static int is_retryable(Kvs__CommandRequest__CommandCase c);
 
 /* Whether a part of `req` for `shard` would find the shard at its cap
@@ -276,7 +281,7 @@ static int is_retryable(Kvs__CommandRequest__CommandCase c);
 static int shard_capped(const router_t *r, const router_req_t *req, uint32_t shard)
 {
     return r->n_capped > 0 &&
-           router_replica_capped(r->links, &r->sets[shard], r->loop != NULL ? uv_now(r->loop) : 0,
+           router_replica_capped(r->links, &r->sets[shard], now_ms(r),
                                  router_send_start(req, is_retryable(req->cmd)), ROUTER_SHARD_CAP);
 }
 
@@ -291,13 +296,55 @@ static int capped_part(const router_t *r, const router_req_t *req, uint32_t shar
     return shard_capped(r, req, shard) && !(local && router_local_is_local(r->local, shard));
 }
 
+/* How often the shards sessions wait for are looked at (on_cap_recheck). */
+#define CAP_RECHECK_MS 100
+
+/* A write held at a cap waits for the replica its connection keeps to,
+ * and which one that is changes as replicas are avoided, as their
+ * avoidance runs out and as a link's own Ping is answered: no event says
+ * the last two. So while sessions wait, their shards' healthy replicas
+ * are looked at every CAP_RECHECK_MS, and a shard's waiters released
+ * once they changed (those still capped wait again, in order). */
+static void on_cap_recheck(uv_timer_t *t)
+{
+    router_t *r = t->data;
+    int waiting = 0;
+    for (uint32_t s = 0; s < r->shards; s++) {
+        router_set_t *set = &r->sets[s];
+        if (kvs_list_empty(&set->cap_wait))
+            continue;
+        if (router_replica_healthy(r->links, set, now_ms(r)) != set->cap_healthy)
+            router_route_cap_changed(r, s);
+        else
+            waiting = 1;
+    }
+    if (waiting)
+        uv_timer_start(t, on_cap_recheck, CAP_RECHECK_MS, 0);
+}
+
+int router_route_start(router_t *r)
+{
+    int rc = uv_timer_init(r->loop, &r->cap_timer);
+    if (rc != 0)
+        return rc;
+    r->cap_timer.data = r;
+    r->cap_timer_on = 1;
+    uv_unref((uv_handle_t *)&r->cap_timer); /* never keeps the loop running */
+    return 0;
+}
+
 /* The first request `s` holds waits for `shard` to come below its cap:
- * `s` is released, in turn, once it may have (router_route_cap_changed).
- * A session waits on one shard's list, its first request's. */
+ * `s` is released, in turn, once it may have (router_route_cap_changed,
+ * on_cap_recheck). A session waits on one shard's list, its first
+ * request's. */
 static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
 {
+    router_set_t *set = &r->sets[shard];
     kvs_list_remove(&s->cap_link);
-    kvs_list_push_back(&r->sets[shard].cap_wait, &s->cap_link);
+    kvs_list_push_back(&set->cap_wait, &s->cap_link);
+    set->cap_healthy = router_replica_healthy(r->links, set, now_ms(r));
+    if (r->cap_timer_on && !uv_is_active((uv_handle_t *)&r->cap_timer))
+        uv_timer_start(&r->cap_timer, on_cap_recheck, CAP_RECHECK_MS, 0);
 }
 
 void router_route_cap_changed(router_t *r, uint32_t shard)

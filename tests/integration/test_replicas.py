@@ -21,7 +21,7 @@ import time
 import unittest
 
 import kafkatest
-from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
+from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, pos_token, wait_until
 from kvstest import (BUILD_DIR, Client, LogsOnFailure, LoopbackServer, cert_path, free_port,
                      free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hmget,
                      req_hmset, req_hset, tls_yaml)
@@ -838,6 +838,39 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertLess(took, 3.0, "a read waited %.2f s behind a hung replica's cap" % took)
         self.assertGreaterEqual(units[0], 4096)  # shard 0's, a's replica at its cap
         self.assertEqual(big.recv().status, 200)
+
+    def test_a_write_held_at_a_cap_goes_once_its_own_replica_is_trusted_again(self):
+        """A read ahead of the topic makes a's own replica of shard 0 answer
+        503, so it is avoided for 0.5 s, and the read goes on to b's,
+        whose worker is stopped. Meanwhile a read of 300 values goes to
+        b's replica too, past its cap, and a write of the shard is held
+        there: its connection keeps to a's replica, avoided. Once a's
+        avoidance runs out the write goes to a's replica, which no event
+        says: it waited for b's router.timeout (10 s, probe BC)."""
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]},
+                                       timeout="10s", router_yaml=("local_reads: false",))
+        a, b = rt["a"], rt["b"]
+        keys = [k for k in (b"wake-%d" % i for i in range(4000)) if shard_of_key(k) == 0][:300]
+        with a.client() as c:
+            self.assertEqual(c.call(req_hset(TABLE, keys[0], "v0")).status, 200)
+        ahead = req_hget(TABLE, keys[1])
+        ahead.min_position = pos_token([(TOPIC, p, 10 ** 7) for p in range(TOPIC_PARTS)])
+        clients = [a.client(timeout=30) for _ in range(3)]
+        for c in clients:
+            self.addCleanup(c.close)
+        early, big, writer = clients
+        with stopped(b.worker_pid(0)):
+            early.send(ahead)  # 503 at a's replica, then on to b's
+            time.sleep(0.15)  # (not Info: a's replica answering it would end the avoidance)
+            big.send(req_hmget(TABLE, keys))  # a's replica avoided: to b's, past its cap
+            time.sleep(0.05)
+            start = time.monotonic()
+            got = writer.call(req_hset(TABLE, keys[2], "w2"))
+            took = time.monotonic() - start
+        self.assertEqual(got.status, 200, got.message)
+        self.assertLess(took, 3.0, "a write waited %.2f s for a replica trusted again" % took)
+        self.assertEqual(big.recv().status, 200)
+        self.assertEqual(early.recv().status, 503)
 
     def test_consumer_group_and_info_name_the_replica(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
