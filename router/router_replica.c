@@ -149,12 +149,26 @@ int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried,
     return choose(links, set, tried, now, start, cap, &set->rr);
 }
 
+int router_replica_write_choice(const router_link_t *links, const router_set_t *set, uint64_t now,
+                                int64_t start)
+{
+    uint32_t turn;
+    return choose(links, set, 0, now, start, 0, &turn);
+}
+
+int router_replica_kept(const router_link_t *links, const router_set_t *set, int64_t start)
+{
+    for (uint32_t i = 0; i < set->n; i++)
+        if (links[set->first + i].addr.is_unix)
+            return (int)(set->first + i);
+    return (int)(set->first + (uint32_t)((uint64_t)start % set->n));
+}
+
 int router_replica_capped(const router_link_t *links, const router_set_t *set, uint64_t now,
                           int64_t start, uint64_t cap)
 {
     if (start >= 0) { /* a write: the replica it keeps to */
-        uint32_t turn;
-        int i = choose(links, set, 0, now, start, 0, &turn);
+        int i = router_replica_write_choice(links, set, now, start);
         return i >= 0 && usable(&links[i]) && capped(&links[i], cap);
     }
     int up = 0;

@@ -406,11 +406,18 @@ static void count_at_worker(router_t *r, router_req_t *req, router_try_t *t, uin
     t->cost = cost;
 }
 
-/* Part `t` is answered (or failed): its units are off its link's. */
-static void part_answered(router_t *r, router_try_t *t)
+/* Part `t` of `req` is answered (or failed): its units are off its
+ * link's, and a write sent elsewhere (router_send) no longer counts. */
+static void part_answered(router_req_t *req, router_try_t *t)
 {
-    router_send_discharge(r, t);
+    router_send_discharge(req->router, t);
     t->cost = 0;
+    if (t->elsewhere) {
+        t->elsewhere = 0;
+        router_session_t *s = req->client != NULL ? router_client_session(req->client) : NULL;
+        if (s != NULL && s->elsewhere > 0)
+            s->elsewhere--;
+    }
 }
 
 /* `req` is answered: what it cost is off its connection's share. */
@@ -482,9 +489,9 @@ static void session_answered(router_req_t *req)
 {
     /* Every part's answer took its units off its shard (router_route_reply):
      * none is left, unless a request ended with a part still out. */
-    part_answered(req->router, &req->try0);
+    part_answered(req, &req->try0);
     for (uint32_t i = 0; req->merge != NULL && i < req->merge->nparts; i++)
-        part_answered(req->router, &req->merge->tries[i]);
+        part_answered(req, &req->merge->tries[i]);
     write_finished(req);
     forward_finished(req);
     at_worker_finished(req);
@@ -776,7 +783,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
     if (router_send_answered(req->router, req, t, part, payload, len, failure))
         return; /* sent to another replica: its answer comes later */
-    part_answered(req->router, t);
+    part_answered(req, t);
     /* Not an answer a worker gives: it proves nothing (a write may have
      * run there: its failure says so). */
     char why[160];
@@ -3110,20 +3117,43 @@ static int held_behind(const router_req_t *req, int bound_read)
     return s->held != NULL || (bound_read && s->writes > 0);
 }
 
+/* Whether a write of `req` to `shard` must wait for the session's writes
+ * in flight to be answered: it would go to another replica than the one
+ * its connection keeps to (avoided or down), or go back to that one while
+ * some went elsewhere. Two replicas would each produce one of them to the
+ * topic, and the later write could land first: applied out of the order
+ * the client sent them, both answered 200. */
+static int write_switches(const router_t *r, const router_req_t *req, uint32_t shard)
+{
+    if (req->client == NULL || r->sets == NULL || r->sets[shard].n < 2)
+        return 0;
+    const router_session_t *s = router_client_session(req->client);
+    if (s->writes == 0)
+        return 0;
+    if (s->elsewhere > 0)
+        return 1;
+    int64_t start = s->replica_pref;
+    const router_set_t *set = &r->sets[shard];
+    int to = router_replica_write_choice(r->links, set, now_ms(r), start);
+    return to >= 0 && to != router_replica_kept(r->links, set, start);
+}
+
 /* Holds `req` back when its session holds earlier requests, when it
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight, when the session has its fair share of requests
- * at the workers already, or when `capped`, a shard it would send a part
- * to, is at its cap (NO_SHARD: none is). A request being
- * released (release_session checked the rest) is held again, first,
- * for the cap alone. Returns 1 when held (or answered: out of memory). */
+ * at the workers already, when `capped`, a shard it would send a part
+ * to, is at its cap (NO_SHARD: none is), or when it is a write that
+ * `switches` replica (write_switches: it waits for the session's writes
+ * as a bound read does). A request being released (release_session
+ * checked the rest) is held again, first, for the cap or the switch
+ * alone. Returns 1 when held (or answered: out of memory). */
 static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len,
-                size_t reserve, uint32_t capped)
+                size_t reserve, uint32_t capped, int switches)
 {
-    if (req->client == NULL || (req->releasing && capped == NO_SHARD))
+    if (req->client == NULL || (req->releasing && capped == NO_SHARD && !switches))
         return 0;
     router_session_t *s = router_client_session(req->client);
-    if (!req->releasing && capped == NO_SHARD && !held_behind(req, bound_read) &&
+    if (!req->releasing && capped == NO_SHARD && !switches && !held_behind(req, bound_read) &&
         !share_taken(req->router, s->at_workers))
         return 0;
     if (payload == req->held_payload.data) { /* released: kept already */
@@ -3136,7 +3166,7 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
         }
     }
     req->held = 1;
-    req->held_read = bound_read;
+    req->held_read = bound_read || switches;
     req->held_reserve = reserve;
     if (req->releasing) { /* back where release_session took it from */
         req->held_next = s->held;
@@ -3289,6 +3319,24 @@ static uint32_t capped_for(const router_t *r, const router_req_t *req, const Kvs
     return NO_SHARD;
 }
 
+/* Whether write `q` of `req` (to a table with binding `b`, placed by its
+ * keys) has a part that switches replica (write_switches). */
+static int switches_for(const router_t *r, const router_req_t *req, const Kvs__CommandRequest *q,
+                        const kvs_binding_t *b)
+{
+    if (req->client == NULL || router_client_session(req->client)->writes == 0 ||
+        b->partitioner == KVS_PARTITIONER_NONE)
+        return 0; /* the common case: no walk (an unplaced write is refused) */
+    const ProtobufCBinaryData *key = single_key(q);
+    size_t n = key != NULL ? 1 : nkeys_of(q);
+    for (size_t i = 0; i < n; i++) {
+        const ProtobufCBinaryData *k = key != NULL ? key : nth_key(q, i);
+        if (write_switches(r, req, place_key(r, b, k->data, k->len)))
+            return 1;
+    }
+    return 0;
+}
+
 /* A valid request (`received`: the fast path checked it and ran RECEIVED
  * already). */
 static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
@@ -3326,7 +3374,8 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
     if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen,
-             answer_reserve(r, q->command_case), capped_for(r, req, q, b)))
+             answer_reserve(r, q->command_case), capped_for(r, req, q, b),
+             b != NULL && kvs_msg_is_write(q->command_case) && switches_for(r, req, q, b)))
         return;
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
@@ -3393,7 +3442,8 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
     if (read && !held_behind(req, b != NULL) && read_key_here(r, req, shard, b, pk))
         return 1;
     uint32_t capped = shard_capped(r, req, shard) ? shard : NO_SHARD;
-    if (hold(req, b != NULL && read, payload, len, 0, capped)) /* a key's answer: no reserve */
+    if (hold(req, b != NULL && read, payload, len, 0, capped, /* a key's answer: no reserve */
+             b != NULL && !read && write_switches(r, req, shard)))
         return 1;
     if (b == NULL && !read && unbound_replicated(r, pk->cmd, shard))
         return 0; /* refused: the full path says why */
@@ -3538,6 +3588,7 @@ void router_route_forget(router_t *r, router_session_t *s)
     if (s->at_workers > 0 && r->busy_sessions > 0)
         r->busy_sessions--; /* its requests still out no longer count (req->client is NULL) */
     s->at_workers = 0;
+    s->elsewhere = 0; /* (its writes still out no longer count either) */
     kvs_list_remove(&s->release_link);
     s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
     s->held_bytes = 0;

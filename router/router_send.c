@@ -141,6 +141,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     t->shard = shard;
     t->unsent = 0;
     t->charged = 0;
+    t->elsewhere = 0;
     t->bytes.len = 0;
     if (r->sets[shard].n > 1 && retryable) {
         int rc = msg != NULL ? kvs_msg_append(&t->bytes, msg, SIZE_MAX)
@@ -160,7 +161,13 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
         }
     }
     router_link_t *last;
-    int rc = send_some(r, req, t, part, msg, raw, rawlen, router_send_start(req, retryable), &last);
+    int64_t start = router_send_start(req, retryable);
+    int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
+    if (rc == 0 && start >= 0 && r->sets[shard].n > 1 &&
+        (int)t->link != router_replica_kept(r->links, &r->sets[shard], start)) {
+        t->elsewhere = 1; /* its connection's later writes wait for it (router_route) */
+        router_client_session(req->client)->elsewhere++;
+    }
     if (rc == 0)
         return;
     char why[600];

@@ -17,7 +17,11 @@
  *    replica while it stays up and is not avoided (`replica_pref`, from a
  *    counter, spreads connections over the replicas), so two pipelined
  *    writes of one key are applied in the order sent, not raced through
- *    two replicas into the topic.
+ *    two replicas into the topic. A write that would go to another
+ *    replica (its own avoided or down), or back to its own while some
+ *    went elsewhere (`elsewhere`), is held like a read until the
+ *    connection's writes in flight are answered (router_route:
+ *    write_switches).
  *  - Local reads (router_local): while any request of the connection is
  *    with a local worker (`forwarded`), its reads of local shards go to the
  *    workers too, behind it on the same links, instead of being answered
@@ -113,6 +117,8 @@ typedef struct router_session_s {
     router_pos_t *pos; /* sorted by (binding, partition) */
     size_t n, cap;
     uint32_t writes;     /* writes to bound tables sent and not answered */
+    uint32_t elsewhere;  /* write parts sent and not answered that went to another replica
+                            than the connection keeps to (router_send; router_route) */
     uint32_t queued;     /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;  /* requests with a part at a local worker, not answered */
     uint32_t at_workers; /* units of work of its requests at workers (fair share) */

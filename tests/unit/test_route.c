@@ -3775,6 +3775,65 @@ KVS_TEST(replica_cap_holds_reads_only_when_every_replica_is_at_it)
     fx.r.busy_sessions = 0;
 }
 
+/* A connection's writes to a shard keep to one replica, so that they
+ * reach the topic in the order sent. When that replica is avoided with a
+ * write still in flight there, the next write waits for it rather than go
+ * to the other replica, which could produce it first (both answered 200,
+ * the older value kept); and a write that went elsewhere holds the next
+ * until it is answered, even once the connection's own replica is
+ * trusted again. */
+KVS_TEST(replica_writes_wait_rather_than_switch_replica_mid_flight)
+{
+    setup_replicas(10, 100);
+    fx.many = 1;
+    router_req_t *w[3];
+    w[0] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][0]);
+    CHECK_EQ(fx.n_sent, 1u);
+    CHECK_EQ(fx.sent[0].link, 0u); /* this node's own replica */
+    fx.r.links[0].avoid_ms = 500;  /* it failed another request: avoided (the fixture's now is 0) */
+    fx.r.links[0].avoid_until = 1000;
+    w[1] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][1]);
+    CHECK(w[1]->held);
+    CHECK_EQ(fx.n_sent, 1u);
+    reply_status(0, 200, ""); /* the first is answered (which trusts the replica again) */
+    fx.r.links[0].up = 0;     /* ... and its link goes down: the second goes to node b's */
+    router_route_release(&fx.r);
+    CHECK(!w[1]->held);
+    CHECK_EQ(fx.n_sent, 2u);
+    CHECK_EQ(fx.sent[1].link, 1u);
+    CHECK_EQ(fx.session.elsewhere, 1u);
+    fx.r.links[0].up = 1; /* up again: the third would go there */
+    w[2] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][2]);
+    CHECK(w[2]->held);
+    CHECK_EQ(fx.n_sent, 2u);
+    reply_status(1, 200, "");
+    CHECK_EQ(fx.session.elsewhere, 0u);
+    router_route_release(&fx.r);
+    CHECK(!w[2]->held);
+    CHECK_EQ(fx.n_sent, 3u);
+    CHECK_EQ(fx.sent[2].link, 0u);
+    reply_status(2, 200, "");
+    CHECK_EQ(fx.session.writes, 0u);
+    CHECK_EQ(fx.held, 0);
+    for (int i = 0; i < 3; i++)
+        router_req_free(w[i]);
+    /* Pipelined while the connection's own replica is healthy: none waits. */
+    fx.n_completed = 0;
+    clear_sent();
+    for (int i = 0; i < 3; i++) {
+        w[i] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][i]);
+        CHECK(!w[i]->held);
+    }
+    CHECK_EQ(fx.n_sent, 3u);
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ(fx.sent[i].link, 0u);
+        reply_status(i, 200, "");
+        router_req_free(w[i]);
+    }
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
+}
+
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 {
     router_link_t links[3];
@@ -3817,6 +3876,7 @@ KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_pick_passes_over_a_link_asking_its_new_worker),
               KVS_CASE(replica_pick_prefers_a_replica_below_its_cap),
+              KVS_CASE(replica_writes_wait_rather_than_switch_replica_mid_flight),
               KVS_CASE(replica_cap_holds_reads_only_when_every_replica_is_at_it),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
