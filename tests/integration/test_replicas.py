@@ -1086,8 +1086,11 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         part = partition_of(key, TOPIC_PARTS)
         pid = hung_node.worker_pid(shard)
         with router.client(timeout=20) as c:
-            before = c.call(req_hset(TABLE, key, "before"))
-            self.assertEqual(before.status, 200, before.message)  # once 503: say why next time
+            for _ in range(3):  # a worker's first produce may take past 4/5 of router.timeout
+                before = c.call(req_hset(TABLE, key, "before"))  # under ASan on a loaded
+                if before.status != 503:                         # machine: 503, may or may
+                    break                                        # not have happened
+            self.assertEqual(before.status, 200, before.message)
             os.kill(pid, signal.SIGSTOP)
             try:
                 abandoned = None
