@@ -156,14 +156,6 @@ int router_replica_write_choice(const router_link_t *links, const router_set_t *
     return choose(links, set, 0, now, start, 0, &turn);
 }
 
-int router_replica_kept(const router_link_t *links, const router_set_t *set, int64_t start)
-{
-    for (uint32_t i = 0; i < set->n; i++)
-        if (links[set->first + i].addr.is_unix)
-            return (int)(set->first + i);
-    return (int)(set->first + (uint32_t)((uint64_t)start % set->n));
-}
-
 int router_replica_capped(const router_link_t *links, const router_set_t *set, uint64_t now,
                           int64_t start, uint64_t cap)
 {

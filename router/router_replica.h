@@ -67,10 +67,10 @@ typedef struct router_try_s {
     uint64_t tried; /* bit i: replica i of the set */
     uint32_t link;  /* index in router_t.links it was sent on last */
     uint32_t shard;
-    uint32_t cost; /* its units of the fair share (router_route) */
-    int charged;   /* ... counted in links[link].units (router_send) */
-    int elsewhere; /* a write sent to another replica than its connection keeps to (router_send) */
-    int unsent;    /* no replica took it: it failed without being sent */
+    uint32_t cost;       /* its units of the fair share (router_route) */
+    int charged;         /* ... counted in links[link].units (router_send) */
+    int in_wshard;       /* a write counted in its session's wshard[shard] (router_send) */
+    int unsent;          /* no replica took it: it failed without being sent */
     uint32_t value_keys; /* the keys it reads values of (Hget, Hmget; 1 for a part of Hgetall or
                             Hscan) */
     kvs_buf_t bytes;
@@ -118,10 +118,6 @@ int router_replica_capped(const router_link_t *links, const router_set_t *set, u
  * router_replica_pick) goes to now, nothing moved; -1 when none. */
 int router_replica_write_choice(const router_link_t *links, const router_set_t *set, uint64_t now,
                                 int64_t start);
-
-/* The replica of `set` a write with `start` keeps to while it is healthy:
- * this node's own, else replica start % n. */
-int router_replica_kept(const router_link_t *links, const router_set_t *set, int64_t start);
 
 /* The replicas of `set` that are up and neither avoided nor asking their
  * worker whether it serves (bit i: replica i) at `now`: those among which

@@ -407,17 +407,12 @@ static void count_at_worker(router_t *r, router_req_t *req, router_try_t *t, uin
 }
 
 /* Part `t` of `req` is answered (or failed): its units are off its
- * link's, and a write sent elsewhere (router_send) no longer counts. */
+ * link's, and a write no longer counts among its session's in flight. */
 static void part_answered(router_req_t *req, router_try_t *t)
 {
     router_send_discharge(req->router, t);
     t->cost = 0;
-    if (t->elsewhere) {
-        t->elsewhere = 0;
-        router_session_t *s = req->client != NULL ? router_client_session(req->client) : NULL;
-        if (s != NULL && s->elsewhere > 0)
-            s->elsewhere--;
-    }
+    router_send_wshard_done(req, t);
 }
 
 /* `req` is answered: what it cost is off its connection's share. */
@@ -3118,24 +3113,20 @@ static int held_behind(const router_req_t *req, int bound_read)
 }
 
 /* Whether a write of `req` to `shard` must wait for the session's writes
- * in flight to be answered: it would go to another replica than the one
- * its connection keeps to (avoided or down), or go back to that one while
- * some went elsewhere. Two replicas would each produce one of them to the
- * topic, and the later write could land first: applied out of the order
- * the client sent them, both answered 200. */
+ * in flight to be answered: it would go to another replica of the shard
+ * than its writes to it in flight (the one its connection keeps to was
+ * avoided or went down, or is back after a failover). Two replicas would
+ * each produce one of them to the topic, and the later write could land
+ * first: applied out of the order the client sent them, both answered
+ * 200. */
 static int write_switches(const router_t *r, const router_req_t *req, uint32_t shard)
 {
-    if (req->client == NULL || r->sets == NULL || r->sets[shard].n < 2)
+    if (req->client == NULL || r->sets == NULL || r->sets[shard].n < 2 ||
+        router_client_session(req->client)->wshard == NULL)
         return 0;
-    const router_session_t *s = router_client_session(req->client);
-    if (s->writes == 0)
-        return 0;
-    if (s->elsewhere > 0)
-        return 1;
-    int64_t start = s->replica_pref;
-    const router_set_t *set = &r->sets[shard];
-    int to = router_replica_write_choice(r->links, set, now_ms(r), start);
-    return to >= 0 && to != router_replica_kept(r->links, set, start);
+    int to = router_replica_write_choice(r->links, &r->sets[shard], now_ms(r),
+                                         router_client_session(req->client)->replica_pref);
+    return router_send_wshard_other(r, req, shard, to);
 }
 
 /* Holds `req` back when its session holds earlier requests, when it
@@ -3324,8 +3315,8 @@ static uint32_t capped_for(const router_t *r, const router_req_t *req, const Kvs
 static int switches_for(const router_t *r, const router_req_t *req, const Kvs__CommandRequest *q,
                         const kvs_binding_t *b)
 {
-    if (req->client == NULL || router_client_session(req->client)->writes == 0 ||
-        b->partitioner == KVS_PARTITIONER_NONE)
+    if (req->client == NULL || router_client_session(req->client)->wshard == NULL ||
+        router_client_session(req->client)->writes == 0 || b->partitioner == KVS_PARTITIONER_NONE)
         return 0; /* the common case: no walk (an unplaced write is refused) */
     const ProtobufCBinaryData *key = single_key(q);
     size_t n = key != NULL ? 1 : nkeys_of(q);
@@ -3588,7 +3579,8 @@ void router_route_forget(router_t *r, router_session_t *s)
     if (s->at_workers > 0 && r->busy_sessions > 0)
         r->busy_sessions--; /* its requests still out no longer count (req->client is NULL) */
     s->at_workers = 0;
-    s->elsewhere = 0; /* (its writes still out no longer count either) */
+    if (s->wshard != NULL) /* (its writes still out no longer count either) */
+        memset(s->wshard, 0, r->shards * sizeof(*s->wshard));
     kvs_list_remove(&s->release_link);
     s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
     s->held_bytes = 0;

@@ -16,9 +16,11 @@
 #include "router_send.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_log.h"
 #include "kvs_msg.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static uint64_t now_ms(const router_t *r)
@@ -101,6 +103,44 @@ void router_send_discharge(router_t *r, router_try_t *t)
     }
 }
 
+#define WSHARD_MASK ((1u << ROUTER_WSHARD_COUNT) - 1)
+
+/* The count of the write parts of `req`'s session to `shard` in flight
+ * (router_session_t.wshard), made on its first; NULL without a session,
+ * or out of memory (the write goes uncounted: logged). */
+static uint32_t *wshard_of(router_t *r, router_req_t *req, uint32_t shard)
+{
+    if (req->client == NULL)
+        return NULL;
+    router_session_t *s = router_client_session(req->client);
+    if (s->wshard == NULL && (s->wshard = calloc(r->shards, sizeof(*s->wshard))) == NULL) {
+        kvs_warn("out of memory keeping a connection's writes to shard %u in order: a later "
+                 "write of it may reach the topic through another replica first",
+                 shard);
+        return NULL;
+    }
+    return &s->wshard[shard];
+}
+
+void router_send_wshard_done(router_req_t *req, router_try_t *t)
+{
+    if (!t->in_wshard)
+        return;
+    t->in_wshard = 0;
+    router_session_t *s = req->client != NULL ? router_client_session(req->client) : NULL;
+    if (s != NULL && s->wshard != NULL && (s->wshard[t->shard] & WSHARD_MASK) > 0)
+        s->wshard[t->shard]--; /* (the replica's bits stay: the count is what counts) */
+}
+
+int router_send_wshard_other(const router_t *r, const router_req_t *req, uint32_t shard, int link)
+{
+    const router_session_t *s = req->client != NULL ? router_client_session(req->client) : NULL;
+    if (s == NULL || s->wshard == NULL || (s->wshard[shard] & WSHARD_MASK) == 0)
+        return 0;
+    return link < 0 ||
+           (uint32_t)link - r->sets[shard].first != s->wshard[shard] >> ROUTER_WSHARD_COUNT;
+}
+
 int64_t router_send_start(const router_req_t *req, int retryable)
 {
     if (retryable || req->client == NULL)
@@ -141,7 +181,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     t->shard = shard;
     t->unsent = 0;
     t->charged = 0;
-    t->elsewhere = 0;
+    t->in_wshard = 0;
     t->bytes.len = 0;
     if (r->sets[shard].n > 1 && retryable) {
         int rc = msg != NULL ? kvs_msg_append(&t->bytes, msg, SIZE_MAX)
@@ -162,11 +202,13 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     }
     router_link_t *last;
     int64_t start = router_send_start(req, retryable);
+    uint32_t *ws = start >= 0 && r->sets[shard].n > 1 ? wshard_of(r, req, shard) : NULL;
+    if (ws != NULL && (*ws & WSHARD_MASK) > 0) /* only where its writes in flight are */
+        t->tried = ~(1ull << (*ws >> ROUTER_WSHARD_COUNT));
     int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
-    if (rc == 0 && start >= 0 && r->sets[shard].n > 1 &&
-        (int)t->link != router_replica_kept(r->links, &r->sets[shard], start)) {
-        t->elsewhere = 1; /* its connection's later writes wait for it (router_route) */
-        router_client_session(req->client)->elsewhere++;
+    if (rc == 0 && ws != NULL) {
+        *ws = ((*ws & WSHARD_MASK) + 1) | (t->link - r->sets[shard].first) << ROUTER_WSHARD_COUNT;
+        t->in_wshard = 1;
     }
     if (rc == 0)
         return;

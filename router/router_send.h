@@ -34,6 +34,15 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
  * Once only: a part not counted on a link is left as it is. */
 void router_send_discharge(router_t *r, router_try_t *t);
 
+/* Write part `t` of `req` is answered or failed: it no longer counts among
+ * its session's writes in flight to its shard (router_session_t.wshard). */
+void router_send_wshard_done(router_req_t *req, router_try_t *t);
+
+/* Whether `req`'s session has writes in flight to `shard` (one with
+ * replicas) on another replica than links[link] (-1: none would take it):
+ * a write sent there could reach the topic before them. */
+int router_send_wshard_other(const router_t *r, const router_req_t *req, uint32_t shard, int link);
+
 /* Where the choice of a replica for a part of `req` starts
  * (router_replica_pick): -1 for a `retryable` read (the next in turn);
  * for anything else the connection's own replica, so that its pipelined

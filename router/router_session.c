@@ -43,6 +43,8 @@ void router_session_free(router_session_t *s)
     free(s->pos);
     s->pos = NULL;
     s->n = s->cap = 0;
+    free(s->wshard);
+    s->wshard = NULL;
 }
 
 /* Index of the first entry >= (binding, partition). */

@@ -18,10 +18,10 @@
  *    counter, spreads connections over the replicas), so two pipelined
  *    writes of one key are applied in the order sent, not raced through
  *    two replicas into the topic. A write that would go to another
- *    replica (its own avoided or down), or back to its own while some
- *    went elsewhere (`elsewhere`), is held like a read until the
- *    connection's writes in flight are answered (router_route:
- *    write_switches).
+ *    replica of a shard than the connection's writes to it still in
+ *    flight (its own avoided or down, or back to it after a failover:
+ *    `wshard`) is held like a read until the connection's writes in
+ *    flight are answered (router_route: write_switches).
  *  - Local reads (router_local): while any request of the connection is
  *    with a local worker (`forwarded`), its reads of local shards go to the
  *    workers too, behind it on the same links, instead of being answered
@@ -104,6 +104,7 @@ typedef struct router_req_s router_req_t;
 #define ROUTER_FAIR_BYTES 4096
 #define ROUTER_FAIR_KEYS 8
 #define ROUTER_SHARD_CAP (4 * ROUTER_FAIR_TOTAL) /* units on a link past which nobody sends it */
+#define ROUTER_WSHARD_COUNT 26          /* wshard: bits of the count; the replica's index above */
 #define ROUTER_READ_GUESS (64u << 10)   /* bytes per key a first value read is taken to answer */
 #define ROUTER_TABLE_GUESS (256u << 10) /* ... and a whole-table read's part (Hgetall, Hscan) */
 
@@ -116,9 +117,12 @@ typedef struct router_pos_s {
 typedef struct router_session_s {
     router_pos_t *pos; /* sorted by (binding, partition) */
     size_t n, cap;
-    uint32_t writes;     /* writes to bound tables sent and not answered */
-    uint32_t elsewhere;  /* write parts sent and not answered that went to another replica
-                            than the connection keeps to (router_send; router_route) */
+    uint32_t writes; /* writes to bound tables sent and not answered */
+    /* Per shard with replicas, its write parts sent and not answered:
+     * how many (ROUTER_WSHARD_COUNT bits), all on one replica (the bits
+     * above: its index in the shard's set). NULL until its first such
+     * write; router_t.shards entries. */
+    uint32_t *wshard;
     uint32_t queued;     /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;  /* requests with a part at a local worker, not answered */
     uint32_t at_workers; /* units of work of its requests at workers (fair share) */

@@ -350,6 +350,8 @@ static void drop_req(void)
         return;
     if (fx.req->bound_write && fx.session.writes > 0)
         fx.session.writes--;
+    if (!fx.many && fx.session.wshard != NULL) /* ... and its writes are in flight no more */
+        memset(fx.session.wshard, 0, fx.r.shards * sizeof(*fx.session.wshard));
     /* as if answered: its parts' units leave their shards (the only
      * request out, but in the session cases, which answer theirs) */
     for (uint32_t i = 0; !fx.many && fx.r.links != NULL && i < fx.r.n_links; i++)
@@ -3779,9 +3781,10 @@ KVS_TEST(replica_cap_holds_reads_only_when_every_replica_is_at_it)
  * reach the topic in the order sent. When that replica is avoided with a
  * write still in flight there, the next write waits for it rather than go
  * to the other replica, which could produce it first (both answered 200,
- * the older value kept); and a write that went elsewhere holds the next
- * until it is answered, even once the connection's own replica is
- * trusted again. */
+ * the older value kept); and a write that went to the other replica holds
+ * the next until it is answered, once the connection's own replica is
+ * back. Writes that all go to one replica, the connection's own or not,
+ * never wait for each other. */
 KVS_TEST(replica_writes_wait_rather_than_switch_replica_mid_flight)
 {
     setup_replicas(10, 100);
@@ -3801,13 +3804,13 @@ KVS_TEST(replica_writes_wait_rather_than_switch_replica_mid_flight)
     CHECK(!w[1]->held);
     CHECK_EQ(fx.n_sent, 2u);
     CHECK_EQ(fx.sent[1].link, 1u);
-    CHECK_EQ(fx.session.elsewhere, 1u);
+    CHECK_EQ(fx.session.wshard[0], 1u | 1u << ROUTER_WSHARD_COUNT); /* one, at replica 1 */
     fx.r.links[0].up = 1; /* up again: the third would go there */
     w[2] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][2]);
     CHECK(w[2]->held);
     CHECK_EQ(fx.n_sent, 2u);
     reply_status(1, 200, "");
-    CHECK_EQ(fx.session.elsewhere, 0u);
+    CHECK_EQ(fx.session.wshard[0] & ((1u << ROUTER_WSHARD_COUNT) - 1), 0u);
     router_route_release(&fx.r);
     CHECK(!w[2]->held);
     CHECK_EQ(fx.n_sent, 3u);
@@ -3827,6 +3830,20 @@ KVS_TEST(replica_writes_wait_rather_than_switch_replica_mid_flight)
     CHECK_EQ(fx.n_sent, 3u);
     for (size_t i = 0; i < 3; i++) {
         CHECK_EQ(fx.sent[i].link, 0u);
+        reply_status(i, 200, "");
+        router_req_free(w[i]);
+    }
+    /* ... nor while it is down (a node lost for hours): all go to the other. */
+    fx.r.links[0].up = 0;
+    fx.n_completed = 0;
+    clear_sent();
+    for (int i = 0; i < 3; i++) {
+        w[i] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][i]);
+        CHECK(!w[i]->held);
+    }
+    CHECK_EQ(fx.n_sent, 3u);
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ(fx.sent[i].link, 1u);
         reply_status(i, 200, "");
         router_req_free(w[i]);
     }
