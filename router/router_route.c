@@ -3121,11 +3121,12 @@ static int held_behind(const router_req_t *req, int bound_read)
  * 200. */
 static int write_switches(const router_t *r, const router_req_t *req, uint32_t shard)
 {
-    if (req->client == NULL || r->sets == NULL || r->sets[shard].n < 2 ||
-        router_client_session(req->client)->wshard == NULL)
+    if (req->client == NULL || r->sets == NULL || r->sets[shard].n < 2)
         return 0;
-    int to = router_replica_write_choice(r->links, &r->sets[shard], now_ms(r),
-                                         router_client_session(req->client)->replica_pref);
+    const router_session_t *s = router_client_session(req->client);
+    if (s->wshard == NULL || s->writes == 0)
+        return 0; /* (none in flight: what wakes a held write, so never held without one) */
+    int to = router_replica_write_choice(r->links, &r->sets[shard], now_ms(r), s->replica_pref);
     return router_send_wshard_other(r, req, shard, to);
 }
 
