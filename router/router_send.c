@@ -63,13 +63,18 @@ void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const c
 }
 
 /* Words for a part no replica took. */
-static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l,
+static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l, int kept,
                         char *why, size_t n)
 {
     const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
     uint32_t reps = r->sets[shard].n;
-    char who[120] = "";
-    if (reps > 1)
+    char who[200] = "";
+    if (kept) /* (a write: router_send_part) */
+        snprintf(who, sizeof(who),
+                 " (at its replica on node %s, where this connection's earlier writes to it are "
+                 "in flight: another replica could put this one in the topic before them)",
+                 node ? node : "?");
+    else if (reps > 1)
         snprintf(who, sizeof(who), " (none of its %u replicas took the request; last tried: %s)",
                  reps, node ? node : "?");
     router_send_refused(shard, rc, l, who, why, n);
@@ -203,7 +208,8 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     router_link_t *last;
     int64_t start = router_send_start(req, retryable);
     uint32_t *ws = start >= 0 && r->sets[shard].n > 1 ? wshard_of(r, req, shard) : NULL;
-    if (ws != NULL && (*ws & WSHARD_MASK) > 0) /* only where its writes in flight are */
+    int kept = ws != NULL && (*ws & WSHARD_MASK) > 0;
+    if (kept) /* only where its writes in flight are */
         t->tried = ~(1ull << (*ws >> ROUTER_WSHARD_COUNT));
     int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
     if (rc == 0 && ws != NULL) {
@@ -213,7 +219,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     if (rc == 0)
         return;
     char why[600];
-    unavailable(r, shard, rc, last, why, sizeof(why));
+    unavailable(r, shard, rc, last, kept, why, sizeof(why));
     t->bytes.len = 0; /* every replica refused: nothing to retry */
     t->unsent = 1;    /* so a split write's answer can say it wrote nothing */
     /* A frame too large to send fails as one too large to take: a length

@@ -63,6 +63,7 @@ typedef struct {
     router_req_t *completed[8];
     size_t n_completed;
     int value_lengths; /* route_cmd asks for CommandRequest.value_lengths */
+    size_t full_link;  /* index + 1 of a link that refuses with KVS_ELIMIT (0: none) */
 } fixture_t;
 
 static fixture_t fx;
@@ -78,6 +79,8 @@ static int record(router_link_t *l, const uint8_t *p, size_t n, void *ctx, uint3
     CHECK(shard < fx.r.shards);
     if (!l->up)
         return KVS_ECLOSED;
+    if (fx.full_link == idx + 1)
+        return KVS_ELIMIT; /* limits.client_output bytes of requests queued there */
     if (l->max_frame > 0 && n > l->max_frame)
         return KVS_ETOOBIG; /* as router_link does: nothing is sent */
     CHECK(fx.n_sent < MAX_SENT);
@@ -3851,6 +3854,45 @@ KVS_TEST(replica_writes_wait_rather_than_switch_replica_mid_flight)
     fx.r.busy_sessions = 0;
 }
 
+/* A write whose connection has writes to the shard in flight at a
+ * replica goes there or nowhere: when that link is full (ELIMIT) it fails
+ * unsent, saying why, rather than reach the topic through another replica
+ * before them. A connection with none in flight goes on to the next. */
+KVS_TEST(replica_write_behind_its_own_is_not_moved_off_a_full_link)
+{
+    setup_replicas(10, 100);
+    fx.many = 1;
+    router_req_t *w1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][0]);
+    CHECK_EQ(fx.n_sent, 1u);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    fx.full_link = 1; /* link 0 */
+    router_req_t *w2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][1]);
+    CHECK(w2->done);
+    CHECK_EQ(fx.n_sent, 1u); /* not to node b's */
+    CHECK(w2->resp.len > KVS_FRAME_HEADER);
+    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, w2->resp.len - KVS_FRAME_HEADER,
+                                                            w2->resp.data + KVS_FRAME_HEADER);
+    CHECK(r != NULL);
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 0 is overloaded");
+    CHECK_CONTAINS(r->message, "at its replica on node a, where this connection's earlier "
+                               "writes to it are in flight");
+    kvs__command_response__free_unpacked(r, NULL);
+    reply_status(0, 200, "");
+    router_req_free(w1);
+    router_req_free(w2);
+    router_route_forget(&fx.r, &fx.session); /* a new connection: none in flight */
+    router_req_t *w3 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][2]);
+    CHECK(!w3->done);
+    CHECK_EQ(fx.n_sent, 2u);
+    CHECK_EQ(fx.sent[1].link, 1u);
+    reply_status(1, 200, "");
+    router_req_free(w3);
+    fx.full_link = 0;
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
+}
+
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 {
     router_link_t links[3];
@@ -3894,6 +3936,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_pick_passes_over_a_link_asking_its_new_worker),
               KVS_CASE(replica_pick_prefers_a_replica_below_its_cap),
               KVS_CASE(replica_writes_wait_rather_than_switch_replica_mid_flight),
+              KVS_CASE(replica_write_behind_its_own_is_not_moved_off_a_full_link),
               KVS_CASE(replica_cap_holds_reads_only_when_every_replica_is_at_it),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
