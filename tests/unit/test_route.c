@@ -3780,6 +3780,24 @@ KVS_TEST(replica_cap_holds_reads_only_when_every_replica_is_at_it)
     fx.r.busy_sessions = 0;
 }
 
+/* Three writes of shard 0 pipelined: none held, all sent on `link`. */
+static void pipeline_writes_to(uint32_t link)
+{
+    router_req_t *w[3];
+    fx.n_completed = 0;
+    clear_sent();
+    for (int i = 0; i < 3; i++) {
+        w[i] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][i]);
+        CHECK(!w[i]->held);
+    }
+    CHECK_EQ(fx.n_sent, 3u);
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ(fx.sent[i].link, link);
+        reply_status(i, 200, "");
+        router_req_free(w[i]);
+    }
+}
+
 /* A connection's writes to a shard keep to one replica, so that they
  * reach the topic in the order sent. When that replica is avoided with a
  * write still in flight there, the next write waits for it rather than go
@@ -3823,33 +3841,9 @@ KVS_TEST(replica_writes_wait_rather_than_switch_replica_mid_flight)
     CHECK_EQ(fx.held, 0);
     for (int i = 0; i < 3; i++)
         router_req_free(w[i]);
-    /* Pipelined while the connection's own replica is healthy: none waits. */
-    fx.n_completed = 0;
-    clear_sent();
-    for (int i = 0; i < 3; i++) {
-        w[i] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][i]);
-        CHECK(!w[i]->held);
-    }
-    CHECK_EQ(fx.n_sent, 3u);
-    for (size_t i = 0; i < 3; i++) {
-        CHECK_EQ(fx.sent[i].link, 0u);
-        reply_status(i, 200, "");
-        router_req_free(w[i]);
-    }
-    /* ... nor while it is down (a node lost for hours): all go to the other. */
-    fx.r.links[0].up = 0;
-    fx.n_completed = 0;
-    clear_sent();
-    for (int i = 0; i < 3; i++) {
-        w[i] = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[0][i]);
-        CHECK(!w[i]->held);
-    }
-    CHECK_EQ(fx.n_sent, 3u);
-    for (size_t i = 0; i < 3; i++) {
-        CHECK_EQ(fx.sent[i].link, 1u);
-        reply_status(i, 200, "");
-        router_req_free(w[i]);
-    }
+    pipeline_writes_to(0); /* pipelined while its own replica is healthy: none waits */
+    fx.r.links[0].up = 0;  /* ... nor while it is down (a node lost for hours) */
+    pipeline_writes_to(1);
     fx.session.at_workers = 0;
     fx.r.busy_sessions = 0;
 }
