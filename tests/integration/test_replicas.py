@@ -734,6 +734,81 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                 break
         self.assertEqual(refused, 1, "no write went through the real replica")
 
+    def test_a_write_does_not_overtake_its_connections_write_at_an_avoided_replica(self):
+        """Node a routes shard 2 to b and to the fake replica f. f takes a
+        read (R0) and, behind it on the same link, a connection's write
+        (W1) of key K; it answers R0 503, so a avoids f, and holds W1. The
+        connection's next write of K (W2) would go to b, which would put
+        it in the topic before W1 (f's producer, were f real): W1 then
+        applied last, K left at W1's value, both answered 200. W2 waits
+        for W1's answer instead: b never sees it meanwhile."""
+        lock, w1_seen, release = threading.Lock(), threading.Event(), threading.Event()
+        state = {"r0": False}
+        ok = pb.CommandResponse(status=200).SerializeToString()
+        busy = pb.CommandResponse(status=503, message="catching up").SerializeToString()
+
+        def frame(b):
+            return struct.pack(">I", len(b)) + b
+
+        def serve(sock):
+            sock.settimeout(60)
+            held_r0 = False
+            try:
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
+                    name = pb.CommandRequest.FromString(recv_exact(sock, n)).WhichOneof("command")
+                    with lock:
+                        claim = name == "hget" and not state["r0"]
+                        state["r0"] |= claim
+                    if claim:
+                        held_r0 = True  # answered once the write behind it came
+                    elif name == "hset" and held_r0:
+                        held_r0 = False
+                        sock.sendall(frame(busy))  # R0: a avoids f
+                        w1_seen.set()
+                        release.wait(30)
+                        sock.sendall(frame(ok))  # W1
+                    else:
+                        sock.sendall(frame(ok))
+            except (OSError, EOFError):
+                pass
+
+        a, b = self.fake_replica_cluster(serve)
+        self.addCleanup(release.set)
+        keys = [k for k in (b"ord%d" % i for i in range(5000)) if shard_of_key(k) == 2]
+        key = keys[0]
+        x = a.client(timeout=30)
+        self.addCleanup(x.close)
+        for k in keys[1:200]:  # reads take turns between b and f: until f holds one
+            x.send(req_hget(TABLE, k))
+            time.sleep(0.02)
+            with lock:
+                if state["r0"]:
+                    break
+            self.assertEqual(x.recv().status, 404)
+        self.assertTrue(state["r0"], "no read of shard 2 went to f")
+        writer = None
+        for _ in range(40):  # each new connection keeps to the next replica in turn
+            c = a.client(timeout=30)
+            c.send(req_hset(TABLE, key, "1"))
+            if w1_seen.wait(0.3):
+                writer = c
+                break
+            self.assertEqual(c.recv().status, 200)  # through b
+            c.close()
+        self.assertIsNotNone(writer, "no write of shard 2 went to f")
+        self.addCleanup(writer.close)
+        self.assertEqual(x.recv().status, 404)  # R0, retried on b
+        writer.send(req_hset(TABLE, key, "2"))
+        time.sleep(0.5)
+        with Client(b.socket_path(2), timeout=10) as w:
+            got = w.call(req_hget(TABLE, key))
+        self.assertNotEqual(pyval(got.values[0]) if got.values else None, "2",
+                            "the second write reached the topic through b before the first "
+                            "was answered")
+        release.set()
+        self.assertEqual([writer.recv().status for _ in range(2)], [200, 200])
+
     def test_a_flapping_replica_is_asked_with_a_ping_not_handed_clients_requests(self):
         """A remote "replica" that accepts every connection, reads what it
         is sent and drops the connection (a broken node, a worker that
