@@ -246,6 +246,23 @@ static int later_write_of_table(const router_req_t *req)
     return 0;
 }
 
+/* Whether a worker's 503 to a write says that Kafka did not acknowledge
+ * it (outcome_unknown, and no position: no record of it was placed): the
+ * worker did its part, and its producer may still put the record in the
+ * topic. The replica is not avoided for it: the connection's next writes
+ * then go through the same producer, behind that record, not through
+ * another replica's, which could put them in the topic before it (every
+ * replica produces to the same brokers, so another would not fare
+ * better). A record placed and not applied here (its partition diverged
+ * on this replica) is the replica's failure, avoided as any. */
+static int kafka_unsure(const uint8_t *payload, size_t len)
+{
+    Kvs__CommandResponse *resp = kvs_msg_decode_response(NULL, payload, len, NULL);
+    int unsure = resp != NULL && resp->outcome_unknown && resp->position.len == 0;
+    kvs__command_response__free_unpacked(resp, NULL);
+    return unsure;
+}
+
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
                          const uint8_t *payload, size_t len, const char *failure)
 {
@@ -262,6 +279,8 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
             router_link_trust(l);
         return 0;
     }
+    if (failure == NULL && kvs_msg_is_write(req->cmd) && kafka_unsure(payload, len))
+        return 0;
     if (r->sets[t->shard].n > 1)
         router_link_avoid(l, now_ms(r));
     if (t->bytes.len == 0 || !router_replica_any_up(r->links, &r->sets[t->shard], t->tried) ||

@@ -3887,6 +3887,45 @@ KVS_TEST(replica_write_behind_its_own_is_not_moved_off_a_full_link)
     fx.r.busy_sessions = 0;
 }
 
+/* A worker's 503 to a write because Kafka did not acknowledge it (the
+ * outcome unknown, no position: its producer may still put the record in
+ * the topic) is not the replica's failure: it is not avoided, so the
+ * connection's next write goes through the same producer, behind that
+ * record, and not through another replica's, which could put it in the
+ * topic first. A 503 that says nothing happened (a worker starting), or
+ * one with a position (placed, not applied there), is avoided as before. */
+KVS_TEST(replica_write_unacknowledged_by_kafka_keeps_its_replica)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][0]);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    reply_unknown(0, 503, "Hset: no acknowledgement from Kafka within 1600 ms (topic t-users)");
+    check_status(answer_async(), 503);
+    CHECK_EQ(fx.r.links[0].avoid_until, 0u);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
+    CHECK_EQ(fx.sent[0].link, 0u); /* the same replica */
+    reply_status(0, 503, "starting: opening its environment");
+    check_status(answer_async(), 503);
+    CHECK(fx.r.links[0].avoid_until > 0);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][2]);
+    CHECK_EQ(fx.sent[0].link, 1u);
+    /* Placed (a position) but not applied on that replica (its partition
+     * diverged there): its failure, avoided. */
+    fx.r.links[0].avoid_ms = 0;
+    fx.r.links[0].avoid_until = 0;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][3]);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    Kvs__CommandResponse placed = KVS__COMMAND_RESPONSE__INIT;
+    placed.status = 503;
+    placed.message = "Hset: Kafka acknowledged the write, but topic t-users partition 3 is not "
+                     "ingested by this shard (diverged)";
+    placed.outcome_unknown = 1;
+    placed.position = bin("\x01pos"); /* any token: only whether there is one counts */
+    reply(0, &placed);
+    check_status(answer_async(), 503);
+    CHECK(fx.r.links[0].avoid_until > 0);
+}
+
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 {
     router_link_t links[3];
@@ -3931,6 +3970,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_pick_prefers_a_replica_below_its_cap),
               KVS_CASE(replica_writes_wait_rather_than_switch_replica_mid_flight),
               KVS_CASE(replica_write_behind_its_own_is_not_moved_off_a_full_link),
+              KVS_CASE(replica_write_unacknowledged_by_kafka_keeps_its_replica),
               KVS_CASE(replica_cap_holds_reads_only_when_every_replica_is_at_it),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
