@@ -259,8 +259,8 @@ struct router_req_s {
     int in_route;
     Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */
     uint32_t parts_left;
-    struct route_merge_s *merge; /* multi-part state, or NULL */
-    int bound_write;             /* a write to a bound table, counted in the session's writes */
+    struct router_merge_s *merge; /* multi-part state, or NULL */
+    int bound_write;              /* a write to a bound table, counted in the session's writes */
     int wrote_bound;    /* ... and stays so once answered (a later read's retry checks it) */
     router_try_t try0;  /* a single-part request's replicas (multi-part: the merge's) */
     int fwd_local;      /* a part went to a local worker: counted in the session's `forwarded` */
@@ -340,6 +340,26 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
 
 /* Marks `req` done (its answer is in req->resp) and tells its client. */
 void router_req_complete(router_req_t *req);
+
+/* For router_merge, which answers requests too: makes req->resp a frame
+ * with `status`, the text in text[0..cap) (n = what snprintf reported;
+ * cut to what fits max_frame beside the rest), whether a write may or may
+ * not have happened (`unknown`: CommandResponse.outcome_unknown) and a
+ * position (`tok`, or NULL)... */
+void router_req_status_frame(router_req_t *req, uint32_t status, int unknown, const kvs_buf_t *tok,
+                             char *text, size_t cap, int n);
+
+/* ... makes req->resp the frame of payload[0..len) (empty when out of
+ * memory: the client is closed) ... */
+void router_req_set_answer(router_req_t *req, const uint8_t *payload, size_t len);
+
+/* ... ends text[0..n) within `cap` bytes and what an answer of
+ * limits.max_frame has room for, at a whole UTF-8 character ... */
+void router_req_cut_message(const router_t *r, char *text, int n, size_t cap);
+
+/* ... and notes a write answer's position `tok` in its connection's
+ * session. */
+void router_req_note_position(router_req_t *req, const uint8_t *tok, size_t len);
 
 /* Frees a request (its client is done with it, or gone and it completed). */
 void router_req_free(router_req_t *req);
