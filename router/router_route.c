@@ -219,11 +219,6 @@ static void release_later(router_t *r, router_session_t *s)
 
 #define NO_SHARD UINT32_MAX
 
-static uint64_t now_ms(const router_t *r)
-{
-    return r->loop != NULL ? uv_now(r->loop) : 0;
-}
-
 static int is_retryable(Kvs__CommandRequest__CommandCase c);
 
 /* Whether a part of `req` for `shard` would find the shard at its cap
@@ -232,7 +227,7 @@ static int is_retryable(Kvs__CommandRequest__CommandCase c);
 static int shard_capped(const router_t *r, const router_req_t *req, uint32_t shard)
 {
     return r->n_capped > 0 &&
-           router_replica_capped(r->links, &r->sets[shard], now_ms(r),
+           router_replica_capped(r->links, &r->sets[shard], router_now_ms(r),
                                  router_send_start(req, is_retryable(req->cmd)), ROUTER_SHARD_CAP);
 }
 
@@ -264,7 +259,7 @@ static void on_cap_recheck(uv_timer_t *t)
         router_set_t *set = &r->sets[s];
         if (kvs_list_empty(&set->cap_wait))
             continue;
-        if (router_replica_healthy(r->links, set, now_ms(r)) != set->cap_healthy)
+        if (router_replica_healthy(r->links, set, router_now_ms(r)) != set->cap_healthy)
             router_route_cap_changed(r, s);
         else
             waiting = 1;
@@ -293,7 +288,7 @@ static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
     router_set_t *set = &r->sets[shard];
     kvs_list_remove(&s->cap_link);
     kvs_list_push_back(&set->cap_wait, &s->cap_link);
-    set->cap_healthy = router_replica_healthy(r->links, set, now_ms(r));
+    set->cap_healthy = router_replica_healthy(r->links, set, router_now_ms(r));
     if (r->cap_timer_on && !uv_is_active((uv_handle_t *)&r->cap_timer))
         uv_timer_start(&r->cap_timer, on_cap_recheck, CAP_RECHECK_MS, 0);
 }
@@ -1794,7 +1789,8 @@ static int write_switches(const router_t *r, const router_req_t *req, uint32_t s
     const router_session_t *s = router_client_session(req->client);
     if (s->wshard == NULL || s->writes == 0)
         return 0; /* (none in flight: what wakes a held write, so never held without one) */
-    int to = router_replica_write_choice(r->links, &r->sets[shard], now_ms(r), s->replica_pref);
+    int to =
+        router_replica_write_choice(r->links, &r->sets[shard], router_now_ms(r), s->replica_pref);
     return router_send_wshard_other(r, req, shard, to);
 }
 
@@ -2250,6 +2246,8 @@ void router_route_forget(router_t *r, router_session_t *s)
     s->at_workers = 0;
     if (s->wshard != NULL) /* (its writes still out no longer count either) */
         memset(s->wshard, 0, r->shards * sizeof(*s->wshard));
+    if (s->wpin != NULL)
+        memset(s->wpin, 0, r->shards * sizeof(*s->wpin));
     kvs_list_remove(&s->release_link);
     s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
     s->held_bytes = 0;
