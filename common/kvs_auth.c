@@ -225,7 +225,8 @@ static unsigned needed_rights(Kvs__CommandRequest__CommandCase cmd)
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         return KVS_RIGHT_READ;
-    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR: /* it answers the value it made: read too */
+        return KVS_RIGHT_READ | KVS_RIGHT_WRITE;
     case KVS__COMMAND_REQUEST__COMMAND_HSET:
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
     case KVS__COMMAND_REQUEST__COMMAND_HDEL:
@@ -242,7 +243,10 @@ static unsigned needed_rights(Kvs__CommandRequest__CommandCase cmd)
 
 static const char *right_name(unsigned r)
 {
-    return r == KVS_RIGHT_READ ? "read" : r == KVS_RIGHT_WRITE ? "write" : "admin";
+    return r == KVS_RIGHT_READ                       ? "read"
+           : r == KVS_RIGHT_WRITE                    ? "write"
+           : r == (KVS_RIGHT_READ | KVS_RIGHT_WRITE) ? "read and write"
+                                                     : "admin";
 }
 
 /* ---- table patterns ------------------------------------------------------------ */
@@ -289,6 +293,16 @@ uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cm
         snprintf(msg, mlen, "user \"%s\" may not run %s on table \"%.*s\": it needs %s",
                  ac->user->cfg->name, name, (int)tlen, (const char *)table, right_name(need));
     return KVS_STATUS_FORBIDDEN;
+}
+
+int kvs_auth_withholds(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                       size_t tlen)
+{
+    if (!kvs_msg_answers_previous(cmd) || ac->trusted || ac->user == NULL || table == NULL)
+        return 0;
+    if (tlen > KVS_MAX_TABLE)
+        tlen = KVS_MAX_TABLE; /* cannot happen: validated */
+    return !(table_rights(ac, table, tlen) & KVS_RIGHT_READ);
 }
 
 /* ---- failures ------------------------------------------------------------------ */

@@ -105,7 +105,8 @@ static int stored_peek(const uint8_t *p, size_t len, kvs_value_peek_t *v)
     return last != NULL && kvs_msg_value_peek(last, (size_t)(end - last), v);
 }
 
-size_t kvs_reads_stored_length(const void *enc, size_t len, uint8_t buf[16], const void **out)
+size_t kvs_reads_stored_length(int mode, const void *enc, size_t len, uint8_t buf[16],
+                               const void **out)
 {
     kvs_value_peek_t v;
     char num[KVS_REDIS_DOUBLE_MAX];
@@ -114,7 +115,7 @@ size_t kvs_reads_stored_length(const void *enc, size_t len, uint8_t buf[16], con
     /* A stored value always peeks (it was checked); an empty one stays empty. */
     if (len == 0 || !stored_peek(enc, len, &v) || v.kind == KVS__VALUE__KIND__NOT_SET)
         return len;
-    size_t n = kvs_msg_value_text(&v, num, &text);
+    size_t n = mode == KVS_VALUES_PRESENCE ? 0 : kvs_msg_value_text(&v, num, &text);
     *out = buf;
     return kvs_value_encode_int(buf, (int64_t)n);
 }
@@ -124,7 +125,7 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
     uint8_t buf[16];
     const void *p = enc;
     if (r->value_lengths)
-        len = kvs_reads_stored_length(enc, len, buf, &p);
+        len = kvs_reads_stored_length(r->value_lengths, enc, len, buf, &p);
     kvs_resp_value(r, p, len);
 }
 

@@ -714,7 +714,8 @@ int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_bu
     if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
         return run_auth(ctx, req->auth, out);
     kvs_resp_begin(&r, out);
-    r.value_lengths = req->value_lengths;
+    r.value_lengths =
+        kvs_msg_values_mode(req->command_case, req->value_lengths, req->presence_only);
     size_t c = (size_t)req->command_case;
     int rc = KVS_EINVAL;
     if (c < sizeof(commands) / sizeof(commands[0]) && commands[c] != NULL)
@@ -772,7 +773,7 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 {
     kvs_resp_t r;
     kvs_resp_begin(&r, out);
-    r.value_lengths = pk->value_lengths;
+    r.value_lengths = kvs_msg_values_mode(pk->cmd, pk->value_lengths, pk->presence_only);
     char table[KVS_MAX_TABLE + 1];
     int rc = fast_path(ctx, pk, &r);
     if (rc != 0) {
@@ -1083,6 +1084,12 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
         hook_note(ctx, pk->cmd, pk->table, pk->table_len, 1, 0);
     if (ctx->who != NULL && !allowed(ctx, pk->cmd, pk->table, pk->table_len, out, &rc))
         return rc;
+    kvs_peek_t withheld;
+    if (ctx->who != NULL && kvs_auth_withholds(ctx->who, pk->cmd, pk->table, pk->table_len)) {
+        withheld = *pk; /* a user without read: its previous values are withheld */
+        withheld.presence_only = 1;
+        pk = &withheld;
+    }
     uint32_t st = hooks ? hook_received(ctx, msg, sizeof(msg)) : 0;
     if (st != 0)
         return kvs_msg_append_status(out, st, "%s", msg);
@@ -1164,6 +1171,8 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
         return kvs_msg_append_status(out, st, "%s", msg);
     if (ctx->who != NULL && !allowed(ctx, req->command_case, table, tlen, out, &rc))
         return rc; /* answered 401 or 403 */
+    if (ctx->who != NULL && kvs_auth_withholds(ctx->who, req->command_case, table, tlen))
+        req->presence_only = 1; /* a user without read: its previous values are withheld */
     st = hooks && !received ? hook_received(ctx, msg, sizeof(msg)) : 0;
     if (st != 0)
         return kvs_msg_append_status(out, st, "%s", msg);

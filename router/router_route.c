@@ -1160,6 +1160,7 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     sub->min_position = q->min_position; /* every part reads at least as fresh */
     sub->accept_stale = q->accept_stale;
     sub->value_lengths = q->value_lengths;
+    sub->presence_only = q->presence_only;
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
         Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
         Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));
@@ -1294,7 +1295,7 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     router_merge_t *m = req->merge;
     int hmset = q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET;
     const char *cmd = kvs_msg_command_name(q->command_case);
-    int lengths = q->value_lengths;
+    int lengths = kvs_msg_values_mode(q->command_case, q->value_lengths, q->presence_only);
     uint64_t *known = kvs_arena_alloc(&r->arena, 4 * m->nparts * sizeof(*known));
     if (known == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -2048,12 +2049,20 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     if (b != NULL &&
         kvs_msg_is_write(q->command_case)) /* Hincr too: a worker refuses it, in order */
         mark_write(req);
-    if (b != NULL && holds_for_writes(q->command_case)) { /* the reads, and Hlen */
-        int rc = attach_positions(r, req, q, b, -1, &tok);
-        if (rc > 0 && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
-            raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
-            rawlen = packed.len - KVS_FRAME_HEADER;
-        }
+    int repack = 0;
+    if (b != NULL && holds_for_writes(q->command_case)) /* the reads, and Hlen */
+        repack = attach_positions(r, req, q, b, -1, &tok) > 0;
+    if (req->who != NULL && !q->presence_only &&
+        kvs_auth_withholds(req->who, q->command_case, table, table != NULL ? strlen(table) : 0))
+        repack = q->presence_only = 1; /* a user without read: previous values withheld */
+    if (repack && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
+        raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
+        rawlen = packed.len - KVS_FRAME_HEADER;
+    } else if (repack && q->presence_only) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        kvs_buf_free(&tok);
+        kvs_buf_free(&packed);
+        return;
     }
     route_placed(r, req, q, b, raw, rawlen);
     kvs_buf_free(&tok);
@@ -2121,8 +2130,12 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
         req->cmd = pk.cmd;
         router_ops_note(r, req, pk.cmd, pk.table, pk.table_len, 1);
+        /* (A write of a user without read: the full path withholds its
+         * previous values.) */
         if ((req->who != NULL && !route_allowed(req, pk.cmd, pk.table, pk.table_len)) ||
-            router_ops_received(r, req) || route_peeked(r, req, &pk, payload, len)) {
+            router_ops_received(r, req) ||
+            ((req->who == NULL || !kvs_auth_withholds(req->who, pk.cmd, pk.table, pk.table_len)) &&
+             route_peeked(r, req, &pk, payload, len))) {
             router_ops_forget(req);
             req->in_route = 0;
             return;
