@@ -298,7 +298,7 @@ uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cm
 int kvs_auth_withholds(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd, const void *table,
                        size_t tlen)
 {
-    if (!kvs_msg_answers_previous(cmd) || ac->trusted || ac->user == NULL || table == NULL)
+    if (!kvs_msg_shows_stored(cmd) || ac->trusted || ac->user == NULL || table == NULL)
         return 0;
     if (tlen > KVS_MAX_TABLE)
         tlen = KVS_MAX_TABLE; /* cannot happen: validated */

@@ -136,10 +136,10 @@ uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cm
                         const void *table, size_t tlen, char *msg, size_t mlen);
 
 /* Whether a write `cmd` of table[0..tlen) that the connection may run
- * (kvs_auth_check said 200) must be answered with its previous values
- * withheld (CommandRequest.presence_only): it answers them (Hset Hmset
- * Hdel Hmdel), and the user has no `read` on the table. Cheap when the
- * table is the one checked last. */
+ * (kvs_auth_check said 200) must be answered with what was stored
+ * withheld (CommandRequest.presence_only): its answer tells of it
+ * (kvs_msg_shows_stored), and the user has no `read` on the table.
+ * Cheap when the table is the one checked last. */
 int kvs_auth_withholds(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd, const void *table,
                        size_t tlen);
 

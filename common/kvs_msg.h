@@ -347,27 +347,30 @@ static inline int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
 }
 
-/* True for the writes that answer the values they replace (Hset Hmset
- * Hdel Hmdel): a user without `read` on their table is answered only
- * whether each was there (CommandRequest.presence_only). */
-static inline int kvs_msg_answers_previous(Kvs__CommandRequest__CommandCase c)
+/* True for the writes whose answer tells of what was stored: the values
+ * Hset Hmset Hdel Hmdel replace, the count of keys Hclear removed. A
+ * user without `read` on their table is answered only whether there was
+ * any (CommandRequest.presence_only). */
+static inline int kvs_msg_shows_stored(Kvs__CommandRequest__CommandCase c)
 {
     return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+           c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
 }
 
 /* How an answer shows stored values (kvs_resp_t.value_lengths): whole;
- * as the length of their text (CommandRequest.value_lengths); or, for a
- * write's previous values with CommandRequest.presence_only, only
- * whether there was one (a length of 0). */
+ * as the length of their text (CommandRequest.value_lengths); or, for
+ * the writes of kvs_msg_shows_stored with CommandRequest.presence_only,
+ * only whether there was one (a length of 0; Hclear: 1 when it removed
+ * any key, else 0). */
 enum { KVS_VALUES_WHOLE = 0, KVS_VALUES_LENGTHS = 1, KVS_VALUES_PRESENCE = 2 };
 
 static inline int kvs_msg_values_mode(Kvs__CommandRequest__CommandCase c, int value_lengths,
                                       int presence_only)
 {
-    return presence_only && kvs_msg_answers_previous(c) ? KVS_VALUES_PRESENCE
-           : value_lengths                              ? KVS_VALUES_LENGTHS
-                                                        : KVS_VALUES_WHOLE;
+    return presence_only && kvs_msg_shows_stored(c) ? KVS_VALUES_PRESENCE
+           : value_lengths                          ? KVS_VALUES_LENGTHS
+                                                    : KVS_VALUES_WHOLE;
 }
 
 /* The status of an encoded CommandResponse, read from its first field

@@ -112,10 +112,16 @@ size_t kvs_reads_stored_length(int mode, const void *enc, size_t len, uint8_t bu
     char num[KVS_REDIS_DOUBLE_MAX];
     const uint8_t *text;
     *out = enc;
+    if (len == 0)
+        return 0;                      /* none: an empty Value */
+    if (mode == KVS_VALUES_PRESENCE) { /* there is one: nothing of it is shown */
+        *out = buf;
+        return kvs_value_encode_int(buf, 0);
+    }
     /* A stored value always peeks (it was checked); an empty one stays empty. */
-    if (len == 0 || !stored_peek(enc, len, &v) || v.kind == KVS__VALUE__KIND__NOT_SET)
+    if (!stored_peek(enc, len, &v) || v.kind == KVS__VALUE__KIND__NOT_SET)
         return len;
-    size_t n = mode == KVS_VALUES_PRESENCE ? 0 : kvs_msg_value_text(&v, num, &text);
+    size_t n = kvs_msg_value_text(&v, num, &text);
     *out = buf;
     return kvs_value_encode_int(buf, (int64_t)n);
 }
@@ -131,13 +137,17 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
 
 size_t kvs_reads_stored_bound(int value_lengths, size_t len)
 {
+    if (value_lengths == KVS_VALUES_PRESENCE) /* what it shows: whether there is one */
+        return len > 0 ? KVS_READS_PRESENCE_SIZE : 0;
     return value_lengths && len > KVS_READS_LENGTH_MAX ? KVS_READS_LENGTH_MAX : len;
 }
 
 size_t kvs_reads_write_bound(int value_lengths, size_t n, size_t bytes)
 {
-    if (value_lengths && bytes > n * KVS_READS_LENGTH_MAX)
-        bytes = n * KVS_READS_LENGTH_MAX;
+    size_t most =
+        value_lengths == KVS_VALUES_PRESENCE ? KVS_READS_PRESENCE_SIZE : KVS_READS_LENGTH_MAX;
+    if (value_lengths && bytes > n * most)
+        bytes = n * most;
     return kvs_msg_answer_bound(n, bytes);
 }
 

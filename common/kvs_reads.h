@@ -63,6 +63,10 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len);
  * `value_lengths` at most KVS_READS_LENGTH_MAX (the integer_value of a
  * length is never larger than the Value it measures). */
 #define KVS_READS_LENGTH_MAX 11 /* an integer_value: its tag and a 10-byte varint */
+/* With KVS_VALUES_PRESENCE every stored value is priced alike, its
+ * integer_value 0 (tag and one byte), however long it is: no bound, and
+ * no 413 it makes, tells anything of it but that it is there. */
+#define KVS_READS_PRESENCE_SIZE 2
 size_t kvs_reads_stored_bound(int value_lengths, size_t len);
 
 /* The bound of a write's answer (kvs_msg_answer_bound) holding n previous

@@ -488,18 +488,23 @@ static int cmd_hclear(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_r
     uint64_t n;
     uint8_t enc[16];
     int rc = node_store_clear(ctx->store, req->hclear->table, &n); /* one write: priced there */
+    int presence = r->value_lengths == KVS_VALUES_PRESENCE;        /* how many: not told */
     if (rc != 0 && n > 0) { /* a full disk's clear in pieces stopped midway (node_store.h) */
+        char count[32];
+        snprintf(count, sizeof(count), "%llu", (unsigned long long)n);
         kvs_resp_status(r, rc == KVS_EFULL ? KVS_STATUS_NO_SPACE : KVS_STATUS_INTERNAL);
         kvs_resp_message(r,
                          "%s: table \"%s\" was being emptied in pieces (the disk is full), and "
-                         "%llu of its keys were deleted (for good) before the rest could not be; "
+                         "%s of its keys were deleted (for good) before the rest could not be; "
                          "send it again once the disk has room",
-                         kvs_strerror(rc), req->hclear->table, (unsigned long long)n);
+                         kvs_strerror(rc), req->hclear->table, presence ? "some" : count);
         kvs_resp_outcome_unknown(r); /* neither done nor untouched */
         return 0;
     }
     if (rc != 0)
         return rc;
+    if (presence && n > 0)
+        n = 1;
     kvs_resp_status(r, KVS_STATUS_OK);
     kvs_resp_value(r, enc, kvs_value_encode_int(enc, n > INT64_MAX ? INT64_MAX : (int64_t)n));
     return 0;

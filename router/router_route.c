@@ -1497,6 +1497,8 @@ static void route_fanout(router_t *r, router_req_t *req, const Kvs__CommandReque
     }
     req->merge = m;
     req->parts_left = r->shards;
+    m->presence =
+        kvs_msg_values_mode(cmd, q->value_lengths, q->presence_only) == KVS_VALUES_PRESENCE;
     for (uint32_t s = 0; s < r->shards; s++) {
         m->part_shard[s] = s;
         send_part(r, req, s, s, NULL, raw, rawlen, q);

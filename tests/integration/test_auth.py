@@ -165,6 +165,31 @@ def check_write_only(test, c, seed):
     test.assertEqual([pyval(v) for v in seed.hmget(t, ["k", "n", "k2", "fresh", "absent"]).values],
                      ["new", 1234, None, None, "z"])
     test.assertEqual(pyval(seed.hset(t, "k", "back").values[0]), "new")  # shown to a reader
+    # Nor does a refusal for the answer's size tell one value from another
+    # (probe BJ: "could take up to N bytes" grew with the value's length).
+    test.assertOk(seed.hmset(t, {"short": "x", "longer": "secret!!", "num": 10 ** 15}))
+    said = set()
+    for key in ("short", "longer", "num"):
+        q = req_hmdel(t, [key])
+        q.hmdel.answer_budget = 1
+        resp = c.call(q)
+        test.assertEqual(resp.status, 413, resp.message)
+        said.add(resp.message)
+    test.assertEqual(len(said), 1, said)
+    test.assertEqual(len(seed.hmget(t, ["short", "longer", "num"]).values), 3)
+    # Hclear: whether it removed any key, not how many (Redis's DEL: 1 or 0).
+    test.assertOk(seed.hmset("wtab", {"a%d" % i: i for i in range(7)}))
+    for table, want in (("wtab", 1), ("wtab", 0), ("wnone", 0)):
+        resp = c.call(_hclear(table))
+        test.assertEqual((resp.status, resp.values[0].integer_value), (200, want), resp.message)
+    test.assertOk(seed.hmset("wtab", {"a%d" % i: i for i in range(7)}))
+    test.assertEqual(seed.call(_hclear("wtab")).values[0].integer_value, 7)  # a reader: the count
+
+
+def _hclear(t):
+    r = pb.CommandRequest()
+    r.hclear.table = t
+    return r
 
 
 def _hdel_key(t, key):

@@ -332,6 +332,13 @@ KVS_TEST(value_lengths_bound_what_a_write_answers)
     CHECK_EQ(kn, kvs_value_encode_int(enc, 0));
     CHECK(memcmp(lbuf, enc, kn) == 0);
     CHECK_EQ(kvs_reads_stored_length(KVS_VALUES_PRESENCE, big_enc.data, 0, lbuf, &kept), 0);
+    /* ... and priced alike whatever it holds: no bound tells a length. */
+    CHECK_EQ(kvs_reads_stored_bound(KVS_VALUES_PRESENCE, 3), KVS_READS_PRESENCE_SIZE);
+    CHECK_EQ(kvs_reads_stored_bound(KVS_VALUES_PRESENCE, n), KVS_READS_PRESENCE_SIZE);
+    CHECK_EQ(kvs_reads_stored_bound(KVS_VALUES_PRESENCE, 0), 0);
+    CHECK_EQ(kvs_reads_write_bound(KVS_VALUES_PRESENCE, 3, 12000),
+             kvs_msg_answer_bound(3, 3 * KVS_READS_PRESENCE_SIZE));
+    CHECK_EQ(KVS_READS_PRESENCE_SIZE, kvs_value_encode_int(enc, 0));
     out.len = 0;
     kvs_resp_begin(&r, &out);
     r.value_lengths = KVS_VALUES_PRESENCE;
