@@ -39,6 +39,7 @@
  * time a failure takes does not tell which users exist.
  */
 #include "kvs_auth.h"
+#include "kvs_addr.h"
 #include "kvs_glob.h"
 #include "kvs_crypto.h"
 #include "kvs_err.h"
@@ -307,35 +308,6 @@ int kvs_auth_withholds(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd
 
 /* ---- failures ------------------------------------------------------------------ */
 
-/* The host a peer's failures are counted against: "1.2.3.4" of
- * "1.2.3.4:5678" and of "[::ffff:1.2.3.4]:5678" (an IPv4 client of a
- * dual-stack listener), the /64 of an IPv6 address ("2001:db8:1:2::/64" of
- * "[2001:db8:1:2::9]:5678": a host is given a /64 at least, and one
- * address per attempt would dodge any per-address limit), "::1" of
- * "[::1]:5678"; other peers as they are. */
-static void peer_ip(const char *peer, char *ip, size_t len)
-{
-    const char *colon = strrchr(peer, ':');
-    size_t n = colon != NULL ? (size_t)(colon - peer) : strlen(peer);
-    char text[INET6_ADDRSTRLEN];
-    struct in6_addr a;
-    if (peer[0] == '[' && n >= 2 && peer[n - 1] == ']') {
-        peer++;
-        n -= 2;
-    }
-    snprintf(ip, len, "%.*s", (int)n, peer);
-    if (n >= sizeof(text) || inet_pton(AF_INET6, ip, &a) != 1 || IN6_IS_ADDR_LOOPBACK(&a))
-        return;
-    if (IN6_IS_ADDR_V4MAPPED(&a)) {
-        if (inet_ntop(AF_INET, &a.s6_addr[12], text, sizeof(text)) != NULL)
-            snprintf(ip, len, "%s", text);
-        return;
-    }
-    memset(&a.s6_addr[8], 0, 8);
-    if (inet_ntop(AF_INET6, &a, text, sizeof(text)) != NULL)
-        snprintf(ip, len, "%s/64", text);
-}
-
 /* Whether entry e is a better one to reuse than `best`: never one in
  * flight; an empty one, then one without failures, then one below the
  * limit, then the stalest. */
@@ -394,7 +366,7 @@ __attribute__((format(printf, 2, 3))) static void log_failure(kvs_auth_t *a, con
 static int count_failure(kvs_auth_t *a, kvs_auth_conn_t *ac, const char *peer)
 {
     char ip[64];
-    peer_ip(peer, ip, sizeof(ip));
+    kvs_addr_peer_host(peer, ip, sizeof(ip));
     addr_count_t *e = addr_slot(a, ip, 1);
     if (e != NULL) {
         e->last_ms = uv_now(a->loop);
@@ -575,7 +547,7 @@ static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *
                  "and this connection is plaintext TCP; connect with TLS");
         return KVS_STATUS_UNAUTHENTICATED;
     }
-    peer_ip(peer, ip, sizeof(ip));
+    kvs_addr_peer_host(peer, ip, sizeof(ip));
     addr_count_t *e = addr_slot(a, ip, 0);
     uint64_t now = uv_now(a->loop);
     uint32_t limit = a->cfg->auth_failures_per_minute;
@@ -677,7 +649,7 @@ uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, 
     at->user = u;
     snprintf(at->name, sizeof(at->name), "%s", m->user);
     snprintf(at->peer, sizeof(at->peer), "%s", peer);
-    peer_ip(peer, at->ip, sizeof(at->ip));
+    kvs_addr_peer_host(peer, at->ip, sizeof(at->ip));
     at->token_len = strlen(m->token);
     memcpy(at->token, m->token, at->token_len);
     at->cb = cb;

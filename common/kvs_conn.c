@@ -1435,6 +1435,11 @@ static void group_leave(kvs_conn_t *c)
     c->group = NULL;
 }
 
+void kvs_conn_leave(kvs_conn_t *c)
+{
+    group_leave(c);
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     kvs_conn_t *c = h->data;

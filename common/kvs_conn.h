@@ -613,6 +613,12 @@ void kvs_conn_group_close(kvs_conn_group_t *g);
  * output limits and is subject to its input limits until it closes. */
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
 
+/* Takes `c` out of its group before it closes: for a connection accepted
+ * only to be refused (its owner learnt who it is from, and answers it a
+ * refusal: kvs_conn_close_after_flush next), which must not count among
+ * the group's members while it lingers. */
+void kvs_conn_leave(kvs_conn_t *c);
+
 /* Whether `c` holds input not taken in yet: bytes in its socket the loop
  * has not read, or a whole frame read and not delivered (the peer sent
  * something since). For an owner choosing a connection to close as idle,

@@ -79,9 +79,11 @@ def read_lines(test, s, n):
     return got
 
 
-def raw_http(port, data):
-    """Sends raw bytes; returns the status line of the answer."""
-    with socket.create_connection((HOST, port), timeout=10) as s:
+def raw_http(port, data, source=None):
+    """Sends raw bytes (from `source`, a local address, if given); returns
+    the status line of the answer."""
+    with socket.create_connection((HOST, port), timeout=10,
+                                  source_address=(source, 0) if source else None) as s:
         s.sendall(data)
         got = b""
         while b"\r\n" not in got:
@@ -631,6 +633,37 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertEqual(got, [200] * 6)
         self.assertIn("none idle, closing the one whose request has been arriving longest",
                       r.stderr())
+
+    def test_one_hosts_flood_never_keeps_another_hosts_scrape_out(self):
+        # Probe BK: clients that reconnect as soon as they are closed, each
+        # starting a request (a byte of junk, or a trickle), kept every one
+        # of the 16 connections busy (fresh, or arriving for less than 1 s),
+        # and scrapes got 503. When all are busy, a connection from another
+        # host than the one that holds the most takes the place of that
+        # host's first; the flooding host's own new connections get 503.
+        r = self.metrics_router(shards=1, partitions=8)
+        flood = "127.0.0.2"  # all of 127/8 is loopback
+        socks = []
+        try:
+            for _ in range(16):
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=(flood, 0))
+                s.sendall(b"G")  # a request begun: busy for 1 s
+                socks.append(s)
+            time.sleep(0.1)  # all 16 accepted and read
+            self.assertEqual(raw_http(self.mport, self.GET, source=flood),
+                             "HTTP/1.1 503 Service Unavailable")
+            self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 200 OK")
+            self.assertEqual(socks[0].recv(10), b"", "the flood's first connection is closed")
+            for s in socks[1:]:
+                s.setblocking(False)
+                with self.assertRaises(BlockingIOError):  # still open, nothing to read
+                    s.recv(10)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertIn("all busy, 16 of them from 127.0.0.2: closing the first of those for a "
+                      "new one from 127.0.0.1", r.stderr())
 
     def test_a_request_that_just_started_is_not_taken_for_a_trickle(self):
         # 16 connections just made (none idle), one of them starting its
