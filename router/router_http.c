@@ -12,7 +12,11 @@
  *    one whose request has been arriving longest, for HTTP_SLOW_REQUEST_MS
  *    at least (a scraper's request comes in one packet: clients that
  *    trickle requests a byte at a time, and reconnect when closed, kept
- *    every slot busy and every scrape out);
+ *    every slot busy and every scrape out); failing that, when another
+ *    host than the new one's holds the most of them, and more than one,
+ *    of that host's first (evict_for_host: clients that reconnect at once
+ *    keep every connection fresh or arriving, and one host's flood must
+ *    not keep another host's scraper out);
  *    when every one is busy, the new one gets 503 and is closed;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
