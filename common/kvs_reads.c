@@ -144,10 +144,10 @@ size_t kvs_reads_stored_bound(int value_lengths, size_t len)
 
 size_t kvs_reads_write_bound(int value_lengths, size_t n, size_t bytes)
 {
-    size_t most =
-        value_lengths == KVS_VALUES_PRESENCE ? KVS_READS_PRESENCE_SIZE : KVS_READS_LENGTH_MAX;
-    if (value_lengths && bytes > n * most)
-        bytes = n * most;
+    if (value_lengths == KVS_VALUES_PRESENCE)
+        bytes = n * KVS_READS_PRESENCE_SIZE; /* whether each key is there or not */
+    else if (value_lengths && bytes > n * KVS_READS_LENGTH_MAX)
+        bytes = n * KVS_READS_LENGTH_MAX;
     return kvs_msg_answer_bound(n, bytes);
 }
 

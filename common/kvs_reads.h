@@ -64,8 +64,9 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len);
  * length is never larger than the Value it measures). */
 #define KVS_READS_LENGTH_MAX 11 /* an integer_value: its tag and a 10-byte varint */
 /* With KVS_VALUES_PRESENCE every stored value is priced alike, its
- * integer_value 0 (tag and one byte), however long it is: no bound, and
- * no 413 it makes, tells anything of it but that it is there. */
+ * integer_value 0 (tag and one byte), however long it is, and a write's
+ * bound prices every key it names so, there or not: no bound, and no 413
+ * it makes, tells anything of what is stored, nor whether it is. */
 #define KVS_READS_PRESENCE_SIZE 2
 size_t kvs_reads_stored_bound(int value_lengths, size_t len);
 

@@ -166,10 +166,12 @@ def check_write_only(test, c, seed):
                      ["new", 1234, None, None, "z"])
     test.assertEqual(pyval(seed.hset(t, "k", "back").values[0]), "new")  # shown to a reader
     # Nor does a refusal for the answer's size tell one value from another
-    # (probe BJ: "could take up to N bytes" grew with the value's length).
+    # (probe BJ: "could take up to N bytes" grew with the value's length),
+    # nor a key that is there from one that is not (probe BL: it told them
+    # apart without writing anything, which no read right allowed).
     test.assertOk(seed.hmset(t, {"short": "x", "longer": "secret!!", "num": 10 ** 15}))
     said = set()
-    for key in ("short", "longer", "num"):
+    for key in ("short", "longer", "num", "not-there"):
         q = req_hmdel(t, [key])
         q.hmdel.answer_budget = 1
         resp = c.call(q)
