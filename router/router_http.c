@@ -477,11 +477,7 @@ static void refuse(router_http_t *h, uv_stream_t *server, http_conn_t *hc)
     if (hc == NULL) {
         kvs_conn_refuse(server, busy_page, sizeof(busy_page) - 1);
     } else {
-        kvs_conn_leave(&hc->conn);
-        if (kvs_buf_append(&hc->conn.out, busy_page, sizeof(busy_page) - 1) != 0)
-            kvs_conn_close(&hc->conn);
-        else
-            kvs_conn_close_after_flush(&hc->conn);
+        kvs_conn_refuse_accepted(&hc->conn, busy_page, sizeof(busy_page) - 1);
     }
     uint64_t now = uv_now(h->loop);
     if (h->refused_log_ms == 0 || now - h->refused_log_ms >= 10000) {
@@ -540,9 +536,11 @@ static int evict_one(router_http_t *h)
 
 /* Every connection is busy (evict_one found none to close) and `hc` has
  * just come: when another host than hc's holds more of them than any
- * other, and more than one, its connection that came first and has no
- * scrape in flight, no answer being written and none of its request
- * waiting to be read takes hc's place (one host's flood of connections
+ * other, and more than one, one of its connections takes hc's place: the
+ * first that came with no scrape in flight, no answer being written and
+ * none of its request waiting to be read, or failing that the first that
+ * came, whatever it is doing (a host that pipelines scrapes on every
+ * connection it holds is always busy: one host's flood of connections
  * never keeps another's scraper out). Returns 0 when one was closed. */
 static int evict_for_host(router_http_t *h, const http_conn_t *hc)
 {
@@ -565,16 +563,18 @@ static int evict_for_host(router_http_t *h, const http_conn_t *hc)
     }
     if (most == NULL || most_n < 2 || strcmp(most->host, hc->host) == 0)
         return -1;
-    http_conn_t *first = NULL; /* the list is newest first: the last match came first */
+    http_conn_t *first = NULL, *first_idle = NULL; /* newest first: the last match came first */
     KVS_LIST_EACH(pos, &h->conns)
     {
         http_conn_t *a = KVS_LIST_ENTRY(pos, http_conn_t, link);
-        if (a != hc && a->conn.group != NULL && a->scrape == NULL && a->conn.output_since_ms == 0 &&
-            !kvs_conn_input_waiting(&a->conn) && strcmp(a->host, most->host) == 0)
-            first = a;
+        if (a == hc || a->conn.group == NULL || strcmp(a->host, most->host) != 0)
+            continue;
+        first = a;
+        if (a->scrape == NULL && a->conn.output_since_ms == 0 && !kvs_conn_input_waiting(&a->conn))
+            first_idle = a;
     }
-    if (first == NULL)
-        return -1;
+    if (first_idle != NULL)
+        first = first_idle;
     uint64_t now = uv_now(h->loop);
     if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
         h->evicted_log_ms = now;

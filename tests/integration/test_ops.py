@@ -665,6 +665,69 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertIn("all busy, 16 of them from 127.0.0.2: closing the first of those for a "
                       "new one from 127.0.0.1", r.stderr())
 
+    def test_one_hosts_pipelined_scrapes_never_keep_another_hosts_scrape_out(self):
+        # Probe BL: connections that pipeline scrapes are always busy (a
+        # scrape in flight, an answer being written, a request waiting),
+        # so the flooding host kept all 16: its first is closed anyway.
+        self.metrics_router(shards=1, partitions=8)
+        socks = []
+        try:
+            for _ in range(16):
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=("127.0.0.2", 0))
+                s.sendall(self.GET * 8)  # and never read
+                socks.append(s)
+            time.sleep(0.3)
+            self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 200 OK")
+            got = b""
+            while True:  # its answers so far, then the end
+                chunk = socks[0].recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertTrue(got.startswith(b"HTTP/1.1 200 OK") or got == b"", got[:40])
+        finally:
+            for s in socks:
+                s.close()
+
+    def test_connections_refused_after_they_are_accepted_linger_briefly(self):
+        # A connection accepted to learn its host and then refused (probe
+        # BL) lingered 2 s, as many at once as came: one host's reconnects
+        # held hundreds of descriptors. It lingers as any refusal does: at
+        # most 500 ms, at most 16 at a time (the others closed at once).
+        r = self.metrics_router(shards=1, partitions=8)
+        master = r.proc.pid
+
+        def fds():
+            return len(os.listdir("/proc/%d/fd" % master))
+        flood = []
+        try:
+            for _ in range(16):
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=("127.0.0.2", 0))
+                s.sendall(b"G")
+                flood.append(s)
+            time.sleep(0.1)
+            base = fds()
+            refused = []
+            for _ in range(60):  # from the host that holds them all: 503 each
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=("127.0.0.2", 0))
+                refused.append(s)
+            time.sleep(0.1)
+            self.assertLessEqual(fds(), base + 16 + 2)  # lingering: 16 at most
+            self.assertTrue(wait_until(lambda: fds() <= base + 2, 2), (fds(), base))
+            for s in refused:
+                try:
+                    head = s.recv(64)
+                except ConnectionResetError:
+                    head = b""
+                self.assertTrue(head == b"" or head.startswith(b"HTTP/1.1 503"), head)
+                s.close()
+        finally:
+            for s in flood:
+                s.close()
+
     def test_a_request_that_just_started_is_not_taken_for_a_trickle(self):
         # 16 connections just made (none idle), one of them starting its
         # request: a 17th gets 503. The request's start, kept + 1 by
