@@ -293,3 +293,26 @@ int kvs_addr_is_loopback(const kvs_addr_t *a)
     /* ::ffff:127.x.y.z is 127.x.y.z, as a dual-stack socket sees it */
     return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
 }
+
+void kvs_addr_peer_host(const char *peer, char *ip, size_t len)
+{
+    const char *colon = strrchr(peer, ':');
+    size_t n = colon != NULL ? (size_t)(colon - peer) : strlen(peer);
+    char text[INET6_ADDRSTRLEN];
+    struct in6_addr a;
+    if (peer[0] == '[' && n >= 2 && peer[n - 1] == ']') {
+        peer++;
+        n -= 2;
+    }
+    snprintf(ip, len, "%.*s", (int)n, peer);
+    if (n >= sizeof(text) || inet_pton(AF_INET6, ip, &a) != 1 || IN6_IS_ADDR_LOOPBACK(&a))
+        return;
+    if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        if (inet_ntop(AF_INET, &a.s6_addr[12], text, sizeof(text)) != NULL)
+            snprintf(ip, len, "%s", text);
+        return;
+    }
+    memset(&a.s6_addr[8], 0, 8);
+    if (inet_ntop(AF_INET6, &a, text, sizeof(text)) != NULL)
+        snprintf(ip, len, "%s/64", text);
+}

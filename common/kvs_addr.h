@@ -60,4 +60,13 @@ int kvs_addr_host_arg(const char *arg, char *out, size_t cap);
  * "unix:/x.sock"). Returns `buf`. */
 const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len);
 
+/* The host behind a peer's "address:port" (kvs_conn's peer), as limits
+ * that count per client host count it: "1.2.3.4" of "1.2.3.4:5678" and
+ * of "[::ffff:1.2.3.4]:5678" (an IPv4 client of a dual-stack listener),
+ * the /64 of an IPv6 address ("2001:db8:1:2::/64" of
+ * "[2001:db8:1:2::9]:5678": a host is given a /64 at least, and one
+ * address per attempt would dodge any per-address limit), "::1" of
+ * "[::1]:5678"; other peers as they are. Written to ip[0..len). */
+void kvs_addr_peer_host(const char *peer, char *ip, size_t len);
+
 #endif

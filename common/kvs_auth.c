@@ -39,6 +39,7 @@
  * time a failure takes does not tell which users exist.
  */
 #include "kvs_auth.h"
+#include "kvs_addr.h"
 #include "kvs_glob.h"
 #include "kvs_crypto.h"
 #include "kvs_err.h"
@@ -225,7 +226,8 @@ static unsigned needed_rights(Kvs__CommandRequest__CommandCase cmd)
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         return KVS_RIGHT_READ;
-    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR: /* it answers the value it made: read too */
+        return KVS_RIGHT_READ | KVS_RIGHT_WRITE;
     case KVS__COMMAND_REQUEST__COMMAND_HSET:
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
     case KVS__COMMAND_REQUEST__COMMAND_HDEL:
@@ -242,7 +244,10 @@ static unsigned needed_rights(Kvs__CommandRequest__CommandCase cmd)
 
 static const char *right_name(unsigned r)
 {
-    return r == KVS_RIGHT_READ ? "read" : r == KVS_RIGHT_WRITE ? "write" : "admin";
+    return r == KVS_RIGHT_READ                       ? "read"
+           : r == KVS_RIGHT_WRITE                    ? "write"
+           : r == (KVS_RIGHT_READ | KVS_RIGHT_WRITE) ? "read and write"
+                                                     : "admin";
 }
 
 /* ---- table patterns ------------------------------------------------------------ */
@@ -291,36 +296,17 @@ uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cm
     return KVS_STATUS_FORBIDDEN;
 }
 
-/* ---- failures ------------------------------------------------------------------ */
-
-/* The host a peer's failures are counted against: "1.2.3.4" of
- * "1.2.3.4:5678" and of "[::ffff:1.2.3.4]:5678" (an IPv4 client of a
- * dual-stack listener), the /64 of an IPv6 address ("2001:db8:1:2::/64" of
- * "[2001:db8:1:2::9]:5678": a host is given a /64 at least, and one
- * address per attempt would dodge any per-address limit), "::1" of
- * "[::1]:5678"; other peers as they are. */
-static void peer_ip(const char *peer, char *ip, size_t len)
+int kvs_auth_withholds(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                       size_t tlen)
 {
-    const char *colon = strrchr(peer, ':');
-    size_t n = colon != NULL ? (size_t)(colon - peer) : strlen(peer);
-    char text[INET6_ADDRSTRLEN];
-    struct in6_addr a;
-    if (peer[0] == '[' && n >= 2 && peer[n - 1] == ']') {
-        peer++;
-        n -= 2;
-    }
-    snprintf(ip, len, "%.*s", (int)n, peer);
-    if (n >= sizeof(text) || inet_pton(AF_INET6, ip, &a) != 1 || IN6_IS_ADDR_LOOPBACK(&a))
-        return;
-    if (IN6_IS_ADDR_V4MAPPED(&a)) {
-        if (inet_ntop(AF_INET, &a.s6_addr[12], text, sizeof(text)) != NULL)
-            snprintf(ip, len, "%s", text);
-        return;
-    }
-    memset(&a.s6_addr[8], 0, 8);
-    if (inet_ntop(AF_INET6, &a, text, sizeof(text)) != NULL)
-        snprintf(ip, len, "%s/64", text);
+    if (!kvs_msg_shows_stored(cmd) || ac->trusted || ac->user == NULL || table == NULL)
+        return 0;
+    if (tlen > KVS_MAX_TABLE)
+        tlen = KVS_MAX_TABLE; /* cannot happen: validated */
+    return !(table_rights(ac, table, tlen) & KVS_RIGHT_READ);
 }
+
+/* ---- failures ------------------------------------------------------------------ */
 
 /* Whether entry e is a better one to reuse than `best`: never one in
  * flight; an empty one, then one without failures, then one below the
@@ -380,7 +366,7 @@ __attribute__((format(printf, 2, 3))) static void log_failure(kvs_auth_t *a, con
 static int count_failure(kvs_auth_t *a, kvs_auth_conn_t *ac, const char *peer)
 {
     char ip[64];
-    peer_ip(peer, ip, sizeof(ip));
+    kvs_addr_peer_host(peer, ip, sizeof(ip));
     addr_count_t *e = addr_slot(a, ip, 1);
     if (e != NULL) {
         e->last_ms = uv_now(a->loop);
@@ -561,7 +547,7 @@ static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *
                  "and this connection is plaintext TCP; connect with TLS");
         return KVS_STATUS_UNAUTHENTICATED;
     }
-    peer_ip(peer, ip, sizeof(ip));
+    kvs_addr_peer_host(peer, ip, sizeof(ip));
     addr_count_t *e = addr_slot(a, ip, 0);
     uint64_t now = uv_now(a->loop);
     uint32_t limit = a->cfg->auth_failures_per_minute;
@@ -663,7 +649,7 @@ uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, 
     at->user = u;
     snprintf(at->name, sizeof(at->name), "%s", m->user);
     snprintf(at->peer, sizeof(at->peer), "%s", peer);
-    peer_ip(peer, at->ip, sizeof(at->ip));
+    kvs_addr_peer_host(peer, at->ip, sizeof(at->ip));
     at->token_len = strlen(m->token);
     memcpy(at->token, m->token, at->token_len);
     at->cb = cb;

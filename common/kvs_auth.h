@@ -135,6 +135,14 @@ int kvs_auth_conn_spared(const kvs_auth_conn_t *ac);
 uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd,
                         const void *table, size_t tlen, char *msg, size_t mlen);
 
+/* Whether a write `cmd` of table[0..tlen) that the connection may run
+ * (kvs_auth_check said 200) must be answered with what was stored
+ * withheld (CommandRequest.presence_only): its answer tells of it
+ * (kvs_msg_shows_stored), and the user has no `read` on the table.
+ * Cheap when the table is the one checked last. */
+int kvs_auth_withholds(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                       size_t tlen);
+
 /* An Auth's outcome: status 200, 401, or 500 when the token could not be
  * checked (hashing failed: out of memory; not counted as a failure), and
  * the answer's message (valid during the call); `close`: the connection

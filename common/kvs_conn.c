@@ -1380,6 +1380,12 @@ static int conn_tls_seal(kvs_conn_t *c)
 
 /* ---- closing ---------------------------------------------------------- */
 
+/* Refused connections lingering now (kvs_conn_refuse, kvs_conn_refuse_accepted):
+ * at most LINGER_MAX, each for at most REFUSED_LINGER_MS (see "refusing"). */
+#define LINGER_MAX 16
+#define REFUSED_LINGER_MS 500
+static size_t n_lingering;
+
 static void on_linger_timeout(uv_timer_t *t)
 {
     kvs_conn_close(t->data);
@@ -1395,7 +1401,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
         return;
     }
     c->flags |= KVS_CONN_READING;
-    uv_timer_start(&c->timer, on_linger_timeout, KVS_CONN_LINGER_MS, 0);
+    uv_timer_start(&c->timer, on_linger_timeout,
+                   has(c, KVS_CONN_REFUSED) ? REFUSED_LINGER_MS : KVS_CONN_LINGER_MS, 0);
 }
 
 /* Everything owed is written: close, lingering if the peer may still be
@@ -1440,6 +1447,8 @@ static void on_handle_closed(uv_handle_t *h)
     kvs_conn_t *c = h->data;
     if (--c->open_handles > 0)
         return;
+    if (has(c, KVS_CONN_REFUSED))
+        n_lingering--;
     kvs_frame_dec_close(&c->dec);
     kvs_buf_free(&c->out);
     kvs_buf_free(&c->cout);
@@ -1859,15 +1868,13 @@ static void on_refused_closed(uv_handle_t *h)
 
 /* A refused connection with a message is closed gently when it can: the
  * message, then the end of our stream (shutdown), then whatever the peer
- * sends is read and dropped until it closes too, for at most LINGER_MS.
+ * sends is read and dropped until it closes too, for at most REFUSED_LINGER_MS.
  * Closing a socket with unread input sends a reset instead, and a peer
  * that gets the reset may lose the message written just before it (a
  * burst of scrapers that sent their requests at once got resets, not the
  * 503). At most LINGER_MAX at a time (each holds a descriptor, taken from
  * the reserve kept beside max_clients); past that, or without memory, the
  * connection is closed at once after reading what it sent already. */
-#define LINGER_MAX 16
-#define LINGER_MS 500
 #define LINGER_READ_MAX 65536 /* bytes read from a lingering peer before it is closed anyway */
 
 typedef struct lingering_s {
@@ -1880,7 +1887,6 @@ typedef struct lingering_s {
 } lingering_t;
 
 static kvs_list_t lingering = {&lingering, &lingering};
-static size_t n_lingering;
 
 static void on_linger_closed(uv_handle_t *h)
 {
@@ -1952,7 +1958,7 @@ static int linger(lingering_t *l, uv_loop_t *loop)
     n_lingering++;
     shutdown(fd, SHUT_WR);
     if (uv_read_start(&l->sock.stream, on_linger_alloc, on_linger_read) != 0 ||
-        uv_timer_start(&l->timer, on_linger_timer, LINGER_MS, 0) != 0)
+        uv_timer_start(&l->timer, on_linger_timer, REFUSED_LINGER_MS, 0) != 0)
         linger_end(l);
     return 0;
 }
@@ -1995,6 +2001,25 @@ int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
     }
     uv_close(&h->handle, on_refused_closed);
     return rc;
+}
+
+void kvs_conn_refuse_accepted(kvs_conn_t *c, const void *msg, size_t len)
+{
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_SHUTTING | KVS_CONN_LINGERING))
+        return;
+    group_leave(c);
+    if (c->tls == NULL && msg != NULL && len > 0) { /* (plaintext only: best effort) */
+        uv_buf_t b = uv_buf_init((char *)msg, (unsigned)len);
+        uv_try_write(&c->h.stream, &b, 1);
+    }
+    if (c->tls == NULL && msg != NULL && len > 0 && n_lingering < LINGER_MAX) {
+        c->flags |= KVS_CONN_REFUSED; /* counted until its handles are closed */
+        n_lingering++;
+        conn_linger(c);
+        return;
+    }
+    refuse_drain(&c->h.stream);
+    kvs_conn_close(c);
 }
 
 /* ---- flusher ---------------------------------------------------------- */

@@ -123,6 +123,8 @@ enum {
     KVS_CONN_EOF_PENDING = 1u << 17,  /* TLS EOF: on_error once the messages before it are in */
     KVS_CONN_YIELDED = 1u << 18,      /* the turn's delivery budget ran out: no reading until
                                          the kick */
+    KVS_CONN_REFUSED = 1u << 19,      /* refused after it was accepted: lingers as kvs_conn_refuse's
+                                         do, counted with them */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the
@@ -612,6 +614,14 @@ void kvs_conn_group_close(kvs_conn_group_t *g);
 /* Makes `c` (initialized, not yet accepted) a member: it takes the group's
  * output limits and is subject to its input limits until it closes. */
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
+
+/* Refuses `c`, accepted (so that its owner could learn where it comes
+ * from) and nothing delivered from it yet, as kvs_conn_refuse refuses a
+ * connection from a listener: it leaves its group at once, `msg[0..len)`
+ * is written if the socket takes it at once, and it lingers (at most
+ * 500 ms, under the same cap of lingering refusals: past it, what it sent
+ * is read and it is closed at once). */
+void kvs_conn_refuse_accepted(kvs_conn_t *c, const void *msg, size_t len);
 
 /* Whether `c` holds input not taken in yet: bytes in its socket the loop
  * has not read, or a whole frame read and not delivered (the peer sent

@@ -127,6 +127,7 @@ struct kvs_lmdb_reader_s {
     uint64_t remaps;
     kvs_lmdb_ident_t ident;
     const char *why; /* why the last begin failed (LMDB's static text) */
+    int unmapped;    /* adopting a grown map failed: no page may be touched (begin) */
     /* The cursor of a scan under way: a caller that jumps out of one (the
      * router's SIGBUS guard, router_local) leaves it here for the close. */
     MDB_cursor *cursor;
@@ -234,6 +235,10 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
     int rc = 0;
     if (r->live)
         return 0;
+    if (r->unmapped) {
+        r->why = "its grown map could not be mapped here: the environment must be opened again";
+        return KVS_ESTORE;
+    }
     for (int attempt = 0; attempt < 3; attempt++) {
         if (r->txn != NULL) {
             rc = mdb_txn_renew(r->txn);
@@ -246,6 +251,10 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
          * open in this process) and try again. */
         int grc = mdb_env_set_mapsize(r->env, 0);
         if (grc != 0) {
+            /* LMDB unmapped the old map before it failed to map the new
+             * one (out of address space: ENOMEM): a begin now would read
+             * through a map that is gone. Nothing of it is touched again. */
+            r->unmapped = 1;
             rc = grc;
             break;
         }
@@ -257,6 +266,11 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
     }
     r->live = 1;
     return 0;
+}
+
+int kvs_lmdb_reader_unmapped(const kvs_lmdb_reader_t *r)
+{
+    return r->unmapped;
 }
 
 void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r)

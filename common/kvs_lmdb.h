@@ -159,6 +159,12 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r);
  * static text, valid for the process's life. */
 const char *kvs_lmdb_reader_why(const kvs_lmdb_reader_t *r);
 
+/* Whether a begin failed to adopt the writer's grown map (this process
+ * is out of address space): LMDB had unmapped the old map already, so
+ * the reader cannot begin again and may only be closed (then opened
+ * again, mapped anew). */
+int kvs_lmdb_reader_unmapped(const kvs_lmdb_reader_t *r);
+
 /* Ends the snapshot begun (slices read in it become invalid). */
 void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r);
 

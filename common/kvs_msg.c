@@ -1776,14 +1776,20 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
         out->cmd != KVS__COMMAND_REQUEST__COMMAND_HEXIST)
         return 0;
     /* An Hset or Hdel may ask for value_lengths (the Redis door's HSET and
-     * HDEL do), after its command as protobuf packs it. */
-    out->value_lengths = 0;
-    if (p != end) {
+     * HDEL do) and presence_only (a router for a user without read), after
+     * its command, in that order, each once, as protobuf packs them. */
+    out->value_lengths = out->presence_only = 0;
+    for (uint64_t want = 102 << 3 | 0; p != end; want += 1 << 3) {
         if ((out->cmd != KVS__COMMAND_REQUEST__COMMAND_HSET &&
              out->cmd != KVS__COMMAND_REQUEST__COMMAND_HDEL) ||
-            peek_field(&p, end, &tag, &v, &n) != 0 || p != end || tag != (102 << 3 | 0))
+            peek_field(&p, end, &tag, &v, &n) != 0 || tag < want || tag > (103 << 3 | 0) ||
+            (tag & 7) != 0)
             return 0;
-        out->value_lengths = varint_bool(v, n);
+        if (tag == (102 << 3 | 0))
+            out->value_lengths = varint_bool(v, n);
+        else
+            out->presence_only = varint_bool(v, n);
+        want = tag;
     }
     /* Hget, Hdel, Hexist: {table = 1, key = 2}; Hset: {table = 1,
      * pair = 2 {key = 1, value = 2}}. */

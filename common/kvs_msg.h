@@ -198,6 +198,7 @@ typedef struct kvs_peek_s {
     const uint8_t *value; /* Hset: the encoded Hset.pair.value, as stored */
     size_t value_len;
     int value_lengths; /* Hset, Hdel: CommandRequest.value_lengths */
+    int presence_only; /* Hset, Hdel: CommandRequest.presence_only */
 } kvs_peek_t;
 
 /* The router's fast path: finds the table and key of an Hget, Hset, Hdel
@@ -205,9 +206,10 @@ typedef struct kvs_peek_s {
  * 1 only when the request is certainly valid (every check kvs_msg_validate
  * and kvs_msg_check_wire make passes); 0 when anything is unusual (an
  * error, another command, unknown or repeated fields, any request-level
- * option but an Hset's or Hdel's value_lengths after the command), and the
- * caller must decode and validate in full, which also writes the right
- * message. Whoever answers a peeked Hset or Hdel honours value_lengths. */
+ * option but an Hset's or Hdel's value_lengths and presence_only after the
+ * command), and the caller must decode and validate in full, which also
+ * writes the right message. Whoever answers a peeked Hset or Hdel honours
+ * both (kvs_msg_values_mode). */
 int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out);
 
 /* Appends the encoded CommandRequest of a single-key command (`cmd`: Hget,
@@ -343,6 +345,32 @@ static inline int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c)
     return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
            c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
            c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
+}
+
+/* True for the writes whose answer tells of what was stored: the values
+ * Hset Hmset Hdel Hmdel replace, the count of keys Hclear removed. A
+ * user without `read` on their table is answered only whether there was
+ * any (CommandRequest.presence_only). */
+static inline int kvs_msg_shows_stored(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
+}
+
+/* How an answer shows stored values (kvs_resp_t.value_lengths): whole;
+ * as the length of their text (CommandRequest.value_lengths); or, for
+ * the writes of kvs_msg_shows_stored with CommandRequest.presence_only,
+ * only whether there was one (a length of 0; Hclear: 1 when it removed
+ * any key, else 0). */
+enum { KVS_VALUES_WHOLE = 0, KVS_VALUES_LENGTHS = 1, KVS_VALUES_PRESENCE = 2 };
+
+static inline int kvs_msg_values_mode(Kvs__CommandRequest__CommandCase c, int value_lengths,
+                                      int presence_only)
+{
+    return presence_only && kvs_msg_shows_stored(c) ? KVS_VALUES_PRESENCE
+           : value_lengths                          ? KVS_VALUES_LENGTHS
+                                                    : KVS_VALUES_WHOLE;
 }
 
 /* The status of an encoded CommandResponse, read from its first field

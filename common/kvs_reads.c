@@ -105,14 +105,21 @@ static int stored_peek(const uint8_t *p, size_t len, kvs_value_peek_t *v)
     return last != NULL && kvs_msg_value_peek(last, (size_t)(end - last), v);
 }
 
-size_t kvs_reads_stored_length(const void *enc, size_t len, uint8_t buf[16], const void **out)
+size_t kvs_reads_stored_length(int mode, const void *enc, size_t len, uint8_t buf[16],
+                               const void **out)
 {
     kvs_value_peek_t v;
     char num[KVS_REDIS_DOUBLE_MAX];
     const uint8_t *text;
     *out = enc;
+    if (len == 0)
+        return 0;                      /* none: an empty Value */
+    if (mode == KVS_VALUES_PRESENCE) { /* there is one: nothing of it is shown */
+        *out = buf;
+        return kvs_value_encode_int(buf, 0);
+    }
     /* A stored value always peeks (it was checked); an empty one stays empty. */
-    if (len == 0 || !stored_peek(enc, len, &v) || v.kind == KVS__VALUE__KIND__NOT_SET)
+    if (!stored_peek(enc, len, &v) || v.kind == KVS__VALUE__KIND__NOT_SET)
         return len;
     size_t n = kvs_msg_value_text(&v, num, &text);
     *out = buf;
@@ -124,18 +131,22 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
     uint8_t buf[16];
     const void *p = enc;
     if (r->value_lengths)
-        len = kvs_reads_stored_length(enc, len, buf, &p);
+        len = kvs_reads_stored_length(r->value_lengths, enc, len, buf, &p);
     kvs_resp_value(r, p, len);
 }
 
 size_t kvs_reads_stored_bound(int value_lengths, size_t len)
 {
+    if (value_lengths == KVS_VALUES_PRESENCE) /* what it shows: whether there is one */
+        return len > 0 ? KVS_READS_PRESENCE_SIZE : 0;
     return value_lengths && len > KVS_READS_LENGTH_MAX ? KVS_READS_LENGTH_MAX : len;
 }
 
 size_t kvs_reads_write_bound(int value_lengths, size_t n, size_t bytes)
 {
-    if (value_lengths && bytes > n * KVS_READS_LENGTH_MAX)
+    if (value_lengths == KVS_VALUES_PRESENCE)
+        bytes = n * KVS_READS_PRESENCE_SIZE; /* whether each key is there or not */
+    else if (value_lengths && bytes > n * KVS_READS_LENGTH_MAX)
         bytes = n * KVS_READS_LENGTH_MAX;
     return kvs_msg_answer_bound(n, bytes);
 }

@@ -63,6 +63,11 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len);
  * `value_lengths` at most KVS_READS_LENGTH_MAX (the integer_value of a
  * length is never larger than the Value it measures). */
 #define KVS_READS_LENGTH_MAX 11 /* an integer_value: its tag and a 10-byte varint */
+/* With KVS_VALUES_PRESENCE every stored value is priced alike, its
+ * integer_value 0 (tag and one byte), however long it is, and a write's
+ * bound prices every key it names so, there or not: no bound, and no 413
+ * it makes, tells anything of what is stored, nor whether it is. */
+#define KVS_READS_PRESENCE_SIZE 2
 size_t kvs_reads_stored_bound(int value_lengths, size_t len);
 
 /* The bound of a write's answer (kvs_msg_answer_bound) holding n previous
@@ -75,14 +80,16 @@ size_t kvs_reads_stored_bound(int value_lengths, size_t len);
  * they write; the router plans split writes' budgets with it. */
 size_t kvs_reads_write_bound(int value_lengths, size_t n, size_t bytes);
 
-/* What kvs_reads_stored appends with value_lengths for the stored value
- * enc[0..len): the encoded integer_value of its length, written to `buf`
- * (16 bytes),
+/* What kvs_reads_stored appends with value_lengths (`mode`,
+ * KVS_VALUES_LENGTHS or KVS_VALUES_PRESENCE) for the stored value
+ * enc[0..len): the encoded integer_value of its length (0 for
+ * KVS_VALUES_PRESENCE), written to `buf` (16 bytes),
  * or enc itself (empty, or a Value without a kind). Sets *out to it and
  * returns its length (at most KVS_READS_LENGTH_MAX when *out is buf).
  * For whoever keeps a previous value until its answer is built: with
  * value_lengths it keeps this, not the value. */
-size_t kvs_reads_stored_length(const void *enc, size_t len, uint8_t buf[16], const void **out);
+size_t kvs_reads_stored_length(int mode, const void *enc, size_t len, uint8_t buf[16],
+                               const void **out);
 
 /* Hget or Hexist of key[0..klen) in `table` (NUL-terminated), from a
  * request's wire bytes (kvs_msg_peek): the same answer as

@@ -25,7 +25,8 @@ typedef struct kvs_resp_s {
     kvs_buf_t *out;
     size_t start; /* offset of the frame header in out */
     int err;
-    int value_lengths; /* stored values as their text's length (kvs_reads_stored); begin clears */
+    int value_lengths; /* KVS_VALUES_*: stored values whole, as lengths or as presence
+                        * (kvs_reads_stored); begin clears */
 } kvs_resp_t;
 
 /* Starts a frame at the end of `out` (reserves the header). */

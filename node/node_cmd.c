@@ -488,18 +488,23 @@ static int cmd_hclear(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_r
     uint64_t n;
     uint8_t enc[16];
     int rc = node_store_clear(ctx->store, req->hclear->table, &n); /* one write: priced there */
+    int presence = r->value_lengths == KVS_VALUES_PRESENCE;        /* how many: not told */
     if (rc != 0 && n > 0) { /* a full disk's clear in pieces stopped midway (node_store.h) */
+        char count[32];
+        snprintf(count, sizeof(count), "%llu", (unsigned long long)n);
         kvs_resp_status(r, rc == KVS_EFULL ? KVS_STATUS_NO_SPACE : KVS_STATUS_INTERNAL);
         kvs_resp_message(r,
                          "%s: table \"%s\" was being emptied in pieces (the disk is full), and "
-                         "%llu of its keys were deleted (for good) before the rest could not be; "
+                         "%s of its keys were deleted (for good) before the rest could not be; "
                          "send it again once the disk has room",
-                         kvs_strerror(rc), req->hclear->table, (unsigned long long)n);
+                         kvs_strerror(rc), req->hclear->table, presence ? "some" : count);
         kvs_resp_outcome_unknown(r); /* neither done nor untouched */
         return 0;
     }
     if (rc != 0)
         return rc;
+    if (presence && n > 0)
+        n = 1;
     kvs_resp_status(r, KVS_STATUS_OK);
     kvs_resp_value(r, enc, kvs_value_encode_int(enc, n > INT64_MAX ? INT64_MAX : (int64_t)n));
     return 0;
@@ -714,7 +719,8 @@ int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_bu
     if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
         return run_auth(ctx, req->auth, out);
     kvs_resp_begin(&r, out);
-    r.value_lengths = req->value_lengths;
+    r.value_lengths =
+        kvs_msg_values_mode(req->command_case, req->value_lengths, req->presence_only);
     size_t c = (size_t)req->command_case;
     int rc = KVS_EINVAL;
     if (c < sizeof(commands) / sizeof(commands[0]) && commands[c] != NULL)
@@ -772,7 +778,7 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 {
     kvs_resp_t r;
     kvs_resp_begin(&r, out);
-    r.value_lengths = pk->value_lengths;
+    r.value_lengths = kvs_msg_values_mode(pk->cmd, pk->value_lengths, pk->presence_only);
     char table[KVS_MAX_TABLE + 1];
     int rc = fast_path(ctx, pk, &r);
     if (rc != 0) {
@@ -1083,6 +1089,12 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
         hook_note(ctx, pk->cmd, pk->table, pk->table_len, 1, 0);
     if (ctx->who != NULL && !allowed(ctx, pk->cmd, pk->table, pk->table_len, out, &rc))
         return rc;
+    kvs_peek_t withheld;
+    if (ctx->who != NULL && kvs_auth_withholds(ctx->who, pk->cmd, pk->table, pk->table_len)) {
+        withheld = *pk; /* a user without read: its previous values are withheld */
+        withheld.presence_only = 1;
+        pk = &withheld;
+    }
     uint32_t st = hooks ? hook_received(ctx, msg, sizeof(msg)) : 0;
     if (st != 0)
         return kvs_msg_append_status(out, st, "%s", msg);
@@ -1164,6 +1176,8 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
         return kvs_msg_append_status(out, st, "%s", msg);
     if (ctx->who != NULL && !allowed(ctx, req->command_case, table, tlen, out, &rc))
         return rc; /* answered 401 or 403 */
+    if (ctx->who != NULL && kvs_auth_withholds(ctx->who, req->command_case, table, tlen))
+        req->presence_only = 1; /* a user without read: its previous values are withheld */
     st = hooks && !received ? hook_received(ctx, msg, sizeof(msg)) : 0;
     if (st != 0)
         return kvs_msg_append_status(out, st, "%s", msg);

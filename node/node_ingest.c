@@ -653,7 +653,7 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
         return rc == KVS_ENOTFOUND ? 0 : rc;
     uint8_t buf[16];
     const void *p = v.p;
-    size_t len = lengths ? kvs_reads_stored_length(v.p, v.len, buf, &p) : v.len;
+    size_t len = lengths ? kvs_reads_stored_length(lengths, v.p, v.len, buf, &p) : v.len;
     return kvs_buf_append(prev, p, len) != 0 ? -ENOMEM : 0;
 }
 

@@ -204,9 +204,10 @@ typedef struct node_ingest_own_s {
      * Value, left empty when the key had none), or NULL when no write
      * waits for it (any producer can send any header: a record is a
      * write's only if it is the record the write sent). Sets *lengths
-     * when the write answers previous values as lengths (value_lengths):
-     * the buffer then receives only that (kvs_reads_stored_length), never
-     * a value however large. */
+     * (KVS_VALUES_*) when the write answers previous values as lengths
+     * (value_lengths) or presence (presence_only): the buffer then
+     * receives only that (kvs_reads_stored_length), never a value however
+     * large. */
     kvs_buf_t *(*claim)(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
                         uint64_t gen, const void *key, size_t klen, const void *payload, size_t len,
                         int *lengths);

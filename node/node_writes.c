@@ -80,7 +80,7 @@ struct wreq_s {
     Kvs__CommandRequest__CommandCase cmd;
     const kvs_binding_t *b;
     uint64_t deadline;
-    int value_lengths; /* CommandRequest.value_lengths: previous values as lengths */
+    int value_lengths; /* KVS_VALUES_*: previous values whole, as lengths or as presence */
     size_t n, left;    /* records, records not settled */
     rec_t *recs[];     /* in request order */
 };
@@ -832,7 +832,8 @@ static wreq_t *wreq_new(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     if (w == NULL)
         return NULL;
     w->cmd = req->command_case;
-    w->value_lengths = req->value_lengths;
+    w->value_lengths =
+        kvs_msg_values_mode(req->command_case, req->value_lengths, req->presence_only);
     w->b = b;
     w->n = w->left = n;
     for (size_t i = 0; i < n; i++) {
@@ -889,8 +890,10 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     if (rc == 0)
         rc = place_items(wr, b, items, n, msg, sizeof(msg), &status);
     if (rc == 0 &&
-        (rc = check_sizes(wr, b, kvs_msg_command_name(req->command_case), items, n,
-                          answer_budget(req), req->value_lengths, msg, sizeof(msg))) == KVS_ETOOBIG)
+        (rc = check_sizes(
+             wr, b, kvs_msg_command_name(req->command_case), items, n, answer_budget(req),
+             kvs_msg_values_mode(req->command_case, req->value_lengths, req->presence_only), msg,
+             sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;
     if (rc == 0 && (rc = check_records(wr, items, n, msg, sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;

@@ -415,6 +415,12 @@ static inline uint64_t router_now_ns(const router_t *r)
     return r->flusher.now_ns > loop_ns ? r->flusher.now_ns : loop_ns;
 }
 
+/* The loop's time in ms (uv_now), 0 without a loop (unit tests). */
+static inline uint64_t router_now_ms(const router_t *r)
+{
+    return r->loop != NULL ? uv_now(r->loop) : 0;
+}
+
 /* Runs send event `ev` (BEFORE_SEND or AFTER_SEND) for `req`, whose
  * answer goes into its client's output now. Nothing registered, nothing
  * done. */

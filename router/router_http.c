@@ -12,7 +12,11 @@
  *    one whose request has been arriving longest, for HTTP_SLOW_REQUEST_MS
  *    at least (a scraper's request comes in one packet: clients that
  *    trickle requests a byte at a time, and reconnect when closed, kept
- *    every slot busy and every scrape out);
+ *    every slot busy and every scrape out); failing that, when another
+ *    host than the new one's holds the most of them, and more than one,
+ *    of that host's first (evict_for_host: clients that reconnect at once
+ *    keep every connection fresh or arriving, and one host's flood must
+ *    not keep another host's scraper out);
  *    when every one is busy, the new one gets 503 and is closed;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
@@ -127,6 +131,7 @@ struct http_conn_s {
     int keep_alive;               /* of the request being answered */
     int http10;                   /* ... which is HTTP/1.0: keep-alive must be said */
     kvs_list_t link;              /* on the port's list */
+    char host[64];                /* its client's host (kvs_addr_peer_host) */
 };
 
 /* ---- parsing ------------------------------------------------------------------ */
@@ -460,12 +465,20 @@ static void on_conn_closed(kvs_conn_t *c)
 
 /* ---- listening ---------------------------------------------------------------------- */
 
-static void refuse(router_http_t *h, uv_stream_t *server)
+static const char busy_page[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                "Content-Length: 32\r\nConnection: close\r\n\r\n"
+                                "too many connections; try again\n";
+
+/* The 503 of a new connection when every one is busy: `hc`, accepted
+ * already (to learn its host), leaves the port's count and is answered
+ * and closed; or, when there is none, one accepted for it here. */
+static void refuse(router_http_t *h, uv_stream_t *server, http_conn_t *hc)
 {
-    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                               "Content-Length: 32\r\nConnection: close\r\n\r\n"
-                               "too many connections; try again\n";
-    kvs_conn_refuse(server, busy, sizeof(busy) - 1);
+    if (hc == NULL) {
+        kvs_conn_refuse(server, busy_page, sizeof(busy_page) - 1);
+    } else {
+        kvs_conn_refuse_accepted(&hc->conn, busy_page, sizeof(busy_page) - 1);
+    }
     uint64_t now = uv_now(h->loop);
     if (h->refused_log_ms == 0 || now - h->refused_log_ms >= 10000) {
         h->refused_log_ms = now;
@@ -521,18 +534,70 @@ static int evict_one(router_http_t *h)
     return 0;
 }
 
+/* Every connection is busy (evict_one found none to close) and `hc` has
+ * just come: when another host than hc's holds more of them than any
+ * other, and more than one, one of its connections takes hc's place: the
+ * first that came with no scrape in flight, no answer being written and
+ * none of its request waiting to be read, or failing that the first that
+ * came, whatever it is doing (a host that pipelines scrapes on every
+ * connection it holds is always busy: one host's flood of connections
+ * never keeps another's scraper out). Returns 0 when one was closed. */
+static int evict_for_host(router_http_t *h, const http_conn_t *hc)
+{
+    const http_conn_t *most = NULL;
+    size_t most_n = 0;
+    kvs_list_t *pos, *p2;
+    KVS_LIST_EACH(pos, &h->conns)
+    {
+        const http_conn_t *a = KVS_LIST_ENTRY(pos, http_conn_t, link);
+        if (a == hc || a->conn.group == NULL)
+            continue;
+        size_t n = 0;
+        KVS_LIST_EACH(p2, &h->conns)
+        {
+            const http_conn_t *b = KVS_LIST_ENTRY(p2, http_conn_t, link);
+            n += b != hc && b->conn.group != NULL && strcmp(a->host, b->host) == 0;
+        }
+        if (n > most_n)
+            most = a, most_n = n;
+    }
+    if (most == NULL || most_n < 2 || strcmp(most->host, hc->host) == 0)
+        return -1;
+    http_conn_t *first = NULL, *first_idle = NULL; /* newest first: the last match came first */
+    KVS_LIST_EACH(pos, &h->conns)
+    {
+        http_conn_t *a = KVS_LIST_ENTRY(pos, http_conn_t, link);
+        if (a == hc || a->conn.group == NULL || strcmp(a->host, most->host) != 0)
+            continue;
+        first = a;
+        if (a->scrape == NULL && a->conn.output_since_ms == 0 && !kvs_conn_input_waiting(&a->conn))
+            first_idle = a;
+    }
+    if (first_idle != NULL)
+        first = first_idle;
+    uint64_t now = uv_now(h->loop);
+    if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
+        h->evicted_log_ms = now;
+        kvs_warn("metrics listener: at %d connections, all busy, %zu of them from %s: closing "
+                 "the first of those for a new one from %s (logged at most every 10 s)",
+                 HTTP_MAX_CONNS, most_n, most->host, hc->host);
+    }
+    kvs_conn_close(&first->conn);
+    return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     router_http_t *h = server->data;
     if (status != 0)
         return;
-    if (h->group.count >= HTTP_MAX_CONNS && evict_one(h) != 0) {
-        refuse(h, server);
-        return;
-    }
+    int full = h->group.count >= HTTP_MAX_CONNS && evict_one(h) != 0;
     http_conn_t *hc = calloc(1, sizeof(*hc));
     if (hc == NULL) {
-        kvs_conn_refuse(server, NULL, 0); /* or the listener stops accepting */
+        if (full)
+            refuse(h, server, NULL);
+        else
+            kvs_conn_refuse(server, NULL, 0); /* or the listener stops accepting */
         return;
     }
     hc->h = h;
@@ -547,6 +612,11 @@ static void on_connection(uv_stream_t *server, int status)
     kvs_list_push_front(&h->conns, &hc->link);
     if (kvs_conn_accept(&hc->conn, server) != 0) {
         kvs_conn_close(&hc->conn);
+        return;
+    }
+    kvs_addr_peer_host(hc->conn.peer, hc->host, sizeof(hc->host));
+    if (full && evict_for_host(h, hc) != 0) {
+        refuse(h, server, hc);
         return;
     }
     /* The kernel would otherwise take megabytes of answers a client does

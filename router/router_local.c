@@ -366,6 +366,10 @@ static int serve_here(router_local_t *lc, lshard_t *ls, const Kvs__CommandReques
     int rc = ok ? kvs_lmdb_reader_begin(ls->env) : 0;
     if (rc != 0)
         log_error(lc, ls, rc, kvs_lmdb_reader_why(ls->env));
+    if (rc != 0 && kvs_lmdb_reader_unmapped(ls->env)) {
+        close_env(ls); /* its map is gone: opened again (mapped anew) in RETRY_MS */
+        ls->retry_at = uv_now(lc->loop) + RETRY_MS;
+    }
     if (!ok || rc != 0)
         return 0;
     if (b != NULL && kvs_freshreq_applies(q != NULL ? q->command_case : pk->cmd)) {

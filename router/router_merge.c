@@ -1057,6 +1057,8 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
                                                                                     : PART_REFUSED;
         unknown |= state[i] == PART_UNKNOWN;
     }
+    if (m->presence && sum > 0)
+        sum = 1; /* (each part answered 1 or 0) */
     if (status == 0) {
         finish_count(req, sum, "Hclear");
         return;
@@ -1067,10 +1069,11 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
     }
     char text[2048], why[304];
     size_t at = 0;
-    text_add(text, sizeof(text), &at,
-             "%s emptied the %s on %u of %u shards (%lld %s removed there)",
+    char count[32];
+    snprintf(count, sizeof(count), "%lld", (long long)sum);
+    text_add(text, sizeof(text), &at, "%s emptied the %s on %u of %u shards (%s %s removed there)",
              req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts,
-             (long long)sum, req->redis ? "fields" : "keys");
+             m->presence ? (sum > 0 ? "some" : "no") : count, req->redis ? "fields" : "keys");
     for (uint32_t i = 0; i < m->nparts; i++) {
         if (state[i] == PART_APPLIED)
             continue;

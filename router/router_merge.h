@@ -44,6 +44,7 @@ typedef struct router_merge_s {
      * held output (router_client_hold) until the merge ends: parts that
      * wait for a slow shard's are output the client will be sent. */
     size_t held;
+    int presence; /* Hclear with presence_only: whether keys were removed, not how many */
 } router_merge_t;
 
 /* A merge of `nparts` parts (and `nkeys` keys: multi-key commands), for

@@ -219,11 +219,6 @@ static void release_later(router_t *r, router_session_t *s)
 
 #define NO_SHARD UINT32_MAX
 
-static uint64_t now_ms(const router_t *r)
-{
-    return r->loop != NULL ? uv_now(r->loop) : 0;
-}
-
 static int is_retryable(Kvs__CommandRequest__CommandCase c);
 
 /* Whether a part of `req` for `shard` would find the shard at its cap
@@ -232,7 +227,7 @@ static int is_retryable(Kvs__CommandRequest__CommandCase c);
 static int shard_capped(const router_t *r, const router_req_t *req, uint32_t shard)
 {
     return r->n_capped > 0 &&
-           router_replica_capped(r->links, &r->sets[shard], now_ms(r),
+           router_replica_capped(r->links, &r->sets[shard], router_now_ms(r),
                                  router_send_start(req, is_retryable(req->cmd)), ROUTER_SHARD_CAP);
 }
 
@@ -264,7 +259,7 @@ static void on_cap_recheck(uv_timer_t *t)
         router_set_t *set = &r->sets[s];
         if (kvs_list_empty(&set->cap_wait))
             continue;
-        if (router_replica_healthy(r->links, set, now_ms(r)) != set->cap_healthy)
+        if (router_replica_healthy(r->links, set, router_now_ms(r)) != set->cap_healthy)
             router_route_cap_changed(r, s);
         else
             waiting = 1;
@@ -293,7 +288,7 @@ static void cap_wait_add(router_t *r, router_session_t *s, uint32_t shard)
     router_set_t *set = &r->sets[shard];
     kvs_list_remove(&s->cap_link);
     kvs_list_push_back(&set->cap_wait, &s->cap_link);
-    set->cap_healthy = router_replica_healthy(r->links, set, now_ms(r));
+    set->cap_healthy = router_replica_healthy(r->links, set, router_now_ms(r));
     if (r->cap_timer_on && !uv_is_active((uv_handle_t *)&r->cap_timer))
         uv_timer_start(&r->cap_timer, on_cap_recheck, CAP_RECHECK_MS, 0);
 }
@@ -1165,6 +1160,7 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     sub->min_position = q->min_position; /* every part reads at least as fresh */
     sub->accept_stale = q->accept_stale;
     sub->value_lengths = q->value_lengths;
+    sub->presence_only = q->presence_only;
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
         Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
         Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));
@@ -1299,7 +1295,7 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     router_merge_t *m = req->merge;
     int hmset = q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET;
     const char *cmd = kvs_msg_command_name(q->command_case);
-    int lengths = q->value_lengths;
+    int lengths = kvs_msg_values_mode(q->command_case, q->value_lengths, q->presence_only);
     uint64_t *known = kvs_arena_alloc(&r->arena, 4 * m->nparts * sizeof(*known));
     if (known == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -1501,6 +1497,8 @@ static void route_fanout(router_t *r, router_req_t *req, const Kvs__CommandReque
     }
     req->merge = m;
     req->parts_left = r->shards;
+    m->presence =
+        kvs_msg_values_mode(cmd, q->value_lengths, q->presence_only) == KVS_VALUES_PRESENCE;
     for (uint32_t s = 0; s < r->shards; s++) {
         m->part_shard[s] = s;
         send_part(r, req, s, s, NULL, raw, rawlen, q);
@@ -1794,7 +1792,8 @@ static int write_switches(const router_t *r, const router_req_t *req, uint32_t s
     const router_session_t *s = router_client_session(req->client);
     if (s->wshard == NULL || s->writes == 0)
         return 0; /* (none in flight: what wakes a held write, so never held without one) */
-    int to = router_replica_write_choice(r->links, &r->sets[shard], now_ms(r), s->replica_pref);
+    int to =
+        router_replica_write_choice(r->links, &r->sets[shard], router_now_ms(r), s->replica_pref);
     return router_send_wshard_other(r, req, shard, to);
 }
 
@@ -2052,12 +2051,20 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     if (b != NULL &&
         kvs_msg_is_write(q->command_case)) /* Hincr too: a worker refuses it, in order */
         mark_write(req);
-    if (b != NULL && holds_for_writes(q->command_case)) { /* the reads, and Hlen */
-        int rc = attach_positions(r, req, q, b, -1, &tok);
-        if (rc > 0 && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
-            raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
-            rawlen = packed.len - KVS_FRAME_HEADER;
-        }
+    int repack = 0;
+    if (b != NULL && holds_for_writes(q->command_case)) /* the reads, and Hlen */
+        repack = attach_positions(r, req, q, b, -1, &tok) > 0;
+    if (req->who != NULL && !q->presence_only &&
+        kvs_auth_withholds(req->who, q->command_case, table, table != NULL ? strlen(table) : 0))
+        repack = q->presence_only = 1; /* a user without read: previous values withheld */
+    if (repack && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
+        raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
+        rawlen = packed.len - KVS_FRAME_HEADER;
+    } else if (repack && q->presence_only) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        kvs_buf_free(&tok);
+        kvs_buf_free(&packed);
+        return;
     }
     route_placed(r, req, q, b, raw, rawlen);
     kvs_buf_free(&tok);
@@ -2125,8 +2132,12 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
         req->cmd = pk.cmd;
         router_ops_note(r, req, pk.cmd, pk.table, pk.table_len, 1);
+        /* (A write of a user without read: the full path withholds its
+         * previous values.) */
         if ((req->who != NULL && !route_allowed(req, pk.cmd, pk.table, pk.table_len)) ||
-            router_ops_received(r, req) || route_peeked(r, req, &pk, payload, len)) {
+            router_ops_received(r, req) ||
+            ((req->who == NULL || !kvs_auth_withholds(req->who, pk.cmd, pk.table, pk.table_len)) &&
+             route_peeked(r, req, &pk, payload, len))) {
             router_ops_forget(req);
             req->in_route = 0;
             return;
@@ -2250,6 +2261,8 @@ void router_route_forget(router_t *r, router_session_t *s)
     s->at_workers = 0;
     if (s->wshard != NULL) /* (its writes still out no longer count either) */
         memset(s->wshard, 0, r->shards * sizeof(*s->wshard));
+    if (s->wpin != NULL)
+        memset(s->wpin, 0, r->shards * sizeof(*s->wpin));
     kvs_list_remove(&s->release_link);
     s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
     s->held_bytes = 0;

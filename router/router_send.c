@@ -23,11 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t now_ms(const router_t *r)
-{
-    return r->loop != NULL ? uv_now(r->loop) : 0;
-}
-
 uint32_t router_send_status(const uint8_t *p, size_t len)
 {
     if (len < 2 || p[0] != 0x08) /* field 1, varint: protobuf-c writes it first */
@@ -62,18 +57,30 @@ void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const c
         snprintf(why, n, "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
 }
 
+/* Why a write of a connection keeps to one replica of its shard
+ * (router_send_part): its writes in flight are there, or one there ended
+ * with no clear outcome (`wpin`) until `until`. */
+enum { KEPT_NOT, KEPT_IN_FLIGHT, KEPT_PINNED };
+
 /* Words for a part no replica took. */
 static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l, int kept,
-                        char *why, size_t n)
+                        uint64_t until, char *why, size_t n)
 {
     const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
     uint32_t reps = r->sets[shard].n;
-    char who[200] = "";
-    if (kept) /* (a write: router_send_part) */
+    char who[300] = "";
+    if (kept == KEPT_IN_FLIGHT)
         snprintf(who, sizeof(who),
                  " (at its replica on node %s, where this connection's earlier writes to it are "
                  "in flight: another replica could put this one in the topic before them)",
                  node ? node : "?");
+    else if (kept == KEPT_PINNED)
+        snprintf(who, sizeof(who),
+                 " (at its replica on node %s, whose producer may still put an earlier write of "
+                 "this connection in the topic, its outcome unknown: for %llu ms more this "
+                 "connection's writes to it go there or nowhere, so that none lands before it)",
+                 node ? node : "?",
+                 (unsigned long long)(until > router_now_ms(r) ? until - router_now_ms(r) : 0));
     else if (reps > 1)
         snprintf(who, sizeof(who), " (none of its %u replicas took the request; last tried: %s)",
                  reps, node ? node : "?");
@@ -127,6 +134,36 @@ static uint32_t *wshard_of(router_t *r, router_req_t *req, uint32_t shard)
     return &s->wshard[shard];
 }
 
+/* Until when (router_now_ms) `s`'s writes to `shard` keep to the replica
+ * in its wshard with none in flight (router_session_t.wpin); 0: not. */
+static uint64_t pinned_until(const router_t *r, const router_session_t *s, uint32_t shard)
+{
+    return s->wpin != NULL && s->wpin[shard] > router_now_ms(r) ? s->wpin[shard] : 0;
+}
+
+/* Write part `t` of `req` ended with no clear outcome at links[t->link]:
+ * its session's writes to the shard keep to that replica for
+ * router.timeout, the bound of what its producer may still hold
+ * (message.timeout.ms, node_produce). */
+static void pin(router_t *r, router_req_t *req, const router_try_t *t)
+{
+    uint32_t *ws = wshard_of(r, req, t->shard);
+    if (ws == NULL)
+        return;
+    router_session_t *s = router_client_session(req->client);
+    uint32_t at = t->link - r->sets[t->shard].first;
+    if ((*ws & WSHARD_MASK) > 0 && *ws >> ROUTER_WSHARD_COUNT != at)
+        return; /* not possible: writes in flight keep to one replica (router_send_part) */
+    if (s->wpin == NULL && (s->wpin = calloc(r->shards, sizeof(*s->wpin))) == NULL) {
+        kvs_warn("out of memory keeping a connection's writes to shard %u at the replica where "
+                 "one may still reach the topic: a later write of it may land first",
+                 t->shard);
+        return;
+    }
+    *ws = (*ws & WSHARD_MASK) | at << ROUTER_WSHARD_COUNT;
+    s->wpin[t->shard] = router_now_ms(r) + r->cfg->router_timeout_ms;
+}
+
 void router_send_wshard_done(router_req_t *req, router_try_t *t)
 {
     if (!t->in_wshard)
@@ -163,7 +200,8 @@ static int send_some(router_t *r, router_req_t *req, router_try_t *t, uint32_t p
     int rc = KVS_ECLOSED;
     *last = NULL;
     for (;;) {
-        int i = router_replica_pick(r->links, set, t->tried, now_ms(r), start, ROUTER_SHARD_CAP);
+        int i =
+            router_replica_pick(r->links, set, t->tried, router_now_ms(r), start, ROUTER_SHARD_CAP);
         if (i < 0)
             return rc;
         t->tried |= 1ull << ((uint32_t)i - set->first);
@@ -208,8 +246,12 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     router_link_t *last;
     int64_t start = router_send_start(req, retryable);
     uint32_t *ws = start >= 0 && r->sets[shard].n > 1 ? wshard_of(r, req, shard) : NULL;
-    int kept = ws != NULL && (*ws & WSHARD_MASK) > 0;
-    if (kept) /* only where its writes in flight are */
+    uint64_t until = ws != NULL ? pinned_until(r, router_client_session(req->client), shard) : 0;
+    int kept = ws == NULL                ? KEPT_NOT
+               : (*ws & WSHARD_MASK) > 0 ? KEPT_IN_FLIGHT
+               : until > 0               ? KEPT_PINNED
+                                         : KEPT_NOT;
+    if (kept != KEPT_NOT) /* only where its writes in flight are, or may yet land */
         t->tried = ~(1ull << (*ws >> ROUTER_WSHARD_COUNT));
     int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
     if (rc == 0 && ws != NULL) {
@@ -219,7 +261,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     if (rc == 0)
         return;
     char why[600];
-    unavailable(r, shard, rc, last, kept, why, sizeof(why));
+    unavailable(r, shard, rc, last, kept, until, why, sizeof(why));
     t->bytes.len = 0; /* every replica refused: nothing to retry */
     t->unsent = 1;    /* so a split write's answer can say it wrote nothing */
     /* A frame too large to send fails as one too large to take: a length
@@ -246,21 +288,20 @@ static int later_write_of_table(const router_req_t *req)
     return 0;
 }
 
-/* Whether a worker's 503 to a write says that Kafka did not acknowledge
- * it (outcome_unknown, and no position: no record of it was placed): the
- * worker did its part, and its producer may still put the record in the
- * topic. The replica is not avoided for it: the connection's next writes
- * then go through the same producer, behind that record, not through
- * another replica's, which could put them in the topic before it (every
- * replica produces to the same brokers, so another would not fare
- * better). A record placed and not applied here (its partition diverged
- * on this replica) is the replica's failure, avoided as any. */
-static int kafka_unsure(const uint8_t *payload, size_t len)
+/* What a worker's answer of a status other than 200 says of a write: the
+ * outcome may or may not be applied (OUTCOME_UNKNOWN: Kafka did not
+ * acknowledge all of it), and whether a record of it was placed
+ * (OUTCOME_PLACED: the answer has a position). */
+enum { OUTCOME_UNKNOWN = 1, OUTCOME_PLACED = 2 };
+
+static int write_outcome(const uint8_t *payload, size_t len)
 {
     Kvs__CommandResponse *resp = kvs_msg_decode_response(NULL, payload, len, NULL);
-    int unsure = resp != NULL && resp->outcome_unknown && resp->position.len == 0;
+    int o = resp == NULL ? 0
+                         : (resp->outcome_unknown ? OUTCOME_UNKNOWN : 0) |
+                               (resp->position.len > 0 ? OUTCOME_PLACED : 0);
     kvs__command_response__free_unpacked(resp, NULL);
-    return unsure;
+    return o;
 }
 
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
@@ -269,20 +310,38 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
     if (r->sets == NULL || t->link >= r->n_links)
         return 0;
     router_link_t *l = &r->links[t->link];
+    uint32_t status = failure == NULL ? router_send_status(payload, len) : 0;
+    /* A write with no clear outcome (sent and not answered, or answered
+     * outcome_unknown): the replica's producer may still put its records
+     * in the topic, so the connection's writes to the shard keep to it
+     * (pin). One that Kafka did not acknowledge (no position: no record
+     * of it placed) does not avoid the replica either: the worker did its
+     * part, and every replica produces to the same brokers. A record
+     * placed and not applied there (its partition diverged on that
+     * replica) is the replica's failure, avoided as any. */
+    int outcome = 0;
+    if (kvs_msg_is_write(req->cmd) && r->sets[t->shard].n > 1) {
+        if (failure == NULL && status != KVS_STATUS_OK && status != 0)
+            outcome = write_outcome(payload, len);
+        else if (failure != NULL && len == 0 && !t->unsent)
+            outcome = OUTCOME_UNKNOWN;
+        if (outcome & OUTCOME_UNKNOWN)
+            pin(r, req, t);
+    }
     /* Any failure of the replica: the link's (len 0), or an answer dropped
      * for its size (len, what it announced; only reads are retried, a
      * write may have been applied). Not a request too large to send
      * (unsent, with its own length): the replica was sent nothing. */
-    int failed = failure != NULL ? len == 0 || !t->unsent : router_send_status(payload, len) == 503;
+    int failed = failure != NULL ? len == 0 || !t->unsent : status == KVS_STATUS_UNAVAILABLE;
     if (!failed) {
         if (l->avoid_ms != 0)
             router_link_trust(l);
         return 0;
     }
-    if (failure == NULL && kvs_msg_is_write(req->cmd) && kafka_unsure(payload, len))
-        return 0;
+    if (failure == NULL && outcome == OUTCOME_UNKNOWN)
+        return 0; /* Kafka's doubt, not the replica's failure */
     if (r->sets[t->shard].n > 1)
-        router_link_avoid(l, now_ms(r));
+        router_link_avoid(l, router_now_ms(r));
     if (t->bytes.len == 0 || !router_replica_any_up(r->links, &r->sets[t->shard], t->tried) ||
         later_write_of_table(req) || !router_budget_take(&r->budget))
         return 0;

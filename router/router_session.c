@@ -45,6 +45,8 @@ void router_session_free(router_session_t *s)
     s->n = s->cap = 0;
     free(s->wshard);
     s->wshard = NULL;
+    free(s->wpin);
+    s->wpin = NULL;
 }
 
 /* Index of the first entry >= (binding, partition). */

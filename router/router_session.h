@@ -21,7 +21,14 @@
  *    replica of a shard than the connection's writes to it still in
  *    flight (its own avoided or down, or back to it after a failover:
  *    `wshard`) is held like a read until the connection's writes in
- *    flight are answered (router_route: write_switches).
+ *    flight are answered (router_route: write_switches). A write that
+ *    ended with no clear outcome (sent and not answered, or answered
+ *    outcome_unknown: Kafka did not acknowledge all of it) may still be
+ *    put in the topic by that replica's producer, until its
+ *    message.timeout.ms, within router.timeout: for router.timeout after
+ *    it the connection's writes to that shard go to that replica or
+ *    nowhere (`wpin`: 503 while it is down), never through another
+ *    replica's producer ahead of it.
  *  - Local reads (router_local): while any request of the connection is
  *    with a local worker (`forwarded`), its reads of local shards go to the
  *    workers too, behind it on the same links, instead of being answered
@@ -123,6 +130,11 @@ typedef struct router_session_s {
      * above: its index in the shard's set). NULL until its first such
      * write; router_t.shards entries. */
     uint32_t *wshard;
+    /* Per shard with replicas, until when (router_now_ms) its writes keep
+     * to the replica in wshard with none in flight: a write there ended
+     * with no clear outcome, and that replica's producer may still put its
+     * records in the topic. NULL until the first such write. */
+    uint64_t *wpin;
     uint32_t queued;     /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;  /* requests with a part at a local worker, not answered */
     uint32_t at_workers; /* units of work of its requests at workers (fair share) */

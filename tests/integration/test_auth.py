@@ -38,6 +38,7 @@ USERS = {
     "alice": ("alice-pw", {"orders*": ["read", "write"], "pub": ["read"]}),
     "reader": ("reader-pw", {"*": ["read"]}),
     "ops": ("ops-pw", {"*": ["read", "write", "admin"]}),
+    "writer": ("writer-pw", {"w*": ["write"]}),  # a producer: writes, never reads
     "kvs-node": (None, {"*": ["read", "write", "admin"]}),  # the nodes' certificate
 }
 
@@ -87,7 +88,7 @@ COMMANDS = {
     "Hmset": ("write", lambda t: req_hmset(t, {"k": 1, "k2": 2})),
     "Hdel": ("write", lambda t: _hdel(t)),
     "Hmdel": ("write", lambda t: req_hmdel(t, ["k9"])),
-    "Hincr": ("write", lambda t: _hincr(t)),
+    "Hincr": ("read and write", lambda t: _hincr(t)),
     "Hlen": ("read", lambda t: _hlen(t)),
 }
 
@@ -117,7 +118,86 @@ def _hdel(t):
 
 
 def allowed(user, right, table):
-    return any(fnmatch.fnmatchcase(table, p) and right in r for p, r in USERS[user][1].items())
+    return any(fnmatch.fnmatchcase(table, p) and all(x in r for x in right.split(" and "))
+               for p, r in USERS[user][1].items())
+
+
+def presence(resp):
+    """A write's previous values as a user without read sees them: True
+    (the key had one: integer_value 0, the value withheld), None (none)."""
+    out = []
+    for v in resp.values:
+        kind = v.WhichOneof("kind")
+        assert kind in (None, "integer_value"), "a value shown: %r" % v
+        assert kind is None or v.integer_value == 0, "a length shown: %r" % v
+        out.append(True if kind else None)
+    return out
+
+
+def check_write_only(test, c, seed):
+    """As user writer on connection `c`, after `seed` (a connection with
+    read and write) stored wsecret {k: TOPSECRET, n: 1234, k2: x}: every
+    write answers whether each key was there and nothing of its value;
+    Hincr, which answers the value it makes, is refused."""
+    t = "wsecret"
+    test.assertOk(seed.hmset(t, {"k": "TOPSECRET", "n": 1234, "k2": "x"}))
+    test.assertEqual(c.hget(t, "k").status, 403)
+    resp = c.hset(t, "k", "new")
+    test.assertEqual((resp.status, presence(resp)), (200, [True]), resp.message)
+    q = req_hset(t, "k", "other")
+    q.hset.if_absent = True  # stores nothing: the key is there
+    resp = c.call(q)
+    test.assertEqual((resp.status, presence(resp)), (200, [True]), resp.message)
+    resp = c.hset(t, "fresh", "v")
+    test.assertEqual((resp.status, presence(resp)), (200, [None]))
+    resp = c.call(req_hmset(t, {"k2": "y", "absent": "z"}))
+    test.assertEqual((resp.status, presence(resp)), (200, [True, None]), resp.message)
+    resp = c.call(req_hmdel(t, ["k2", "nope"]))
+    test.assertEqual((resp.status, presence(resp)), (200, [True, None]), resp.message)
+    resp = c.call(_hdel_key(t, "fresh"))
+    test.assertEqual((resp.status, presence(resp)), (200, [True]), resp.message)
+    q = _hincr(t)
+    q.hincr.key, q.hincr.by_int = b"n", 0
+    resp = c.call(q)
+    test.assertEqual(resp.status, 403)
+    test.assertEqual(resp.message, 'user "writer" may not run Hincr on table "wsecret": it needs '
+                                   "read and write")
+    test.assertEqual([pyval(v) for v in seed.hmget(t, ["k", "n", "k2", "fresh", "absent"]).values],
+                     ["new", 1234, None, None, "z"])
+    test.assertEqual(pyval(seed.hset(t, "k", "back").values[0]), "new")  # shown to a reader
+    # Nor does a refusal for the answer's size tell one value from another
+    # (probe BJ: "could take up to N bytes" grew with the value's length),
+    # nor a key that is there from one that is not (probe BL: it told them
+    # apart without writing anything, which no read right allowed).
+    test.assertOk(seed.hmset(t, {"short": "x", "longer": "secret!!", "num": 10 ** 15}))
+    said = set()
+    for key in ("short", "longer", "num", "not-there"):
+        q = req_hmdel(t, [key])
+        q.hmdel.answer_budget = 1
+        resp = c.call(q)
+        test.assertEqual(resp.status, 413, resp.message)
+        said.add(resp.message)
+    test.assertEqual(len(said), 1, said)
+    test.assertEqual(len(seed.hmget(t, ["short", "longer", "num"]).values), 3)
+    # Hclear: whether it removed any key, not how many (Redis's DEL: 1 or 0).
+    test.assertOk(seed.hmset("wtab", {"a%d" % i: i for i in range(7)}))
+    for table, want in (("wtab", 1), ("wtab", 0), ("wnone", 0)):
+        resp = c.call(_hclear(table))
+        test.assertEqual((resp.status, resp.values[0].integer_value), (200, want), resp.message)
+    test.assertOk(seed.hmset("wtab", {"a%d" % i: i for i in range(7)}))
+    test.assertEqual(seed.call(_hclear("wtab")).values[0].integer_value, 7)  # a reader: the count
+
+
+def _hclear(t):
+    r = pb.CommandRequest()
+    r.hclear.table = t
+    return r
+
+
+def _hdel_key(t, key):
+    r = pb.CommandRequest()
+    r.hdel.table, r.hdel.key = t, key.encode()
+    return r
 
 
 class AuthTest(RouterTestCase):
@@ -188,6 +268,26 @@ class AuthTest(RouterTestCase):
             else:
                 self.assertEqual(info.status, 403)
                 self.assertIn('needs admin on "*"', info.message)
+
+    def test_a_write_only_user_is_shown_no_stored_value(self):
+        """A user with write and not read on a table (a producer) is told
+        whether each key it wrote or deleted was there, as Redis's counts
+        tell a write-only user, and nothing of what it held: its previous
+        values are withheld (CommandRequest.presence_only), on the fast
+        path, the full path and a write split over both shards; Hincr,
+        whose answer is the value it makes, needs read too."""
+        r = self.auth_router(tls=False)
+        check_write_only(self, self.authed(r, "writer"), self.authed(r, "ops"))
+        per = keys_by_shard("s", 2, 8, 2)
+        with self.authed(r, "ops") as ops:
+            self.assertOk(ops.hset("wsplit", per[0][0], "secret-0"))
+        c = self.authed(r, "writer")
+        resp = c.call(req_hmset("wsplit", {per[0][0]: "a", per[1][0]: "b"}))
+        self.assertEqual((resp.status, presence(resp)), (200, [True, None]), resp.message)
+        q = req_hset("wsplit", per[0][0], "c")
+        q.presence_only = False  # a client cannot ask to be shown more
+        resp = c.call(q)
+        self.assertEqual((resp.status, presence(resp)), (200, [True]), resp.message)
 
     def test_unauthenticated_clients_cannot_take_the_input_budget(self):
         # Incomplete frames of all connections share limits.input_buffers. A
@@ -625,6 +725,20 @@ class RespAuthTest(RouterTestCase):
             c.hset("pub", "k", "v")
         with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "Hincr"):
             c.hincrby("pub", "n", 1)
+        # A write-only user: counts of the fields it set or deleted, never
+        # a value (HINCRBY, HINCRBYFLOAT answer one: they need read too).
+        ops = self.redis(username="ops", password="ops-pw")
+        ops.hset("wsecret", mapping={"k": "TOPSECRET", "n": 1234})
+        w = self.redis(username="writer", password="writer-pw")
+        self.assertEqual(w.hset("wsecret", mapping={"k": "x", "new": "y"}), 1)
+        self.assertEqual(w.hsetnx("wsecret", "k", "z"), 0)
+        self.assertEqual(w.hdel("wsecret", "new", "none"), 1)
+        for call in (lambda: w.hincrby("wsecret", "n", 0),
+                     lambda: w.hincrbyfloat("wsecret", "n", 0), lambda: w.hget("wsecret", "k"),
+                     lambda: w.hstrlen("wsecret", "k")):
+            with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "needs read"):
+                call()
+        self.assertEqual(ops.hgetall("wsecret"), {b"k": b"x", b"n": b"1234"})
         with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "Hget"):
             c.hget("secret", "k")
         with self.assertRaisesRegex(redis.exceptions.NoPermissionError, 'needs admin on "\\*"'):
@@ -852,6 +966,13 @@ class AuthNodeTest(NodeTestCase):
             self.assertOk(c.call(req_info()))
         with n.client(unix=True) as c:  # the local router's way in: trusted
             self.assertOk(c.hset("pub", "k", 2))
+
+    def test_a_worker_shows_a_write_only_user_no_stored_value(self):
+        n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),
+                      tls=tls_context(cert="bob"))  # a valid certificate that names no user
+        with n.client() as c, n.client(unix=True) as seed:
+            self.assertOk(c.call(req_auth("writer", "writer-pw")))
+            check_write_only(self, c, seed)
 
 
     def test_a_worker_closes_clients_that_do_not_authenticate(self):

@@ -333,6 +333,45 @@ class LifecycleTest(LocalReadsCase):
         self.assertTrue(wait_until(lambda: "shard 0: its worker grew the map" in r.stderr(), 5),
                         "no remap logged")
 
+    @unittest.skipIf(SANITIZED, "ASan's allocator maps as it goes: an address-space limit "
+                     "fails it before LMDB")
+    def test_a_grown_map_this_process_cannot_map_goes_to_the_worker(self):
+        # Probe BI: a router process out of address space (here its own
+        # limit, prlimit) failed to map the map its worker grew; LMDB had
+        # unmapped the old one already, and the next read through it
+        # killed the process (SIGSEGV). Its reads go to the worker now,
+        # and once it can map the environment again it reads it here.
+        r = self.local_router(shards=1, storage_yaml=["map_size: 64MiB"], max_frame="8MiB")
+        with r.client(timeout=30) as c:
+            self.assertEqual(c.hset("small", b"k", b"v").status, 200)
+            self.assertEqual(pyval(c.hget("small", b"k").values[0]), b"v")  # opened here
+            pid = router_pids(r)[0]
+            with open("/proc/%d/status" % pid) as f:
+                vsz = next(int(x.split()[1]) << 10 for x in f if x.startswith("VmSize:"))
+            # Room for the 64 MiB map it has and a little, not for a grown one.
+            subprocess.run(["prlimit", "--pid", str(pid),
+                            "--as=%d:unlimited" % (vsz + (96 << 20))], check=True, timeout=10)
+            big = b"x" * (4 << 20)
+            for i in range(40):  # 160 MiB: the worker grows its map
+                self.assertEqual(c.hset("big", b"b%d" % i, big).status, 200)
+            for _ in range(20):
+                self.assertEqual(pyval(c.hget("small", b"k").values[0]), b"v")
+            self.assertTrue(wait_until(lambda: "a local read failed" in r.stderr(), 5))
+            self.assertEqual(router_pids(r)[0], pid, "the router process was replaced")
+            self.assertNotIn("SIGSEGV", r.stderr())
+            subprocess.run(["prlimit", "--pid", str(pid), "--as=unlimited:unlimited"],
+                           check=True, timeout=10)
+            reopened = "shard 0: answering its reads from"
+            self.assertTrue(wait_until(lambda: (c.hget("small", b"k"),
+                                                r.stderr().count(reopened) == 2)[1], 10),
+                            "not opened again once it could be mapped")
+            with stopped(r.workers()[0]):  # read here again
+                got, el = self.timed(c.hget, "big", b"b39")
+                self.assertHere(el, "Hget")
+                self.assertEqual(len(got.values[0].string_value or got.values[0].binary_value),
+                                 4 << 20)
+        self.assertEqual(router_pids(r)[0], pid)
+
     def test_worker_killed_mid_write_keeps_every_acknowledged_write(self):
         r = self.local_router()
         keys = iter(keys_by_shard(b"w", 2000, PARTITIONS, 2)[0])

@@ -1116,6 +1116,14 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertTrue(resp.position, "a position, as every log-first write has")
             resp = c.call(req_hset("users", b"k", b"y"))
             self.assertEqual(pyval(resp.values[0]), b"short")
+            # presence_only (what a user without read is answered): whether
+            # the key had a value, a length of 0, never the value.
+            for q in (req_hset("users", b"k", b"z"), req_hmset("users", {b"k": b"w", b"n": b"v"})):
+                q.presence_only = True
+                resp = c.call(q)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertEqual([(v.WhichOneof("kind"), v.integer_value) for v in resp.values],
+                                 [("integer_value", 0)] + [(None, 0)] * (len(resp.values) - 1))
 
     def test_a_write_whose_previous_value_does_not_fit_is_refused_before_it_is_produced(self):
         # A value stored while limits.max_frame was larger; after it was

@@ -79,9 +79,11 @@ def read_lines(test, s, n):
     return got
 
 
-def raw_http(port, data):
-    """Sends raw bytes; returns the status line of the answer."""
-    with socket.create_connection((HOST, port), timeout=10) as s:
+def raw_http(port, data, source=None):
+    """Sends raw bytes (from `source`, a local address, if given); returns
+    the status line of the answer."""
+    with socket.create_connection((HOST, port), timeout=10,
+                                  source_address=(source, 0) if source else None) as s:
         s.sendall(data)
         got = b""
         while b"\r\n" not in got:
@@ -631,6 +633,100 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertEqual(got, [200] * 6)
         self.assertIn("none idle, closing the one whose request has been arriving longest",
                       r.stderr())
+
+    def test_one_hosts_flood_never_keeps_another_hosts_scrape_out(self):
+        # Probe BK: clients that reconnect as soon as they are closed, each
+        # starting a request (a byte of junk, or a trickle), kept every one
+        # of the 16 connections busy (fresh, or arriving for less than 1 s),
+        # and scrapes got 503. When all are busy, a connection from another
+        # host than the one that holds the most takes the place of that
+        # host's first; the flooding host's own new connections get 503.
+        r = self.metrics_router(shards=1, partitions=8)
+        flood = "127.0.0.2"  # all of 127/8 is loopback
+        socks = []
+        try:
+            for _ in range(16):
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=(flood, 0))
+                s.sendall(b"G")  # a request begun: busy for 1 s
+                socks.append(s)
+            time.sleep(0.1)  # all 16 accepted and read
+            self.assertEqual(raw_http(self.mport, self.GET, source=flood),
+                             "HTTP/1.1 503 Service Unavailable")
+            self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 200 OK")
+            self.assertEqual(socks[0].recv(10), b"", "the flood's first connection is closed")
+            for s in socks[1:]:
+                s.setblocking(False)
+                with self.assertRaises(BlockingIOError):  # still open, nothing to read
+                    s.recv(10)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertIn("all busy, 16 of them from 127.0.0.2: closing the first of those for a "
+                      "new one from 127.0.0.1", r.stderr())
+
+    def test_one_hosts_pipelined_scrapes_never_keep_another_hosts_scrape_out(self):
+        # Probe BL: connections that pipeline scrapes are always busy (a
+        # scrape in flight, an answer being written, a request waiting),
+        # so the flooding host kept all 16: its first is closed anyway.
+        self.metrics_router(shards=1, partitions=8)
+        socks = []
+        try:
+            for _ in range(16):
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=("127.0.0.2", 0))
+                s.sendall(self.GET * 8)  # and never read
+                socks.append(s)
+            time.sleep(0.3)
+            self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 200 OK")
+            got = b""
+            while True:  # its answers so far, then the end
+                chunk = socks[0].recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertTrue(got.startswith(b"HTTP/1.1 200 OK") or got == b"", got[:40])
+        finally:
+            for s in socks:
+                s.close()
+
+    def test_connections_refused_after_they_are_accepted_linger_briefly(self):
+        # A connection accepted to learn its host and then refused (probe
+        # BL) lingered 2 s, as many at once as came: one host's reconnects
+        # held hundreds of descriptors. It lingers as any refusal does: at
+        # most 500 ms, at most 16 at a time (the others closed at once).
+        r = self.metrics_router(shards=1, partitions=8)
+        master = r.proc.pid
+
+        def fds():
+            return len(os.listdir("/proc/%d/fd" % master))
+        flood = []
+        try:
+            for _ in range(16):
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=("127.0.0.2", 0))
+                s.sendall(b"G")
+                flood.append(s)
+            time.sleep(0.1)
+            base = fds()
+            refused = []
+            for _ in range(60):  # from the host that holds them all: 503 each
+                s = socket.create_connection((HOST, self.mport), timeout=10,
+                                             source_address=("127.0.0.2", 0))
+                refused.append(s)
+            time.sleep(0.1)
+            self.assertLessEqual(fds(), base + 16 + 2)  # lingering: 16 at most
+            self.assertTrue(wait_until(lambda: fds() <= base + 2, 2), (fds(), base))
+            for s in refused:
+                try:
+                    head = s.recv(64)
+                except ConnectionResetError:
+                    head = b""
+                self.assertTrue(head == b"" or head.startswith(b"HTTP/1.1 503"), head)
+                s.close()
+        finally:
+            for s in flood:
+                s.close()
 
     def test_a_request_that_just_started_is_not_taken_for_a_trickle(self):
         # 16 connections just made (none idle), one of them starting its

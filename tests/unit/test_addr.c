@@ -347,9 +347,33 @@ KVS_TEST(listeners_clash_forms)
     CHECK_EQ(clash("unix:/tmp/a.sock", "unix:/tmp/a.sock"), 0);
 }
 
+/* The host a peer counts as, for limits per client host: IPv4 as it is
+ * (also mapped into IPv6), IPv6 by its /64, loopback as it is. */
+KVS_TEST(peer_host_forms)
+{
+    char h[64];
+    static const struct {
+        const char *peer, *host;
+    } cases[] = {
+        {"1.2.3.4:5678", "1.2.3.4"},
+        {"[::ffff:1.2.3.4]:5678", "1.2.3.4"},
+        {"[2001:db8:1:2::9]:5678", "2001:db8:1:2::/64"},
+        {"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1", "2001:db8:1:2::/64"},
+        {"[::1]:5678", "::1"},
+        {"127.0.0.2:9", "127.0.0.2"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        kvs_addr_peer_host(cases[i].peer, h, sizeof(h));
+        CHECK_STR(h, cases[i].host);
+    }
+    kvs_addr_peer_host("123.123.123.123:1", h, 4); /* cut to what fits */
+    CHECK_STR(h, "123");
+}
+
 KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
               KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
               KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms),
               KVS_CASE(host_arg_forms), KVS_CASE(same_host_forms), KVS_CASE(unspecified_forms),
-              KVS_CASE(listeners_clash_forms))
+              KVS_CASE(listeners_clash_forms), KVS_CASE(peer_host_forms))

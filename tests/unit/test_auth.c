@@ -190,6 +190,19 @@ KVS_TEST(rights_by_command_and_table_pattern)
     }
     check(&ac, CMD(HSET), "pub", msg);
     CHECK_STR(msg, "user \"alice\" may not run Hset on table \"pub\": it needs write");
+    /* Hincr answers the value it made: read and write. */
+    CHECK_EQ(check(&ac, CMD(HINCR), "orders", msg), 200);
+    CHECK_EQ(check(&ac, CMD(HINCR), "logs-1", msg), 403);
+    CHECK_STR(msg, "user \"alice\" may not run Hincr on table \"logs-1\": it needs read and write");
+    CHECK_EQ(check(&ac, CMD(HINCR), "pub", msg), 403);
+    /* Writes whose answer tells of what was stored withhold it from a
+     * user without read (logs-?: write only); nothing else is withheld. */
+    CHECK(kvs_auth_withholds(&ac, CMD(HSET), "logs-1", 6));
+    CHECK(kvs_auth_withholds(&ac, CMD(HMDEL), "logs-1", 6));
+    CHECK(!kvs_auth_withholds(&ac, CMD(HSET), "orders", 6));
+    CHECK(kvs_auth_withholds(&ac, CMD(HCLEAR), "logs-1", 6)); /* 1 or 0, not a count */
+    CHECK(!kvs_auth_withholds(&ac, CMD(HCLEAR), "orders", 6));
+    CHECK(!kvs_auth_withholds(&ac, CMD(HGET), "pub", 3));
     check(&ac, CMD(INFO), NULL, msg);
     CHECK_STR(msg, "user \"alice\" may not run Info: it needs admin on \"*\"");
     /* A unix socket peer is trusted without a user. */
@@ -197,6 +210,7 @@ KVS_TEST(rights_by_command_and_table_pattern)
     kvs_auth_conn_init(&local, 1, 1);
     CHECK_EQ(check(&local, CMD(HSET), "anything", msg), 200);
     CHECK_EQ(check(&local, CMD(INFO), NULL, msg), 200);
+    CHECK(!kvs_auth_withholds(&local, CMD(HSET), "anything", 8));
     env_close(&e);
 }
 

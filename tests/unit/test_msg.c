@@ -1638,7 +1638,7 @@ KVS_TEST(check_wire_refuses_what_protobuf_reads_otherwise)
         {"23", "CommandRequest.hset is sent as start-group, not as its type's length-delimited: "
                "protobuf reads it as an unknown field"},
         /* an unknown top-level field */
-        {"b80601", "CommandRequest has unknown field 103 (varint)"},
+        {"c00601", "CommandRequest has unknown field 104 (varint)"},
     };
     char msg[300];
     uint8_t buf[64];
@@ -2271,6 +2271,7 @@ static int peek_agrees(const Kvs__CommandRequest *q)
         CHECK(memcmp(pk.table, table, pk.table_len) == 0);
         CHECK_EQ(pk.cmd, d->command_case);
         CHECK_EQ(pk.value_lengths, d->value_lengths);
+        CHECK_EQ(pk.presence_only, d->presence_only);
         const ProtobufCBinaryData *key = pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET
                                              ? &d->hset->pair->key
                                              : &d->hget->key; /* Hget, Hdel, Hexist alike */
@@ -2351,6 +2352,12 @@ KVS_TEST(peek_agrees_with_full_validation)
      * for lengths, takes the full one. */
     q.value_lengths = 1;
     CHECK(peek_agrees(&q) == 1);
+    q.presence_only = 1; /* what a router sets for a user without read */
+    CHECK(peek_agrees(&q) == 1);
+    q.value_lengths = 0;
+    CHECK(peek_agrees(&q) == 1);
+    q.value_lengths = 1;
+    q.presence_only = 0;
     q.accept_stale = 1;
     CHECK(peek_agrees(&q) == 0);
     q.accept_stale = 0;
@@ -2395,6 +2402,31 @@ KVS_TEST(peek_agrees_with_full_validation)
     CHECK(kvs_msg_peek(lengths_ok, sizeof(lengths_ok), &pk) == 1);
     CHECK_EQ(pk.cmd, KVS__COMMAND_REQUEST__COMMAND_HDEL);
     CHECK_EQ(pk.value_lengths, 1);
+    CHECK_EQ(pk.presence_only, 0);
+    /* presence_only (field 103) after value_lengths, or alone; not before
+     * it, twice, or with another wire type. */
+    static const uint8_t both[] = {0x32, 0x06, 0x0a, 0x01, 't',  0x12, 0x01,
+                                   'k',  0xb0, 0x06, 0x01, 0xb8, 0x06, 0x01};
+    static const uint8_t presence[] = {0x32, 0x06, 0x0a, 0x01, 't', 0x12,
+                                       0x01, 'k',  0xb8, 0x06, 0x01};
+    static const uint8_t presence_first[] = {0x32, 0x06, 0x0a, 0x01, 't',  0x12, 0x01,
+                                             'k',  0xb8, 0x06, 0x01, 0xb0, 0x06, 0x01};
+    static const uint8_t presence_twice[] = {0x32, 0x06, 0x0a, 0x01, 't',  0x12, 0x01,
+                                             'k',  0xb8, 0x06, 0x01, 0xb8, 0x06, 0x01};
+    static const uint8_t presence_bytes[] = {0x32, 0x06, 0x0a, 0x01, 't',  0x12,
+                                             0x01, 'k',  0xba, 0x06, 0x01, 0x01};
+    CHECK(kvs_msg_peek(both, sizeof(both), &pk) == 1);
+    CHECK_EQ(pk.value_lengths + pk.presence_only, 2);
+    CHECK(kvs_msg_peek(presence, sizeof(presence), &pk) == 1);
+    CHECK_EQ(pk.value_lengths, 0);
+    CHECK_EQ(pk.presence_only, 1);
+    CHECK(kvs_msg_peek(presence_first, sizeof(presence_first), &pk) == 0);
+    CHECK(kvs_msg_peek(presence_twice, sizeof(presence_twice), &pk) == 0);
+    CHECK(kvs_msg_peek(presence_bytes, sizeof(presence_bytes), &pk) == 0);
+    CHECK_EQ(kvs_msg_values_mode(KVS__COMMAND_REQUEST__COMMAND_HDEL, 1, 1), KVS_VALUES_PRESENCE);
+    CHECK_EQ(kvs_msg_values_mode(KVS__COMMAND_REQUEST__COMMAND_HMSET, 0, 1), KVS_VALUES_PRESENCE);
+    CHECK_EQ(kvs_msg_values_mode(KVS__COMMAND_REQUEST__COMMAND_HMGET, 1, 1), KVS_VALUES_LENGTHS);
+    CHECK_EQ(kvs_msg_values_mode(KVS__COMMAND_REQUEST__COMMAND_HGET, 0, 1), KVS_VALUES_WHOLE);
     /* Hset with two pairs (protobuf merges them), a pair with an unknown
      * field, a pair with its key twice: valid protobuf, full path only. */
     static const uint8_t two_pairs[] = {0x22, 0x11, 0x0a, 0x01, 't',  0x12, 0x07, 0x0a, 0x01, 'k',

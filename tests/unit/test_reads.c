@@ -320,12 +320,33 @@ KVS_TEST(value_lengths_bound_what_a_write_answers)
      * claim): the length, in the caller's buffer; an absent value as is. */
     uint8_t lbuf[16];
     const void *kept = NULL;
-    size_t kn = kvs_reads_stored_length(big_enc.data, n, lbuf, &kept);
+    size_t kn = kvs_reads_stored_length(KVS_VALUES_LENGTHS, big_enc.data, n, lbuf, &kept);
     CHECK(kept == lbuf && kn <= KVS_READS_LENGTH_MAX);
     CHECK_EQ(kn, kvs_value_encode_int(enc, (int64_t)sizeof(big)));
     CHECK(memcmp(lbuf, enc, kn) == 0);
-    CHECK_EQ(kvs_reads_stored_length(big_enc.data, 0, lbuf, &kept), 0);
+    CHECK_EQ(kvs_reads_stored_length(KVS_VALUES_LENGTHS, big_enc.data, 0, lbuf, &kept), 0);
     CHECK(kept == big_enc.data);
+    /* presence_only: a value that was there is a length of 0; none is none. */
+    kn = kvs_reads_stored_length(KVS_VALUES_PRESENCE, big_enc.data, n, lbuf, &kept);
+    CHECK(kept == lbuf);
+    CHECK_EQ(kn, kvs_value_encode_int(enc, 0));
+    CHECK(memcmp(lbuf, enc, kn) == 0);
+    CHECK_EQ(kvs_reads_stored_length(KVS_VALUES_PRESENCE, big_enc.data, 0, lbuf, &kept), 0);
+    /* ... and priced alike whatever it holds: no bound tells a length. */
+    CHECK_EQ(kvs_reads_stored_bound(KVS_VALUES_PRESENCE, 3), KVS_READS_PRESENCE_SIZE);
+    CHECK_EQ(kvs_reads_stored_bound(KVS_VALUES_PRESENCE, n), KVS_READS_PRESENCE_SIZE);
+    CHECK_EQ(kvs_reads_stored_bound(KVS_VALUES_PRESENCE, 0), 0);
+    CHECK_EQ(kvs_reads_write_bound(KVS_VALUES_PRESENCE, 3, 12000),
+             kvs_msg_answer_bound(3, 3 * KVS_READS_PRESENCE_SIZE));
+    CHECK_EQ(KVS_READS_PRESENCE_SIZE, kvs_value_encode_int(enc, 0));
+    out.len = 0;
+    kvs_resp_begin(&r, &out);
+    r.value_lengths = KVS_VALUES_PRESENCE;
+    kvs_resp_status(&r, 200);
+    before = kvs_resp_size(&r);
+    kvs_reads_stored(&r, big_enc.data, n);
+    CHECK_EQ(kvs_resp_size(&r) - before, 2 + kvs_value_encode_int(enc, 0)); /* tag, length */
+    kvs_resp_abort(&r);
     size_t m = kvs_value_encode_int(enc, INT64_MIN); /* 11 bytes: the largest integer_value */
     CHECK_EQ(m, KVS_READS_LENGTH_MAX);
     CHECK_EQ(stored_length(enc, m), 20);
@@ -355,7 +376,8 @@ KVS_TEST(value_lengths_read_a_bool_of_any_wire_type)
     CHECK_EQ(stored_length(enc, 503), 1);
     uint8_t lbuf[16];
     const void *kept = NULL;
-    CHECK(kvs_reads_stored_length(enc, 503, lbuf, &kept) <= KVS_READS_LENGTH_MAX);
+    CHECK(kvs_reads_stored_length(KVS_VALUES_LENGTHS, enc, 503, lbuf, &kept) <=
+          KVS_READS_LENGTH_MAX);
     CHECK(kept == lbuf);
     /* As protobuf-c reads each: any byte read with a low bit set is true. */
     static const uint8_t f64[] = {5 << 3 | 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};

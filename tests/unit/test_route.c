@@ -3532,8 +3532,11 @@ KVS_TEST(replica_writes_go_to_one_live_replica_and_are_never_resent)
     reply_failure(0, "shard 0 is unavailable: worker closed the connection");
     CHECK_EQ(fx.n_sent, 1); /* it may have been applied: not sent again */
     check_status(answer_async(), 503);
-    /* With the local link down, the write goes to the other replica. */
+    /* With the local link down, the write goes to the other replica once
+     * the first one's producer can no longer hold it (router.timeout). */
     fx.r.links[0].up = 0;
+    CHECK(fx.session.wpin != NULL);
+    fx.session.wpin[0] = 0;
     route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
     CHECK_EQ(fx.n_sent, 1);
     CHECK_EQ(fx.sent[0].link, 1);
@@ -3907,6 +3910,17 @@ KVS_TEST(replica_write_unacknowledged_by_kafka_keeps_its_replica)
     reply_status(0, 503, "starting: opening its environment");
     check_status(answer_async(), 503);
     CHECK(fx.r.links[0].avoid_until > 0);
+    /* Avoided, but the first write's record may still land for
+     * router.timeout: the next goes there all the same, and after that to
+     * the other replica. */
+    CHECK_EQ(fx.session.wpin[0], (uint64_t)fx.cfg->router_timeout_ms);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][2]);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    reply_status(0, 200, "");
+    check_status(answer_async(), 200);
+    fx.r.links[0].avoid_until = 1000; /* (the 200 trusted it again) */
+    fx.r.links[0].avoid_ms = 500;
+    fx.session.wpin[0] = 0;
     route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][2]);
     CHECK_EQ(fx.sent[0].link, 1u);
     /* Placed (a position) but not applied on that replica (its partition
@@ -3924,6 +3938,78 @@ KVS_TEST(replica_write_unacknowledged_by_kafka_keeps_its_replica)
     reply(0, &placed);
     check_status(answer_async(), 503);
     CHECK(fx.r.links[0].avoid_until > 0);
+}
+
+/* A write that ended with no clear outcome (the link lost with it in
+ * flight, or an answer saying it may or may not be applied) may still be
+ * put in the topic by that replica's producer, for up to router.timeout:
+ * until then the connection's writes to the shard go there or nowhere
+ * (503, saying why and for how long), so that none lands before it
+ * through another replica. A write refused unsent, or answered, ends
+ * nothing of the kind; nor does a new connection keep to it. */
+KVS_TEST(replica_write_of_unknown_outcome_keeps_its_connection_there)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][0]);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    reply_status(0, 200, "");
+    check_status(answer_async(), 200);
+    CHECK(fx.session.wpin == NULL); /* answered: nothing to keep to */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
+    reply_status(0, 400, "Hset: value too large");
+    check_status(answer_async(), 400);
+    CHECK(fx.session.wpin == NULL);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][2]);
+    reply_failure(0, "shard 0 is unavailable: router.timeout (5000 ms) passed");
+    check_status(answer_async(), 503);
+    CHECK(fx.session.wpin != NULL);
+    CHECK_EQ(fx.session.wpin[0], (uint64_t)fx.cfg->router_timeout_ms); /* the fixture's now: 0 */
+    CHECK_EQ(fx.session.wpin[3], 0u);
+    CHECK(fx.r.links[0].avoid_until > 0);
+    fx.r.links[0].up = 0;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][3]);
+    CHECK_EQ(fx.n_sent, 0u); /* not to node b's */
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 503);
+    char want[200];
+    snprintf(want, sizeof(want),
+             "for %u ms more this connection's writes to it go there or nowhere",
+             (unsigned)fx.cfg->router_timeout_ms);
+    CHECK_CONTAINS(r->message, "at its replica on node a, whose producer may still put an "
+                               "earlier write of this connection in the topic");
+    CHECK_CONTAINS(r->message, want);
+    /* Reads and other shards are not held to it. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    CHECK_EQ(fx.sent[0].link, 1u);
+    reply_status(0, 200, "");
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[3][0]);
+    CHECK_EQ(fx.sent[0].link, 6u);
+    reply_status(0, 200, "");
+    /* Up again, though avoided: the write goes there. */
+    fx.r.links[0].up = 1;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][4]);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    reply_status(0, 200, "");
+    check_status(answer_async(), 200);
+    /* A new connection has no such write: it goes where writes go. */
+    fx.r.links[0].avoid_ms = 500;
+    fx.r.links[0].avoid_until = 1000;
+    router_route_forget(&fx.r, &fx.session);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][5]);
+    CHECK_EQ(fx.sent[0].link, 1u);
+    reply_status(0, 200, "");
+    /* A write refused unsent (its link full) was never with a producer. */
+    fx.r.links[0].avoid_ms = 0;
+    fx.r.links[0].avoid_until = 0;
+    fx.full_link = 1; /* link 0 */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][6]);
+    fx.full_link = 0;
+    CHECK_EQ(fx.sent[0].link, 1u); /* went on to node b's */
+    reply_failure(0, "shard 0 is unavailable: worker closed the connection");
+    CHECK_EQ(fx.session.wpin[0], (uint64_t)fx.cfg->router_timeout_ms);
+    CHECK_EQ(fx.session.wshard[0] >> ROUTER_WSHARD_COUNT, 1u); /* kept to node b's now */
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
 }
 
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
@@ -3971,6 +4057,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_writes_wait_rather_than_switch_replica_mid_flight),
               KVS_CASE(replica_write_behind_its_own_is_not_moved_off_a_full_link),
               KVS_CASE(replica_write_unacknowledged_by_kafka_keeps_its_replica),
+              KVS_CASE(replica_write_of_unknown_outcome_keeps_its_connection_there),
               KVS_CASE(replica_cap_holds_reads_only_when_every_replica_is_at_it),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
