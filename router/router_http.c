@@ -538,10 +538,12 @@ static int evict_one(router_http_t *h)
  * just come: when another host than hc's holds more of them than any
  * other, and more than one, one of its connections takes hc's place: the
  * first that came with no scrape in flight, no answer being written and
- * none of its request waiting to be read, or failing that the first that
- * came, whatever it is doing (a host that pipelines scrapes on every
- * connection it holds is always busy: one host's flood of connections
- * never keeps another's scraper out). Returns 0 when one was closed. */
+ * none of its request waiting to be read; failing that, when that host
+ * holds more than half of them, the first that came, whatever it is
+ * doing (a host that pipelines scrapes on every connection it holds is
+ * never idle: one host's flood never keeps another's scraper out, and a
+ * host with a few scrapes in flight among many hosts' keeps them).
+ * Returns 0 when one was closed. */
 static int evict_for_host(router_http_t *h, const http_conn_t *hc)
 {
     const http_conn_t *most = NULL;
@@ -575,6 +577,8 @@ static int evict_for_host(router_http_t *h, const http_conn_t *hc)
     }
     if (first_idle != NULL)
         first = first_idle;
+    else if (most_n <= HTTP_MAX_CONNS / 2)
+        return -1; /* its scrapes in flight are not cut for a newcomer */
     uint64_t now = uv_now(h->loop);
     if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
         h->evicted_log_ms = now;

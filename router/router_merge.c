@@ -1069,11 +1069,11 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
     }
     char text[2048], why[304];
     size_t at = 0;
-    char count[32];
-    snprintf(count, sizeof(count), "%lld", (long long)sum);
-    text_add(text, sizeof(text), &at, "%s emptied the %s on %u of %u shards (%s %s removed there)",
-             req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts,
-             m->presence ? (sum > 0 ? "some" : "no") : count, req->redis ? "fields" : "keys");
+    text_add(text, sizeof(text), &at, "%s emptied the %s on %u of %u shards",
+             req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts);
+    if (!m->presence) /* (presence: not even whether those shards held any) */
+        text_add(text, sizeof(text), &at, " (%lld %s removed there)", (long long)sum,
+                 req->redis ? "fields" : "keys");
     for (uint32_t i = 0; i < m->nparts; i++) {
         if (state[i] == PART_APPLIED)
             continue;

@@ -289,6 +289,24 @@ class AuthTest(RouterTestCase):
         resp = c.call(q)
         self.assertEqual((resp.status, presence(resp)), (200, [True]), resp.message)
 
+    def test_a_write_only_users_partial_hclear_tells_nothing_per_shard(self):
+        # Probe BM: an Hclear that one shard did not answer said how many
+        # keys the others removed ("some"/"no" for a user without read:
+        # still whether each shard held any).
+        r = self.auth_router(tls=False, timeout="1s")
+        per = keys_by_shard("h", 1, 8, 2)
+        with self.authed(r, "ops") as ops:
+            self.assertOk(ops.hset("wpart", per[0][0], "v"))
+            self.assertOk(ops.hset("wmine", per[0][0], "v"))
+        writer, ops = self.authed(r, "writer"), self.authed(r, "ops")
+        with stopped(r.workers()[1]):
+            resp = writer.call(_hclear("wpart"))
+            mine = ops.call(_hclear("wmine"))
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("emptied the table on 1 of 2 shards; shard 1 may or may not", resp.message)
+        self.assertNotIn("removed there", resp.message)
+        self.assertIn("emptied the table on 1 of 2 shards (1 keys removed there)", mine.message)
+
     def test_unauthenticated_clients_cannot_take_the_input_budget(self):
         # Incomplete frames of all connections share limits.input_buffers. A
         # client that has not authenticated may only Ping and Auth, small

@@ -690,6 +690,42 @@ class MetricsListenerBoundsTest(MetricsCase):
             for s in socks:
                 s.close()
 
+    def test_a_hosts_few_scrapes_in_flight_are_not_cut_for_a_newcomer(self):
+        # Probe BM: with every connection busy with a scrape (a shard slow
+        # to answer), a host holding two of them among fourteen hosts'
+        # one each had its first closed unanswered for a newcomer, which
+        # used to get 503. A busy connection is taken only from a host
+        # holding more than half of them.
+        r = self.metrics_router(shards=2, partitions=8)
+        self.settled_scrape()
+        got = {}
+
+        def scrape(name, src, delay):
+            time.sleep(delay)
+            with socket.create_connection((HOST, self.mport), timeout=20,
+                                          source_address=(src, 0)) as s:
+                s.sendall(self.GET)
+                data = b""
+                while b"\r\n" not in data:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                got[name] = data.split(b"\r\n")[0].decode() or "closed unanswered"
+        jobs = [("host%d" % i, "127.0.0.%d" % (10 + i), 0) for i in range(14)]
+        jobs += [("a-first", "127.0.0.2", 0.3), ("a-second", "127.0.0.2", 0.4),
+                 ("newcomer", "127.0.0.50", 0.8)]
+        threads = [threading.Thread(target=scrape, args=j) for j in jobs]
+        with stopped(r.worker_pid(1)):  # every scrape waits for shard 1
+            for t in threads:
+                t.start()
+            time.sleep(1.5)
+        for t in threads:
+            t.join(30)
+        self.assertEqual((got.get("a-first"), got.get("a-second"), got.get("newcomer")),
+                         ("HTTP/1.1 200 OK", "HTTP/1.1 200 OK",
+                          "HTTP/1.1 503 Service Unavailable"), got)
+
     def test_connections_refused_after_they_are_accepted_linger_briefly(self):
         # A connection accepted to learn its host and then refused (probe
         # BL) lingered 2 s, as many at once as came: one host's reconnects
