@@ -702,16 +702,7 @@ class MetricsListenerBoundsTest(MetricsCase):
 
         def scrape(name, src, delay):
             time.sleep(delay)
-            with socket.create_connection((HOST, self.mport), timeout=20,
-                                          source_address=(src, 0)) as s:
-                s.sendall(self.GET)
-                data = b""
-                while b"\r\n" not in data:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                got[name] = data.split(b"\r\n")[0].decode() or "closed unanswered"
+            got[name] = raw_http(self.mport, self.GET, source=src) or "closed unanswered"
         jobs = [("host%d" % i, "127.0.0.%d" % (10 + i), 0) for i in range(14)]
         jobs += [("a-first", "127.0.0.2", 0.3), ("a-second", "127.0.0.2", 0.4),
                  ("newcomer", "127.0.0.50", 0.8)]
