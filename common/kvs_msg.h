@@ -112,7 +112,10 @@ Kvs__CommandResponse *kvs_msg_decode_response(kvs_arena_t *arena, const uint8_t 
  * otherwise it changes nothing. kvs_msg_decode_request does it
  * itself; a router that forwards a request's bytes does it first, so that
  * a worker of any version reads the request the router routed. Returns 0,
- * or -ENOMEM (nothing changed). */
+ * or -ENOMEM (nothing changed). A command a later one overrides, or a copy
+ * joined to another, is decoded by nobody, yet it is part of the request:
+ * servers check the bytes as sent too (kvs_msg_check_wire), once the
+ * merged request passed its checks. */
 int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len);
 
 /* kvs_msg_decode_request of bytes kvs_msg_merge_request already merged

@@ -1148,6 +1148,8 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
     kvs_msg_refused_t refused;
     /* A command given several times in a row is merged first, as the
      * decoder reads it: the keys are counted in the bytes it decodes. */
+    const uint8_t *sent = payload;
+    size_t sent_len = len;
     if (kvs_msg_merge_request(&ctx->arena, &payload, &len) != 0)
         return kvs_msg_append_status(
             out, kvs_msg_decode_refusal(KVS_STATUS_INTERNAL, NULL, len, msg, sizeof(msg)), "%s",
@@ -1163,6 +1165,8 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
         return kvs_msg_append_status(
             out, kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg)), "%s", msg);
     uint32_t st = kvs_msg_check_request(req, payload, len, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK && payload != sent) /* what merging dropped or joined, unread */
+        st = kvs_msg_check_wire(sent, sent_len, msg, sizeof(msg));
     const char *table = kvs_msg_request_table(req);
     size_t tlen = table != NULL ? strlen(table) : 0;
     if (hooks && !received) { /* EXECUTED sees what a refused request asked for too, as sent */

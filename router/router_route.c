@@ -2149,6 +2149,8 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
      * first: decoding many keys is what costs memory. */
     Kvs__CommandRequest *q = NULL;
     kvs_msg_refused_t refused;
+    const uint8_t *sent = payload;
+    size_t sent_len = len;
     uint32_t why =
         kvs_msg_merge_request(&r->arena, &payload, &len) != 0
             ? KVS_STATUS_INTERNAL
@@ -2165,6 +2167,8 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     } else {
         req->cmd = q->command_case;
         uint32_t st = kvs_msg_check_request(q, payload, len, msg, sizeof(msg));
+        if (st == KVS_STATUS_OK && payload != sent) /* what merging dropped or joined, unread */
+            st = kvs_msg_check_wire(sent, sent_len, msg, sizeof(msg));
         if (!received) { /* EXECUTED sees what a refused request asked for too, as sent */
             const char *table = kvs_msg_request_table(q);
             size_t tlen = table != NULL ? strlen(table) : 0; /* no NUL in a valid one */

@@ -182,6 +182,26 @@ class KeyLimitTest(HostileApiTestCase):
             self.assertStatus(c.hscan("", b"", 1), 400, "Hscan.table")
 
 
+class OverriddenCommandTest(HostileApiTestCase):
+    def test_a_field_kvs_does_not_know_in_an_overridden_command_refuses_the_request(self):
+        # Probe BN: Hget{t, k1, field 15} then Hdel{t, k2} in one request:
+        # protobuf keeps the Hdel alone, merging dropped the Hget unread,
+        # and the Hdel ran (200), where such a field anywhere else refuses
+        # the request. Also a field of the wrong wire type there. (The
+        # worker's own door: test_badinput's unknown-field scenario.)
+        r = self.start()
+        hget = pb.Hget(table="t", key=b"k1").SerializeToString()
+        hdel = pb.CommandRequest()
+        hdel.hdel.table, hdel.hdel.key = "t", b"k2"
+        with r.client() as c:
+            self.assertStatus(c.hset("t", "k2", "kept"), 200)
+            for bad, why in ((hget + b"\x78\x01", "15"),
+                             (b"\x08\x01", "Hget.table is sent as varint")):
+                c.send_raw(frame(b"\x0a" + bytes([len(bad)]) + bad + hdel.SerializeToString()))
+                self.assertStatus(c.recv(), 400, why)
+            self.assertEqual(pyval(c.hget("t", "k2").values[0]), "kept")
+
+
 class KeyCountTest(HostileApiTestCase):
     def test_no_keys_is_400_and_a_hundred_thousand_are_served_whole(self):
         """A multi-key command with no key is 400 saying to give one; one
