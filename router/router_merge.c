@@ -283,17 +283,27 @@ static void finish_applied_unsent(router_req_t *req, const kvs_buf_t *tok, int t
     router_req_complete(req);
 }
 
+/* `out` as a 200 with room for one value per key of the request, in
+ * `arena`. Returns 0, or -1 when out of memory (`req` is answered). */
+static int values_answer(router_req_t *req, kvs_arena_t *arena, Kvs__CommandResponse *out)
+{
+    router_merge_t *m = req->merge;
+    kvs__command_response__init(out);
+    out->status = KVS_STATUS_OK;
+    out->n_values = m->nkeys;
+    out->values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out->values));
+    if (out->values != NULL)
+        return 0;
+    merge_failed(req, "router out of memory");
+    return -1;
+}
+
 static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
     router_merge_t *m = req->merge;
-    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
-    out.status = KVS_STATUS_OK;
-    out.n_values = m->nkeys;
-    out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
-    if (out.values == NULL) {
-        merge_failed(req, "router out of memory");
+    Kvs__CommandResponse out;
+    if (values_answer(req, arena, &out) != 0)
         return;
-    }
     for (size_t i = 0; i < m->nkeys; i++) {
         Kvs__CommandResponse *pr = rs[m->key_part[i]];
         if (m->key_index[i] >= pr->n_values) {
@@ -926,14 +936,9 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
 static void merge_found_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
     router_merge_t *m = req->merge;
-    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
-    out.status = KVS_STATUS_OK;
-    out.n_values = m->nkeys;
-    out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
-    if (out.values == NULL) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+    Kvs__CommandResponse out;
+    if (values_answer(req, arena, &out) != 0) /* (a read: merge_failed's plain 500) */
         return;
-    }
     for (uint32_t p = 0; p < m->nparts; p++)
         if (rs[p]->n_values != m->nkeys) {
             router_req_finish_status(req, KVS_STATUS_INTERNAL,

@@ -86,7 +86,7 @@ COMMANDS = {
     "Hscan": ("read", lambda t: req_hscan(t)),
     "Hset": ("write", lambda t: req_hset(t, "k", "v")),
     "Hmset": ("write", lambda t: req_hmset(t, {"k": 1, "k2": 2})),
-    "Hdel": ("write", lambda t: _hdel(t)),
+    "Hdel": ("write", lambda t: _hdel_key(t, "k8")),
     "Hmdel": ("write", lambda t: req_hmdel(t, ["k9"])),
     "Hincr": ("read and write", lambda t: _hincr(t)),
     "Hlen": ("read", lambda t: _hlen(t)),
@@ -108,12 +108,6 @@ def _hlen(t):
 def _hexist(t):
     r = pb.CommandRequest()
     r.hexist.table, r.hexist.key = t, b"k"
-    return r
-
-
-def _hdel(t):
-    r = pb.CommandRequest()
-    r.hdel.table, r.hdel.key = t, b"k8"
     return r
 
 
