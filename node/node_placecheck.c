@@ -13,21 +13,30 @@
  *  - the caller counts them per partition (Info `misplaced`, persisted with
  *    the other counters);
  *  - a report names the topic, an example key (escaped), the partition it
- *    came on and the one kvs expected, and which `partitioner:` value would
- *    have placed them where they came: every other known partitioner is
- *    tried on each misplaced record, and one that fits them all is named;
- *    if none does, the producers choose partitions themselves and
- *    `partitioner: none` is the advice;
+ *    came on and the one kvs expected, and what to do. Every other known
+ *    partitioner is tried on each record from the first misplaced one on
+ *    (placed right or not; none once every other one failed, so a stray
+ *    record costs a few hashes, not one per record after it), and one that
+ *    placed them all where they came is named, but only when they are
+ *    enough to tell it from chance: a wrong hash still puts a record where
+ *    it came 1 time in P, so one stray record fits some hash about one time
+ *    in four with 8 partitions, and naming it would mislead. So the advice
+ *    is, in order: the partitioner that fits, when (1/P)^records is below
+ *    1/1000; else, when most records of the period came where the binding
+ *    puts them (and enough to tell, alike), that the misplaced ones were
+ *    sent elsewhere by their producers; else that the records are too few to tell (naming what
+ *    fits them); else `partitioner: none` (no hash fits);
  *  - the first report comes at the end of the first batch with a misplaced
  *    record (within a second of ingestion starting), later ones at most
  *    every NODE_PLACECHECK_EVERY_MS per topic;
- *  - the first batch of keyed records is judged: if it is nearly all
- *    misplaced, the binding names the wrong partitioner and the report is an
- *    ERROR. "Nearly all" is relative to what a wrong hash would do: a record
- *    still lands on its expected partition by chance 1 time in P, so a wrong
- *    partitioner misplaces about (P-1)/P of the records; at least three
- *    quarters of that share counts (3 in 8 records with 2 partitions, 21 in
- *    32 with 8).
+ *  - the first batch of at least NODE_PLACECHECK_JUDGE_MIN keyed records is
+ *    judged (fewer tell nothing: one stray record is "all" of a batch of
+ *    one): if it is nearly all misplaced, the binding names the wrong
+ *    partitioner and the report is an ERROR. "Nearly all" is relative to
+ *    what a wrong hash would do: a record still lands on its expected
+ *    partition by chance 1 time in P, so a wrong partitioner misplaces
+ *    about (P-1)/P of the records; at least three quarters of that share
+ *    counts (6 in 16 records with 2 partitions, 21 in 32 with 8).
  *
  * What happens to a misplaced record is the caller's decision (it is
  * stored: see node_ingest.c); this module only counts and words.
@@ -69,29 +78,43 @@ void node_placecheck_escape(const void *key, size_t n, size_t shown, char *out, 
     out[w < len ? w : len - 1] = '\0';
 }
 
+/* From the period's first misplaced record on: counts the record in `seen`
+ * and keeps in `fits` only the partitioners that place it where it came. */
+static void refit(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
+{
+    c->seen++;
+    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
+        if (c->fits[q] &&
+            (partition < 0 || kvs_place_partition_by((kvs_partitioner_t)q, key, len,
+                                                     c->partitions) != (uint32_t)partition))
+            c->fits[q] = 0;
+}
+
 int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
 {
     if (c->partitioner == KVS_PARTITIONER_NONE)
         return 0;
     c->batch_checked++;
+    c->checked++;
     uint32_t want = kvs_place_partition_by(c->partitioner, key, len, c->partitions);
-    if (partition >= 0 && want == (uint32_t)partition)
+    if (partition >= 0 && want == (uint32_t)partition) {
+        if (c->pending > 0)
+            refit(c, key, len, partition);
         return 0;
+    }
     c->batch_misplaced++;
     int first = c->pending++ == 0;
     if (first) {
         node_placecheck_escape(key, len, NODE_PLACECHECK_KEY_SHOWN, c->example, sizeof(c->example));
         c->example_came = partition;
         c->example_want = want;
+        c->seen = 0;
+        for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
+            c->fits[q] = q != (int)c->partitioner;
     }
-    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++) {
-        int fits = q != (int)c->partitioner && partition >= 0 &&
-                   kvs_place_partition_by((kvs_partitioner_t)q, key, len, c->partitions) ==
-                       (uint32_t)partition;
-        c->match[q] += (uint64_t)fits;
-        if (first)
-            c->example_matches[q] = fits;
-    }
+    refit(c, key, len, partition);
+    if (first)
+        memcpy(c->example_matches, c->fits, sizeof(c->fits));
     return 1;
 }
 
@@ -112,26 +135,59 @@ static int names(const int *which, char *out, size_t len)
     return n;
 }
 
-/* The advice: which partitioner would have placed the pending records where
- * they came. */
+/* True when `misplaced` of `checked` records is nearly the share a wrong
+ * partitioner misplaces: misplaced >= 3/4 * (P-1)/P * checked. */
+static int nearly_all(uint64_t misplaced, uint64_t checked, uint32_t partitions)
+{
+    return partitions > 1 && misplaced > 0 &&
+           misplaced * 4 * partitions >= checked * 3 * (uint64_t)(partitions - 1);
+}
+
+/* True when a partitioner that is not the producers' places `n` records
+ * where they came by chance less than one time in 1,000: (1/P)^n. */
+static int enough(uint32_t partitions, uint64_t n)
+{
+    uint64_t odds = 1;
+    for (uint64_t i = 0; i < n && odds < 1000 && partitions > 1; i++)
+        odds *= partitions;
+    return odds >= 1000;
+}
+
+/* The advice: what the pending records tell of the producers' partitioner
+ * (the order is the file comment's). */
 static void advice(const node_placecheck_t *c, const char *topic, char *out, size_t len)
 {
-    int all[KVS_PARTITIONER_HASHES];
     char list[64];
-    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
-        all[q] = q != (int)c->partitioner && c->match[q] == c->pending;
-    int n = names(all, list, sizeof(list));
-    if (n == 1)
+    int n = names(c->fits, list, sizeof(list));
+    const char *by = kvs_place_partitioner_name(c->partitioner);
+    if (n == 1 && enough(c->partitions, c->seen))
         snprintf(out, len,
-                 "partitioner: %s places every one of them where it came: set partitioner: %s in "
-                 "the kafka.bindings entry of topic %s",
-                 list, list, topic);
-    else if (n > 1)
+                 "partitioner: %s places all %llu record(s) since the first misplaced one "
+                 "where they came: set partitioner: %s in the kafka.bindings entry of topic %s",
+                 list, (unsigned long long)c->seen, list, topic);
+    else if (n > 1 && enough(c->partitions, c->seen))
         snprintf(out, len,
-                 "partitioners %s each place every one of them where it came (too few records "
-                 "to tell them apart): set the one the producers use in the kafka.bindings "
-                 "entry of topic %s",
-                 list, topic);
+                 "partitioners %s each place all %llu record(s) since the first misplaced one "
+                 "where they came: set the one the producers use in the kafka.bindings entry "
+                 "of topic %s",
+                 list, (unsigned long long)c->seen, topic);
+    else if (!nearly_all(c->pending, c->checked, c->partitions) &&
+             enough(c->partitions, c->checked - c->pending))
+        snprintf(out, len,
+                 "the other %llu of %llu record(s) came where partitioner: %s puts them: the "
+                 "misplaced ones were sent to partitions of their producers' choosing (explicit "
+                 "partitions or another partitioner): produce them with the topic's "
+                 "partitioner, or, if the producers choose partitions themselves, set "
+                 "partitioner: none in the kafka.bindings entry of topic %s",
+                 (unsigned long long)(c->checked - c->pending), (unsigned long long)c->checked, by,
+                 topic);
+    else if (n > 0)
+        snprintf(out, len,
+                 "%s %s %s them where they came, but %llu record(s) are too few to tell a "
+                 "partitioner from chance: set the partitioner the producers use (none if they "
+                 "choose partitions themselves) in the kafka.bindings entry of topic %s",
+                 n > 1 ? "partitioners" : "partitioner:", list, n > 1 ? "each place" : "places",
+                 (unsigned long long)c->seen, topic);
     else if ((n = names(c->example_matches, list, sizeof(list))) > 0)
         snprintf(out, len,
                  "no partitioner kvs knows places all of them where they came (%s %s the "
@@ -150,7 +206,7 @@ static void advice(const node_placecheck_t *c, const char *topic, char *out, siz
 static void report(node_placecheck_t *c, const char *topic, const char *lead, uint64_t now_ms,
                    char *buf, size_t len)
 {
-    char tip[400];
+    char tip[768];
     advice(c, topic, tip, sizeof(tip));
     snprintf(buf, len,
              "kafka %s: %s%llu record(s) came on another partition than partitioner: %s gives "
@@ -161,18 +217,10 @@ static void report(node_placecheck_t *c, const char *topic, const char *lead, ui
              topic, lead, (unsigned long long)c->pending,
              kvs_place_partitioner_name(c->partitioner), c->example, c->example_came,
              c->example_want, tip, topic, NODE_PLACECHECK_EVERY_MS / 1000);
-    c->pending = 0;
-    memset(c->match, 0, sizeof(c->match));
+    c->pending = c->checked = c->seen = 0;
+    memset(c->fits, 0, sizeof(c->fits));
     c->reported = 1;
     c->last_report_ms = now_ms;
-}
-
-/* True when `misplaced` of `checked` records is nearly the share a wrong
- * partitioner misplaces: misplaced >= 3/4 * (P-1)/P * checked. */
-static int nearly_all(uint64_t misplaced, uint64_t checked, uint32_t partitions)
-{
-    return partitions > 1 && misplaced > 0 &&
-           misplaced * 4 * partitions >= checked * 3 * (uint64_t)(partitions - 1);
 }
 
 int node_placecheck_batch_end(node_placecheck_t *c, const char *topic, uint64_t now_ms, char *buf,
@@ -180,7 +228,7 @@ int node_placecheck_batch_end(node_placecheck_t *c, const char *topic, uint64_t 
 {
     int error = 0;
     char lead[160] = "";
-    if (!c->judged && c->batch_checked > 0) {
+    if (!c->judged && c->batch_checked >= NODE_PLACECHECK_JUDGE_MIN) {
         c->judged = 1;
         error = nearly_all(c->batch_misplaced, c->batch_checked, c->partitions);
         if (error)

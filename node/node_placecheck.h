@@ -8,8 +8,9 @@
  * router does not ask for that key: stored, but invisible to point reads.
  * The ingest module runs every keyed record it applies through this check,
  * counts the misplaced ones per partition, and logs the report this module
- * writes: rate-limited, with an example and the partitioner that would have
- * matched, at ERROR when the first batch looks like a wrong partitioner.
+ * writes: rate-limited, with an example and what to do (the partitioner that
+ * would have matched, when the records tell it), at ERROR when the first
+ * batch of some size looks like a wrong partitioner.
  *
  * Pure bookkeeping: no I/O, no clock (the caller passes the time), so it is
  * unit-tested on its own. One node_placecheck_t per bound topic, embedded
@@ -25,19 +26,22 @@
 
 #define NODE_PLACECHECK_EVERY_MS 10000 /* at most one report per topic this often */
 #define NODE_PLACECHECK_KEY_SHOWN 64   /* bytes of the example key shown */
+#define NODE_PLACECHECK_JUDGE_MIN 16   /* keyed records a batch needs to be judged */
 
 typedef struct node_placecheck_s {
     kvs_partitioner_t partitioner; /* the binding's; none = nothing is checked */
     uint32_t partitions;
-    uint64_t pending;                       /* misplaced since the last report */
-    uint64_t match[KVS_PARTITIONER_HASHES]; /* of those, placed right by each partitioner */
+    uint64_t pending;                 /* misplaced since the last report */
+    uint64_t checked;                 /* keyed records checked since the last report */
+    uint64_t seen;                    /* ... since the first of those misplaced, it included */
+    int fits[KVS_PARTITIONER_HASHES]; /* other partitioners placing all `seen` where they came */
     char example[NODE_PLACECHECK_KEY_SHOWN * 4 + 8]; /* the first one's key, escaped */
     int32_t example_came;                            /* ... the partition it came on */
     uint32_t example_want;                           /* ... the one kvs expected */
     int example_matches[KVS_PARTITIONER_HASHES];     /* ... partitioners that place it right */
     uint64_t batch_checked, batch_misplaced;         /* in the batch being applied */
-    int judged;                                      /* the first batch was judged */
-    int reported;                                    /* a report was written */
+    int judged;   /* the first batch of NODE_PLACECHECK_JUDGE_MIN records was judged */
+    int reported; /* a report was written */
     uint64_t last_report_ms;
 } node_placecheck_t;
 
@@ -49,13 +53,12 @@ void node_placecheck_init(node_placecheck_t *c, kvs_partitioner_t partitioner, u
  * when it is where its key belongs or the partitioner is none. */
 int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, int32_t partition);
 
-/* After each batch of records: judges the first batch that held keyed
- * records of this topic, and writes a report of the misplaced records not
- * yet reported into buf[0..len) when one is due (the first at once, then
- * at most every NODE_PLACECHECK_EVERY_MS; at once anyway when the first
- * batch looks like a wrong partitioner). Returns the kvs_log_level_t to log
- * it at (KVS_LOG_ERROR when the first batch is nearly all misplaced, else
- * KVS_LOG_WARN), or -1 when nothing is to be logged. */
+/* After each batch of records: judges the first batch that held at least
+ * NODE_PLACECHECK_JUDGE_MIN keyed records of this topic, and writes a report of the misplaced
+ * records not yet reported into buf[0..len) when one is due (the first at once, then at most every
+ * NODE_PLACECHECK_EVERY_MS; at once anyway when the first batch judged looks like a wrong
+ * partitioner). Returns the kvs_log_level_t to log it at (KVS_LOG_ERROR when the first batch is
+ * nearly all misplaced, else KVS_LOG_WARN), or -1 when nothing is to be logged. */
 int node_placecheck_batch_end(node_placecheck_t *c, const char *topic, uint64_t now_ms, char *buf,
                               size_t len);
 
