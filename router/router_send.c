@@ -69,6 +69,7 @@ static void unavailable(const router_t *r, uint32_t shard, int rc, const router_
     const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
     uint32_t reps = r->sets[shard].n;
     char who[300] = "";
+    int hangs = kept != KEPT_NOT && l != NULL && l->up && router_link_asking(l);
     if (kept == KEPT_IN_FLIGHT)
         snprintf(who, sizeof(who),
                  " (at its replica on node %s, where this connection's earlier writes to it are "
@@ -84,7 +85,14 @@ static void unavailable(const router_t *r, uint32_t shard, int rc, const router_
     else if (reps > 1)
         snprintf(who, sizeof(who), " (none of its %u replicas took the request; last tried: %s)",
                  reps, node ? node : "?");
-    router_send_refused(shard, rc, l, who, why, n);
+    if (hangs)
+        snprintf(why, n,
+                 "shard %u is unavailable: its worker on node %s has not answered since its link "
+                 "was reset after a request got no answer within router.timeout%s; nothing was "
+                 "sent, retry shortly",
+                 shard, node ? node : "?", who);
+    else
+        router_send_refused(shard, rc, l, who, why, n);
 }
 
 /* Part `t` went out on links[t->link]: its units count there until it is
@@ -251,9 +259,21 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
                : (*ws & WSHARD_MASK) > 0 ? KEPT_IN_FLIGHT
                : until > 0               ? KEPT_PINNED
                                          : KEPT_NOT;
-    if (kept != KEPT_NOT) /* only where its writes in flight are, or may yet land */
-        t->tried = ~(1ull << (*ws >> ROUTER_WSHARD_COUNT));
-    int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
+    int rc;
+    if (kept == KEPT_NOT) {
+        rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
+    } else { /* only where its writes in flight are, or may yet land */
+        uint32_t at = *ws >> ROUTER_WSHARD_COUNT;
+        t->tried = ~(1ull << at);
+        last = &r->links[r->sets[shard].first + at];
+        /* ... and not while its worker may hang (its link's own Ping is
+         * unanswered): a write sent behind the Ping would wait it out and
+         * end of unknown outcome too, pinning the connection there again,
+         * so that a client retrying sooner than router.timeout would never
+         * get past a hung replica while another one serves. */
+        rc = router_link_asking(last) ? KVS_ECLOSED
+                                      : send_some(r, req, t, part, msg, raw, rawlen, start, &last);
+    }
     if (rc == 0 && ws != NULL) {
         *ws = ((*ws & WSHARD_MASK) + 1) | (t->link - r->sets[shard].first) << ROUTER_WSHARD_COUNT;
         t->in_wshard = 1;

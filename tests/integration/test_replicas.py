@@ -1221,6 +1221,50 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         self.assert_after_stands(mock, [b, c], b"zombie-2", pos, part)
 
 
+    def test_a_connection_retrying_past_a_hung_replica_gets_through_the_other(self):
+        # a's own worker of the key's shard stops for good. The first write
+        # there waits out router.timeout (503, outcome unknown) and pins the
+        # connection's writes to it for router.timeout; its link is reset
+        # and asks the stopped worker with a Ping. A client retrying every
+        # 0.2 s was sent there behind the Ping each time, waited it out,
+        # got another unknown outcome, and was pinned again: never through,
+        # while b served. Retries are refused at once now, and go to b once
+        # the pin runs out.
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout, timeout="1s")
+        a, b = rt["a"], rt["b"]
+        key = b"stuck-1"
+        pid = a.worker_pid(shard_of_key(key))
+        with a.client(timeout=20) as c:
+            for _ in range(3):  # a worker's first produce may be slow under ASan
+                first = c.call(req_hset(TABLE, key, "before"))
+                if first.status == 200:
+                    break
+            self.assertEqual(first.status, 200, first.message)
+            os.kill(pid, signal.SIGSTOP)
+            self.addCleanup(os.kill, pid, signal.SIGCONT)
+            resp = c.call(req_hset(TABLE, key, "after"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+            unknown_at, refused = time.monotonic(), []
+            while resp.status == 503 and time.monotonic() < unknown_at + 8:
+                time.sleep(0.2)
+                t0 = time.monotonic()
+                resp = c.call(req_hset(TABLE, key, "after"))
+                if resp.status == 503:
+                    refused.append((time.monotonic() - t0, resp.outcome_unknown, resp.message))
+            self.assertEqual(resp.status, 200, resp.message)  # through b's worker
+            self.assertLess(time.monotonic() - unknown_at, 4, refused)
+            for took, unknown, message in refused:
+                self.assertLess(took, 0.5, message)  # refused at once, not sent
+                self.assertFalse(unknown, message)
+            self.assertTrue(any("has not answered since its link was reset" in m
+                                for _, _, m in refused), refused)
+            # a's worker is still stopped: the write went through b.
+            with Client(b.socket_path(shard_of_key(key)), timeout=10) as w:
+                got = w.call(hget_at(TABLE, key, resp.position))
+            self.assertEqual((got.status, pyval(got.values[0])), (200, "after"))
+
     def test_write_read_with_one_the_worker_hangs_on_is_not_run_when_it_resumes(self):
         # The worker reads an Hdel and an Hset of another key of its shard
         # at once (one run of frames), then hangs 2.5 s in the Hdel (a test

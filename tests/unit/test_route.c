@@ -4012,6 +4012,55 @@ KVS_TEST(replica_write_of_unknown_outcome_keeps_its_connection_there)
     fx.r.busy_sessions = 0;
 }
 
+/* A write kept to a replica whose worker may hang (its link's own Ping
+ * unanswered since a reconnect) is not sent behind the Ping: it would wait
+ * it out, end of unknown outcome and pin its connection there again, so a
+ * client retrying sooner than router.timeout would never get through. */
+KVS_TEST(replica_write_kept_to_a_hung_worker_is_not_sent_there)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][0]);
+    CHECK_EQ(fx.sent[0].link, 0u);
+    reply_failure(0, "shard 0 is unavailable: router.timeout (5000 ms) passed");
+    check_status(answer_async(), 503);
+    uint64_t pinned = fx.session.wpin[0];
+    CHECK_EQ(pinned, (uint64_t)fx.cfg->router_timeout_ms);
+    /* Its link reset and came up again, asking its worker with a Ping. */
+    router_link_t *l = &fx.r.links[0];
+    router_link_pending_t ping = {.ctx = l}, *fifo = l->fifo;
+    uint32_t head = l->head, count = l->count;
+    l->fifo = &ping;
+    l->head = 0;
+    l->count = 1;
+    CHECK(router_link_asking(l));
+    for (int i = 0; i < 3; i++) { /* retries: refused at once, the pin not renewed */
+        route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
+        CHECK_EQ(fx.n_sent, 0u);
+        Kvs__CommandResponse *r = answer_sync();
+        check_status(r, 503);
+        CHECK(!r->outcome_unknown);
+        CHECK_CONTAINS(r->message, "shard 0 is unavailable: its worker on node a has not "
+                                   "answered since its link was reset");
+        CHECK_CONTAINS(r->message, "go there or nowhere");
+        CHECK_CONTAINS(r->message, "nothing was sent, retry shortly");
+        CHECK_EQ(fx.session.wpin[0], pinned);
+    }
+    /* Reads go to node b's meanwhile; once the pin ran out, writes too. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    CHECK_EQ(fx.sent[0].link, 1u);
+    reply_status(0, 200, "");
+    fx.session.wpin[0] = 0;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
+    CHECK_EQ(fx.sent[0].link, 1u);
+    reply_status(0, 200, "");
+    check_status(answer_async(), 200);
+    l->fifo = fifo;
+    l->head = head;
+    l->count = count;
+    fx.session.at_workers = 0;
+    fx.r.busy_sessions = 0;
+}
+
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 {
     router_link_t links[3];
@@ -4058,6 +4107,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_write_behind_its_own_is_not_moved_off_a_full_link),
               KVS_CASE(replica_write_unacknowledged_by_kafka_keeps_its_replica),
               KVS_CASE(replica_write_of_unknown_outcome_keeps_its_connection_there),
+              KVS_CASE(replica_write_kept_to_a_hung_worker_is_not_sent_there),
               KVS_CASE(replica_cap_holds_reads_only_when_every_replica_is_at_it),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
