@@ -210,6 +210,8 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
                 return fail(ps, "Protocol error: too big bulk count string");
             return 0;
         }
+        if (p[pos] == '\0') /* Redis's words would end at it: the byte is shown */
+            return fail(ps, "Protocol error: expected '$', got '\\x00'");
         if (p[pos] != '$')
             return fail(ps, "Protocol error: expected '$', got '%c'", p[pos]);
         long long n;

@@ -219,6 +219,11 @@ router_session_t *router_client_session(router_client_t *cl)
     return &cl->session;
 }
 
+kvs_conn_t *router_client_conn(router_client_t *cl)
+{
+    return &cl->conn;
+}
+
 void router_client_hold(router_client_t *cl, ptrdiff_t delta)
 {
     kvs_conn_hold(&cl->conn, delta);

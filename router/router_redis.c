@@ -2034,6 +2034,17 @@ static void note_command(router_redis_t *rs, router_req_t *req, const cmd_t *cmd
         router_ops_note(rs->r, req, kc, table ? a[1].p : NULL, table ? a[1].len : 0, keys);
 }
 
+/* Whether a command named `a` is a line of an HTTP request: `POST` (its
+ * request line) or `Host:` (a header every browser sends). A web page can
+ * make the browser POST to any address, a loopback kvs included, and the
+ * body's lines would run as inline commands; Redis closes the connection
+ * at such a line, runs nothing after it and answers nothing
+ * (securityWarningCommand), and so does kvs. */
+static int cross_protocol(const kvs_redis_arg_t *a)
+{
+    return kvs_redis_arg_is(a, "post") || kvs_redis_arg_is(a, "host:");
+}
+
 void router_redis_command(router_redis_t *rs, router_client_t *cl)
 {
     if (rs->quit) {
@@ -2042,6 +2053,16 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     }
     if (rs->ps.argc == 0)
         return; /* an empty line or empty multibulk: no reply, as Redis */
+    if (cross_protocol(&rs->ps.argv[0])) {
+        if (kvs_conn_may_log(router_client_conn(cl)))
+            kvs_warn("closing RESP client %s: it sent an HTTP request's \"%s\" line, possibly "
+                     "a web page's request sent by a browser to run commands here (cross "
+                     "protocol scripting); nothing after it runs",
+                     router_client_conn(cl)->peer, rs->ps.argv[0].len == 4 ? "POST" : "Host:");
+        rs->quit = 1; /* no answer; the requests before it are answered */
+        router_client_close_after_answers(cl);
+        return;
+    }
     router_req_t *req = router_client_enqueue(cl);
     if (req == NULL)
         return; /* the client is being closed for lack of memory */

@@ -874,6 +874,30 @@ class RawProtocolTest(RespTestCase):
         self.assertEqual(got, b"+PONG\r\n+OK\r\n")
         self.assertIsNone(self.redis().hget("t", "after"))
 
+    def test_an_http_request_closes_the_connection_and_runs_nothing_after(self):
+        # What a browser sends for a web page's fetch('http://127.0.0.1:PORT',
+        # {method: 'POST', body}) : Redis closes at a POST or Host: line
+        # (cross protocol scripting) and runs nothing of the body; kvs
+        # answered each header -ERR and ran the body's commands.
+        r = self.resp_router()
+        body = b"HSET victim pwned 1\r\nHSET victim also 2\r\n"
+        head = (b"Host: 127.0.0.1:%d\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                % (self.rport, len(body)))
+        for first, start in ((b"POST / HTTP/1.1\r\n", b""), (b"GET / HTTP/1.1\r\n", b"-ERR"),
+                             (b"PING\r\npost /x HTTP/1.0\r\n", b"+PONG\r\n"),
+                             (b"*1\r\n$4\r\nPING\r\n*2\r\n$5\r\nHOST:\r\n$1\r\nx\r\n",
+                              b"+PONG\r\n")):
+            s = self.raw()
+            got = self.exchange(s, first + head + body)  # until the server closes
+            self.assertTrue(got.startswith(start), (first, got))
+            self.assertNotIn(b":1\r\n", got, first)
+            if start != b"-ERR":  # GET is a Redis command: its wrong arity is answered
+                self.assertEqual(got, start, first)
+        with self.redis() as c:
+            self.assertEqual(c.hgetall("victim"), {})
+        self.assertIn("it sent an HTTP request's \"POST\" line", r.stderr())
+        self.assertIn("it sent an HTTP request's \"Host:\" line", r.stderr())
+
     def test_auth_failures_close_even_a_pipeline(self):
         """limits.auth_failures: the failure that reaches it is the last thing
         the connection runs, even with more commands (a right AUTH among

@@ -191,6 +191,8 @@ KVS_TEST(multibulk_errors_with_redis_words)
     parse_error("*x\r\n", 4, "Protocol error: invalid multibulk length");
     parse_error("*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n", 26,
                 "Protocol error: expected '$', got 'f'");
+    /* a NUL would end the words (Redis waits for a CR past it instead) */
+    parse_error("*1\r\n\0$4\r\nPING\r\n", 15, "Protocol error: expected '$', got '\\x00'");
     parse_error("*1\r\n$-1\r\n", 9, "Protocol error: invalid bulk length");
     parse_error("*1\r\n$01\r\n", 9, "Protocol error: invalid bulk length");
     parse_error("*1\r\n$-0\r\n", 9, "Protocol error: invalid bulk length");
