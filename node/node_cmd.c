@@ -908,7 +908,8 @@ static int bound_write(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const Kvs__C
             kvs_msg_command_name(req->command_case), b->table, b->topic);
         return rc == 0 ? 1 : rc;
     }
-    int rc = node_writes_request(ctx->writes, b, req, ctx->defer, ctx->defer_arg, &ctx->arena, out);
+    int rc = node_writes_request(ctx->writes, b, req, ctx->defer, ctx->wanted, ctx->defer_arg,
+                                 &ctx->arena, out);
     return rc == 0 ? 1 : rc;
 }
 

@@ -48,8 +48,9 @@ typedef struct node_cmd_ctx_s {
     node_reads_t *reads;     /* freshness rules for their reads */
     node_writes_t *writes;   /* their writes, log-first; NULL: Kafka is off */
     node_defer_fn defer;     /* a request's answer comes later (node_slot.h) */
-    void *defer_arg;
-    int ungated; /* executing a read node_reads let through: no second check */
+    node_wanted_fn wanted;   /* NULL, or whether its sender still waits (node_slot.h) */
+    void *defer_arg;         /* both's */
+    int ungated;             /* executing a read node_reads let through: no second check */
     /* The shard has several replicas (cluster.nodes): writes to tables
      * bound to no topic are refused, as they would reach this copy only. */
     uint32_t replicas;

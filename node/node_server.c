@@ -172,6 +172,7 @@ struct node_server_s {
     uint32_t max_clients;
     uint64_t refused_log_ms;
     uint64_t gone_log_ms; /* last line about writes of a peer that was gone */
+    uint64_t left_log_ms; /* ... about a write its peer left while it ran */
     kvs_auth_t *auth;
     kvs_conn_group_t groups[2]; /* each listener's clients, under limits.* */
     int unix_listener[2];       /* groups[i] is a unix socket's: no output budget */
@@ -186,6 +187,7 @@ struct node_server_s {
     uv_timer_t resume_timer;
     uv_idle_t kick;           /* active while answers wait for the turn's end: no blocking poll */
     node_client_t *executing; /* client whose request is running */
+    uint64_t exec_started_ns; /* ... when it began (uv_hrtime), for writes; else 0 */
     node_slot_t *exec_slot;   /* the slot its answer goes into, if any */
     int exec_deferred;        /* ... taken by the handler (answer later) */
     exec_fail_t exec_fail;    /* a batch failure raised during it (take_exec_fail) */
@@ -800,6 +802,31 @@ static void on_delivered(kvs_conn_t *c)
 
 static void on_ack(node_server_t *srv, node_client_t *cl, const uint8_t *payload, size_t len);
 
+/* node_wanted_fn: a write that has run PEER_RECHECK_NS or more (a hook, a
+ * slow disk, the process stopped inside it) is asked whether its peer is
+ * still there, as on_frame asks before it runs (one poll(2), only then):
+ * a router that waited router.timeout for it answered it of unknown
+ * outcome and dropped the link, and the connection's next writes may
+ * have gone through another replica since. */
+static int exec_wanted(void *arg)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    if (cl == NULL || srv->exec_started_ns == 0 ||
+        uv_hrtime() - srv->exec_started_ns < PEER_RECHECK_NS || !kvs_conn_peer_gone(&cl->conn))
+        return 1;
+    uint64_t now = uv_now(srv->loop);
+    if (srv->left_log_ms == 0 || now - srv->left_log_ms >= 10000) {
+        srv->left_log_ms = now;
+        kvs_warn("%s closed its connection while this worker ran a write it had sent (for %llu "
+                 "ms): it is not sent to Kafka (the sender answered it as of unknown outcome; "
+                 "logged at most every 10 s)",
+                 cl->conn.peer,
+                 (unsigned long long)((uv_hrtime() - srv->exec_started_ns) / 1000000));
+    }
+    return 0;
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
@@ -815,8 +842,10 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
      * paid by writes only. The worker may have hung on an earlier frame
      * of the run (a slow disk, a hook) for long enough that the router
      * gave up on the rest meanwhile. */
+    srv->exec_started_ns = 0;
     if (kvs_msg_frame_writes(payload, len)) {
         uint64_t now = uv_hrtime();
+        srv->exec_started_ns = now;
         if (cl->peer_checked_ns == 0 || now - cl->peer_checked_ns >= PEER_RECHECK_NS) {
             cl->peer_checked_ns = now;
             if (kvs_conn_peer_gone(c)) {
@@ -1331,6 +1360,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.max_keys = o->limits != NULL ? o->limits->max_keys : 0;
     srv->cmd.shard = o->shard;
     srv->cmd.defer = defer_current;
+    srv->cmd.wanted = exec_wanted;
     srv->cmd.defer_arg = srv;
     srv->cmd.cfg = o->limits;
     srv->auth = o->auth;

@@ -38,6 +38,11 @@ typedef struct node_slot_s node_slot_t;
  * At most once per request. */
 typedef node_slot_t *(*node_defer_fn)(void *arg, size_t cost, int ordered);
 
+/* Whether the sender of the request being executed still waits for it
+ * (the same `arg` as node_defer_fn's): asked right before a write is
+ * handed to Kafka, where a write its sender gave up on must stop. */
+typedef int (*node_wanted_fn)(void *arg);
+
 /* Where the answer goes: append exactly one response frame, then call
  * node_slot_done. */
 kvs_buf_t *node_slot_buf(node_slot_t *s);

@@ -875,7 +875,8 @@ static int refuse_send(node_writes_t *wr, const kvs_binding_t *b, int rc, const 
 }
 
 int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__CommandRequest *req,
-                        node_defer_fn defer, void *defer_arg, kvs_arena_t *arena, kvs_buf_t *out)
+                        node_defer_fn defer, node_wanted_fn wanted, void *defer_arg,
+                        kvs_arena_t *arena, kvs_buf_t *out)
 {
     char msg[700], why[256];
     item_t *items;
@@ -904,6 +905,15 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     if (rc != 0)
         return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
                                      "storage error (%s); nothing was written", kvs_strerror(rc));
+    /* The last moment to stop: once sent, the records reach the topic
+     * whether anyone waits or not. A write its sender gave up on while
+     * this worker ran it (a hook, a slow disk, the process stopped) and
+     * answered as of unknown outcome would otherwise land after writes
+     * the sender made since through another replica, undoing them. */
+    if (wanted != NULL && !wanted(defer_arg))
+        return refuse(out, KVS_STATUS_UNAVAILABLE,
+                      "its sender gave up on this write while this worker ran it; nothing was "
+                      "written");
     wreq_t *w = wreq_new(wr, b, req, items, n);
     if (w == NULL)
         return -ENOMEM;

@@ -56,9 +56,12 @@ int node_writes_start(const node_writes_opts_t *o, node_writes_t **out, char *er
 
 /* A decoded, valid Hset, Hmset, Hdel or Hmdel of the table bound by `b`.
  * Always answers: a 400/413/503 appended to `out` at once, or later
- * through a slot taken with `defer`. Returns 0 or -ENOMEM. */
+ * through a slot taken with `defer`. Nothing is sent to Kafka when
+ * `wanted` (NULL: always) says its sender no longer waits. Returns 0 or
+ * -ENOMEM. */
 int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__CommandRequest *req,
-                        node_defer_fn defer, void *defer_arg, kvs_arena_t *arena, kvs_buf_t *out);
+                        node_defer_fn defer, node_wanted_fn wanted, void *defer_arg,
+                        kvs_arena_t *arena, kvs_buf_t *out);
 
 /* After each turn's commit (and node_ingest_turn_done): writes whose
  * records are now committed are answered. */

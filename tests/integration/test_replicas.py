@@ -1304,7 +1304,44 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
             self.assertEqual(after.status, 200, after.message)
         self.assert_after_stands(mock, [a, b], key, after.position,
                                  partition_of(key, TOPIC_PARTS))
-        self.assertIn("closed its connection before this worker read the writes", log_of(a))
+        # The Hdel it hung in is not sent to Kafka either (the peer left
+        # while it ran); the Hset after it is dropped unread, or with the
+        # connection the worker then finds closed.
+        self.assertIn("closed its connection while this worker ran a write it had sent",
+                      log_of(a))
+
+    def test_a_write_the_worker_hangs_in_is_not_sent_once_its_sender_moved_on(self):
+        # The worker hangs 2.5 s inside an Hset (a test plugin: a slow disk
+        # under one request); router.timeout 1 s. The router answers it of
+        # unknown outcome and pins the connection's writes to that replica
+        # for router.timeout; the retries meanwhile are refused at once
+        # (the worker answers nothing), and the first one after goes
+        # through b and is acknowledged. When the worker resumes, the Hset
+        # it was in must not reach the topic: it would land after the
+        # acknowledged write and undo it on every replica.
+        key = b"zombie-6"
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases = self.mock(), self.bases(layout)
+        stall = '\nplugins:\n  - {path: "%s/plugins/test_stall_writes.so", arg: "Hset 2500"}\n'
+        a = self.node(mock, "a", layout, bases, timeout="1s", extra_yaml=stall % BUILD_DIR)
+        b = self.node(mock, "b", layout, bases, timeout="1s")
+        self.start_all(a, b)
+        with a.client(timeout=20) as c:
+            self.assertEqual(c.call(req_hmset(TABLE, [(key, "before")])).status, 200)
+            t0 = time.monotonic()
+            gave_up = c.call(req_hset(TABLE, key, "abandoned"))  # a's own worker hangs in it
+            self.assertEqual(gave_up.status, 503, gave_up.message)
+            self.assertTrue(gave_up.outcome_unknown, gave_up.message)
+            after = gave_up
+            while after.status == 503 and time.monotonic() < t0 + 10:
+                time.sleep(0.2)
+                after = c.call(req_hmset(TABLE, [(key, "after")]))
+            self.assertEqual(after.status, 200, after.message)
+            self.assertLess(time.monotonic() - t0, 2.5, "acknowledged before the worker resumed")
+        time.sleep(max(0.0, t0 + 2.5 - time.monotonic()))
+        self.assert_after_stands(mock, [a, b], key, after.position,
+                                 partition_of(key, TOPIC_PARTS))
+        self.assertIn("closed its connection while this worker ran a write it had sent", log_of(a))
 
     def test_a_write_whose_link_breaks_says_it_may_have_been_applied(self):
         # a's worker of the key's shard takes the writes (a router prefers
