@@ -13,19 +13,28 @@
  *  - the caller counts them per partition (Info `misplaced`, persisted with
  *    the other counters);
  *  - a report names the topic, an example key (escaped), the partition it
- *    came on and the one kvs expected, and what to do. Every other known
- *    partitioner is tried on each record from the first misplaced one on
- *    (placed right or not; none once every other one failed, so a stray
- *    record costs a few hashes, not one per record after it), and one that
- *    placed them all where they came is named, but only when they are
- *    enough to tell it from chance: a wrong hash still puts a record where
- *    it came 1 time in P, so one stray record fits some hash about one time
- *    in four with 8 partitions, and naming it would mislead. So the advice
- *    is, in order: the partitioner that fits, when (1/P)^records is below
- *    1/1000; else, when most records of the period came where the binding
- *    puts them (and enough to tell, alike), that the misplaced ones were
- *    sent elsewhere by their producers; else that the records are too few to tell (naming what
- *    fits them); else `partitioner: none` (no hash fits);
+ *    came on and the one kvs expected, and what to do. From the first
+ *    misplaced record on, every other known partitioner is tried on each
+ *    record (placed right or not), counting the records it would not have
+ *    placed where they came; one that misses more than an eighth (and a
+ *    few) is tried no more, so in a topic whose binding is right a stray
+ *    record costs a few hashes, not one per record after it. The evidence
+ *    is never reset: a slow topic gathers it over many reports. The
+ *    advice is, in order:
+ *      - the partitioner that places all but at most 1/16 of those
+ *        records where they came (the rest: strays, sent to partitions of
+ *        their producers' choosing), when a partitioner that is not the
+ *        producers' would do as well by chance less than once in 10,000
+ *        (each record fits a wrong hash 1 time in P: one stray record
+ *        fits some hash about one time in four with 8 partitions, and
+ *        naming it would mislead; the bound counts both candidates, and
+ *        the evidence only grows, so a wrong one is not named a report
+ *        later by luck);
+ *      - else, when most records of the period came where the binding
+ *        puts them (and enough to tell), that the misplaced ones were
+ *        sent elsewhere by their producers;
+ *      - else that the records are too few to tell (naming what fits);
+ *      - else `partitioner: none` (no hash fits);
  *  - the first report comes at the end of the first batch with a misplaced
  *    record (within a second of ingestion starting), later ones at most
  *    every NODE_PLACECHECK_EVERY_MS per topic;
@@ -45,6 +54,7 @@
 
 #include "kvs_log.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -78,16 +88,22 @@ void node_placecheck_escape(const void *key, size_t n, size_t shown, char *out, 
     out[w < len ? w : len - 1] = '\0';
 }
 
-/* From the period's first misplaced record on: counts the record in `seen`
- * and keeps in `fits` only the partitioners that place it where it came. */
-static void refit(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
+/* From the first misplaced record on: counts the record in `seen` and,
+ * for each partitioner still tried, whether it would have placed it
+ * elsewhere; one that misses more than an eighth of them (and four) is
+ * tried no more. */
+static void weigh(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
 {
     c->seen++;
-    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
-        if (c->fits[q] &&
-            (partition < 0 || kvs_place_partition_by((kvs_partitioner_t)q, key, len,
-                                                     c->partitions) != (uint32_t)partition))
-            c->fits[q] = 0;
+    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++) {
+        if (!c->tried[q])
+            continue;
+        if (partition < 0 || kvs_place_partition_by((kvs_partitioner_t)q, key, len,
+                                                    c->partitions) != (uint32_t)partition)
+            c->miss[q]++;
+        if (c->miss[q] > c->seen / 8 + 4)
+            c->tried[q] = 0;
+    }
 }
 
 int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
@@ -98,23 +114,25 @@ int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, in
     c->checked++;
     uint32_t want = kvs_place_partition_by(c->partitioner, key, len, c->partitions);
     if (partition >= 0 && want == (uint32_t)partition) {
-        if (c->pending > 0)
-            refit(c, key, len, partition);
+        if (c->seen > 0)
+            weigh(c, key, len, partition);
         return 0;
     }
     c->batch_misplaced++;
     int first = c->pending++ == 0;
+    if (c->seen == 0) /* the first ever: the evidence starts */
+        for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
+            c->tried[q] = q != (int)c->partitioner;
+    weigh(c, key, len, partition);
     if (first) {
         node_placecheck_escape(key, len, NODE_PLACECHECK_KEY_SHOWN, c->example, sizeof(c->example));
         c->example_came = partition;
         c->example_want = want;
-        c->seen = 0;
         for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
-            c->fits[q] = q != (int)c->partitioner;
+            c->example_matches[q] = q != (int)c->partitioner && partition >= 0 &&
+                                    kvs_place_partition_by((kvs_partitioner_t)q, key, len,
+                                                           c->partitions) == (uint32_t)partition;
     }
-    refit(c, key, len, partition);
-    if (first)
-        memcpy(c->example_matches, c->fits, sizeof(c->fits));
     return 1;
 }
 
@@ -153,22 +171,64 @@ static int enough(uint32_t partitions, uint64_t n)
     return odds >= 1000;
 }
 
-/* The advice: what the pending records tell of the producers' partitioner
- * (the order is the file comment's). */
+/* An upper bound of the chance that a partitioner which is not the
+ * producers' places at least n - k of n records where they came, each
+ * with chance p = 1/P: the tail of Binomial(n, p) from n - k, k + 1 terms
+ * each at most its first (k <= n/16, p <= 1/2). */
+static double by_chance(uint64_t n, uint64_t k, uint32_t partitions)
+{
+    double p = 1.0 / partitions, fit = (double)(n - k), off = (double)k;
+    double lt =
+        lgamma((double)n + 1) - lgamma(off + 1) - lgamma(fit + 1) + fit * log(p) + off * log1p(-p);
+    return (off + 1) * exp(lt);
+}
+
+/* The partitioners still tried that place all but at most 1/16 of the
+ * evidence where it came (`which`), and how many; *sure when the best of
+ * them could not do as well by chance but one time in 10,000 (counting
+ * every candidate), *best its misses. */
+static int candidates(const node_placecheck_t *c, int *which, int *sure, uint64_t *best)
+{
+    int n = 0;
+    *best = UINT64_MAX;
+    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++) {
+        which[q] = c->tried[q] && c->miss[q] * 16 <= c->seen;
+        if (!which[q])
+            continue;
+        n++;
+        if (c->miss[q] < *best)
+            *best = c->miss[q];
+    }
+    *sure = n > 0 && c->partitions > 1 &&
+            by_chance(c->seen, *best, c->partitions) * (KVS_PARTITIONER_HASHES - 1) < 1e-4;
+    return n;
+}
+
+/* The advice: what the evidence tells of the producers' partitioner (the
+ * order is the file comment's). */
 static void advice(const node_placecheck_t *c, const char *topic, char *out, size_t len)
 {
-    char list[64];
-    int n = names(c->fits, list, sizeof(list));
+    char list[64], strays[160] = "";
+    int which[KVS_PARTITIONER_HASHES], sure;
+    uint64_t best;
+    int n = candidates(c, which, &sure, &best);
+    names(which, list, sizeof(list));
     const char *by = kvs_place_partitioner_name(c->partitioner);
-    if (n == 1 && enough(c->partitions, c->seen))
+    if (sure && best > 0)
+        snprintf(strays, sizeof(strays),
+                 " (the other %llu were sent to partitions of their producers' choosing)",
+                 (unsigned long long)best);
+    if (sure && n == 1)
         snprintf(out, len,
-                 "partitioner: %s places all %llu record(s) since the first misplaced one "
-                 "where they came: set partitioner: %s in the kafka.bindings entry of topic %s",
-                 list, (unsigned long long)c->seen, list, topic);
-    else if (n > 1 && enough(c->partitions, c->seen))
+                 "partitioner: %s places %llu of the %llu record(s) since the first misplaced "
+                 "one where they came%s: set partitioner: %s in the kafka.bindings entry of "
+                 "topic %s",
+                 list, (unsigned long long)(c->seen - best), (unsigned long long)c->seen, strays,
+                 list, topic);
+    else if (sure)
         snprintf(out, len,
-                 "partitioners %s each place all %llu record(s) since the first misplaced one "
-                 "where they came: set the one the producers use in the kafka.bindings entry "
+                 "partitioners %s each place nearly all %llu record(s) since the first misplaced "
+                 "one where they came: set the one the producers use in the kafka.bindings entry "
                  "of topic %s",
                  list, (unsigned long long)c->seen, topic);
     else if (!nearly_all(c->pending, c->checked, c->partitions) &&
@@ -183,9 +243,10 @@ static void advice(const node_placecheck_t *c, const char *topic, char *out, siz
                  topic);
     else if (n > 0)
         snprintf(out, len,
-                 "%s %s %s them where they came, but %llu record(s) are too few to tell a "
-                 "partitioner from chance: set the partitioner the producers use (none if they "
-                 "choose partitions themselves) in the kafka.bindings entry of topic %s",
+                 "%s %s %s them where they came, but %llu record(s) since the first misplaced one "
+                 "are too few to tell a partitioner from chance: set the partitioner the "
+                 "producers use (none if they choose partitions themselves) in the "
+                 "kafka.bindings entry of topic %s",
                  n > 1 ? "partitioners" : "partitioner:", list, n > 1 ? "each place" : "places",
                  (unsigned long long)c->seen, topic);
     else if ((n = names(c->example_matches, list, sizeof(list))) > 0)
@@ -217,8 +278,7 @@ static void report(node_placecheck_t *c, const char *topic, const char *lead, ui
              topic, lead, (unsigned long long)c->pending,
              kvs_place_partitioner_name(c->partitioner), c->example, c->example_came,
              c->example_want, tip, topic, NODE_PLACECHECK_EVERY_MS / 1000);
-    c->pending = c->checked = c->seen = 0;
-    memset(c->fits, 0, sizeof(c->fits));
+    c->pending = c->checked = 0; /* (the evidence stays) */
     c->reported = 1;
     c->last_report_ms = now_ms;
 }

@@ -31,10 +31,14 @@
 typedef struct node_placecheck_s {
     kvs_partitioner_t partitioner; /* the binding's; none = nothing is checked */
     uint32_t partitions;
-    uint64_t pending;                 /* misplaced since the last report */
-    uint64_t checked;                 /* keyed records checked since the last report */
-    uint64_t seen;                    /* ... since the first of those misplaced, it included */
-    int fits[KVS_PARTITIONER_HASHES]; /* other partitioners placing all `seen` where they came */
+    uint64_t pending; /* misplaced since the last report */
+    uint64_t checked; /* keyed records checked since the last report */
+    /* The evidence, from the first misplaced record on (never reset: it
+     * only grows): records checked, and for each other partitioner still
+     * tried, how many it would not have placed where they came. */
+    uint64_t seen;
+    uint64_t miss[KVS_PARTITIONER_HASHES];
+    int tried[KVS_PARTITIONER_HASHES]; /* 0 once it missed too many to be the producers' */
     char example[NODE_PLACECHECK_KEY_SHOWN * 4 + 8]; /* the first one's key, escaped */
     int32_t example_came;                            /* ... the partition it came on */
     uint32_t example_want;                           /* ... the one kvs expected */

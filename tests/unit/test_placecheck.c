@@ -220,8 +220,9 @@ KVS_TEST(a_stray_record_advises_no_partitioner)
                   "them: the misplaced ones were sent to partitions of their producers' choosing");
         CHECK(strstr(line, "set partitioner: crc32") == NULL);
         CHECK(strstr(line, "first batch") == NULL);
-        for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
-            CHECK_EQ(c.fits[q], 0); /* a new period: nothing carried */
+        if (before) /* the 500 records after it refuted every other hash */
+            for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
+                CHECK_EQ(c.tried[q], 0);
     }
 }
 
@@ -251,24 +252,30 @@ KVS_TEST(refuted_partitioners_are_not_tried_again)
     int32_t came;
     stray_of(KVS_PARTITIONER_CRC32, 0, key, sizeof(key), &came);
     CHECK_EQ(node_placecheck_record(&c, key, strlen(key), came), 1);
-    CHECK_EQ(c.fits[KVS_PARTITIONER_CRC32], 1);
+    CHECK_EQ(c.tried[KVS_PARTITIONER_CRC32], 1);
+    CHECK_EQ(c.miss[KVS_PARTITIONER_CRC32], 0);
     CHECK_EQ(feed(&c, KVS_PARTITIONER_MURMUR2, 0, 200), 0);
     CHECK_EQ(c.seen, 201);
     for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
-        CHECK_EQ(c.fits[q], 0);
+        CHECK_EQ(c.tried[q], 0);
+    uint64_t miss = c.miss[KVS_PARTITIONER_CRC32];
+    CHECK(miss < 40); /* refuted early: about 4 / (7/8 - 1/8) records */
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_MURMUR2, 200, 400), 0);
+    CHECK_EQ(c.miss[KVS_PARTITIONER_CRC32], miss); /* not hashed again */
 }
 
-/* A wrong partitioner seen through few records: (1/P)^n decides whether the
- * fit tells the producers' partitioner from chance. */
+/* A wrong partitioner seen through few records: the chance that another
+ * one does as well ((1/P)^n, for both candidates, against 1/10,000)
+ * decides whether the fit tells the producers' partitioner. */
 KVS_TEST(few_records_are_too_few_to_name_a_partitioner)
 {
     static const struct {
         int records;
         const char *want;
     } cases[] = {
-        {2, "are too few to tell a partitioner from chance"},                 /* 8^2 = 64 */
-        {3, "are too few to tell a partitioner from chance"},                 /* 512 */
-        {4, "set partitioner: crc32 in the kafka.bindings entry of topic t"}, /* 4,096 */
+        {2, "are too few to tell a partitioner from chance"},                 /* 2/8^2 */
+        {4, "are too few to tell a partitioner from chance"},                 /* 2/4,096 */
+        {5, "set partitioner: crc32 in the kafka.bindings entry of topic t"}, /* 2/32,768 */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         node_placecheck_t c;
@@ -280,17 +287,91 @@ KVS_TEST(few_records_are_too_few_to_name_a_partitioner)
             from = atoi(key + 6) + 1;
             CHECK_EQ(node_placecheck_record(&c, key, strlen(key), came), 1);
         }
-        CHECK(c.fits[KVS_PARTITIONER_CRC32]);
+        CHECK(c.tried[KVS_PARTITIONER_CRC32]);
         CHECK_EQ(node_placecheck_batch_end(&c, "t", 1, line, sizeof(line)), KVS_LOG_WARN);
         CHECK_CONTAINS(line, cases[i].want);
-        if (cases[i].records < 4) {
+        if (cases[i].records < 5) {
             CHECK(strstr(line, "set partitioner: crc32") == NULL);
             CHECK_CONTAINS(line, "crc32");
         } else {
-            CHECK_CONTAINS(line, "partitioner: crc32 places all 4 record(s) since the first "
-                                 "misplaced one where they came");
+            CHECK_CONTAINS(line, "partitioner: crc32 places 5 of the 5 record(s) since the "
+                                 "first misplaced one where they came: set");
         }
     }
+}
+
+/* Records a producer sent to partitions of its own choosing among a
+ * wrong binding's: the partitioner that places nearly all is still named
+ * (a stray used to refute it, and the advice became "none"). */
+KVS_TEST(strays_among_a_wrong_bindings_records_still_name_the_partitioner)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, P);
+    char key[32];
+    int32_t came;
+    for (int round = 0; round < 10; round++) {
+        CHECK(feed(&c, KVS_PARTITIONER_CRC32, round * 100, round * 100 + 100) > 70);
+        stray_of(KVS_PARTITIONER_FNV1A, round * 50, key, sizeof(key), &came);
+        int32_t off = (came + 1) % P; /* fits neither crc32 nor (maybe) another */
+        while ((uint32_t)off == kvs_place_partition_by(KVS_PARTITIONER_CRC32, key, strlen(key), P))
+            off = (off + 1) % P;
+        node_placecheck_record(&c, key, strlen(key), off);
+        int level =
+            node_placecheck_batch_end(&c, "t", 1 + (uint64_t)round * 20000, line, sizeof(line));
+        CHECK(level == KVS_LOG_WARN || level == KVS_LOG_ERROR);
+        CHECK_CONTAINS(line, "set partitioner: crc32 in the kafka.bindings entry of topic t");
+        CHECK(strstr(line, "set partitioner: none") == NULL);
+    }
+    CHECK_CONTAINS(line, "of their producers' choosing)");
+    CHECK_EQ(c.tried[KVS_PARTITIONER_CRC32], 1);
+}
+
+/* Producers that choose partitions themselves, records trickling one or
+ * two per report for a simulated day: no report ever names a partitioner
+ * (a per-report test, repeated, named a wrong one several times a day). */
+KVS_TEST(a_trickle_of_explicit_partitions_never_names_a_partitioner)
+{
+    static const uint32_t parts[] = {2, 3, 4, 8};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        node_placecheck_t c;
+        node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, parts[i]);
+        uint64_t x = 88172645463325252ull; /* xorshift: the producers' own choice */
+        for (int r = 0; r < 8640; r++) {
+            for (int k = 0; k < 1 + r % 2; k++) {
+                char key[32];
+                snprintf(key, sizeof(key), "e-%d-%d", r, k);
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                node_placecheck_record(&c, key, strlen(key), (int32_t)(x % parts[i]));
+            }
+            if (node_placecheck_batch_end(&c, "t", 1 + (uint64_t)r * 10000, line, sizeof(line)) >=
+                0)
+                CHECK(strstr(line, "set partitioner: murmur2") == NULL &&
+                      strstr(line, "set partitioner: crc32") == NULL &&
+                      strstr(line, "set partitioner: fnv1a") == NULL);
+        }
+        for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
+            CHECK_EQ(c.tried[q], 0);
+    }
+}
+
+/* A slow topic on 2 partitions, one record a report: the evidence adds up
+ * across reports until the partitioner is named. */
+KVS_TEST(a_slow_topics_evidence_adds_up_across_reports)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, 2);
+    int named = -1;
+    for (int r = 0; r < 200 && named < 0; r++) {
+        char key[32];
+        snprintf(key, sizeof(key), "slow-%d", r);
+        node_placecheck_record(
+            &c, key, strlen(key),
+            (int32_t)kvs_place_partition_by(KVS_PARTITIONER_CRC32, key, strlen(key), 2));
+        if (node_placecheck_batch_end(&c, "t", 1 + (uint64_t)r * 10000, line, sizeof(line)) >= 0 &&
+            strstr(line, "set partitioner: crc32 in") != NULL)
+            named = r;
+    }
+    CHECK(named > 0 && named < 60); /* 2 * 2^-n < 1/10,000: n >= 15 records */
 }
 
 KVS_TEST(escape)
@@ -316,4 +397,7 @@ KVS_TEST_MAIN(KVS_CASE(matching_partitioner_is_silent), KVS_CASE(none_checks_not
               KVS_CASE(nearly_all_threshold), KVS_CASE(a_stray_record_advises_no_partitioner),
               KVS_CASE(few_records_placed_right_tell_no_stray),
               KVS_CASE(refuted_partitioners_are_not_tried_again),
-              KVS_CASE(few_records_are_too_few_to_name_a_partitioner), KVS_CASE(escape))
+              KVS_CASE(few_records_are_too_few_to_name_a_partitioner),
+              KVS_CASE(strays_among_a_wrong_bindings_records_still_name_the_partitioner),
+              KVS_CASE(a_trickle_of_explicit_partitions_never_names_a_partitioner),
+              KVS_CASE(a_slow_topics_evidence_adds_up_across_reports), KVS_CASE(escape))
