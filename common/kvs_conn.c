@@ -816,9 +816,19 @@ static void conn_deliver(kvs_conn_t *c)
     kvs_conn_group_t *g = c->group;
     int more = 0; /* frames left for the next turn: the slice is over */
     int held = 0; /* ... or the group's turn is */
+    /* What this loop turn's deliveries of c took so far (a kick's, then a
+     * read's: see conn_kicked), against c's budget of a turn: a read after
+     * a kick that spent it delivers nothing (one more slice a turn would
+     * double what a pipelining peer keeps the others waiting). */
+    uint64_t before = c->turn_ms == turn || c->turn_ms == TURN_KICKED ? c->turn_ns : 0;
+    uint64_t budget = c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS;
     while (conn_can_deliver(c)) {
         if (group_turn_spent(c, now - since) && conn_ready(c)) {
             held = 1;
+            break;
+        }
+        if (before + (now - since) >= budget && conn_ready(c)) {
+            more = 1;
             break;
         }
         const uint8_t *p;

@@ -1901,6 +1901,15 @@ KVS_TEST(an_owners_turn_budget_is_kept)
     CHECK(costly_run(2000000, KVS_CONN_SLICE_NS) <= 5); /* 2 in 5 ms, one past it (+2) */
 }
 
+/* A turn's deliveries of a connection, its kick's and then its reads',
+ * share one budget: a read after a kick that spent it delivers nothing
+ * (each read delivered a frame before the budget was looked at, so a
+ * pipelining client kept the others waiting two slices a turn, not one). */
+KVS_TEST(a_kick_and_the_reads_after_it_share_the_turns_budget)
+{
+    CHECK(costly_run(2000000, KVS_CONN_SLICE_NS) <= 3); /* 0, 2 and 4 ms: 6 ms >= 5 */
+}
+
 /* A group's bound on its members' deliveries of a turn holds a member
  * whose own budget is larger: the rest wait for a later turn, and every
  * frame is still delivered. Frames a tenth of a slice: a loaded machine
@@ -2092,7 +2101,9 @@ KVS_TEST_MAIN(
     KVS_CASE(output_full_resumes_the_owner_when_it_drains),
     KVS_CASE(costly_frames_yield_the_loop_between_slices),
     KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
-    KVS_CASE(an_owners_turn_budget_is_kept), KVS_CASE(a_groups_turn_bound_holds_its_members),
+    KVS_CASE(an_owners_turn_budget_is_kept),
+    KVS_CASE(a_kick_and_the_reads_after_it_share_the_turns_budget),
+    KVS_CASE(a_groups_turn_bound_holds_its_members),
     KVS_CASE(a_lifted_turn_bound_releases_its_held_members),
     KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
     KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
