@@ -779,11 +779,20 @@ static void hook_identity(node_server_t *srv, node_client_t *cl)
  * now would put them after those in the topic (or in LMDB) and undo
  * acknowledged writes, on every replica. So they are dropped with the
  * connection, unanswered (nobody is there to read an answer). */
-static void drop_abandoned(node_server_t *srv, node_client_t *cl)
+/* Whether a line last logged at *last (uv_now; 0: never) may be logged
+ * again now: at most every 10 s. Notes the time when it may. */
+static int log_due(node_server_t *srv, uint64_t *last)
 {
     uint64_t now = uv_now(srv->loop);
-    if (srv->gone_log_ms == 0 || now - srv->gone_log_ms >= 10000) {
-        srv->gone_log_ms = now;
+    if (*last != 0 && now - *last < 10000)
+        return 0;
+    *last = now;
+    return 1;
+}
+
+static void drop_abandoned(node_server_t *srv, node_client_t *cl)
+{
+    if (log_due(srv, &srv->gone_log_ms)) {
         kvs_warn("%s closed its connection before this worker read the writes it had sent: "
                  "they are not run (the sender answered them as unavailable; logged at most "
                  "every 10 s)",
@@ -815,9 +824,7 @@ static int exec_wanted(void *arg)
     if (cl == NULL || srv->exec_started_ns == 0 ||
         uv_hrtime() - srv->exec_started_ns < PEER_RECHECK_NS || !kvs_conn_peer_gone(&cl->conn))
         return 1;
-    uint64_t now = uv_now(srv->loop);
-    if (srv->left_log_ms == 0 || now - srv->left_log_ms >= 10000) {
-        srv->left_log_ms = now;
+    if (log_due(srv, &srv->left_log_ms)) {
         kvs_warn("%s closed its connection while this worker ran a write it had sent (for %llu "
                  "ms): it is not sent to Kafka (the sender answered it as of unknown outcome; "
                  "logged at most every 10 s)",

@@ -610,14 +610,17 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 
-    def fake_replica_cluster(self, handle):
+    def fake_replica_cluster(self, handle, timeout="2s"):
         """Nodes a [0, 1] and b [0-3] started, with "replica" f of shards 2
         and 3 a loopback server that hands each connection to
-        handle(sock); returns a and b."""
+        handle(sock); returns a and b once a's links to b's workers of
+        shards 2 and 3 are up (until then f is the only replica a could
+        send their requests to: a slow start, under ASan, had reads fail
+        that b would have answered)."""
         layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
         mock = self.mock()
         bases = self.bases(layout)
-        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
+        a, b = [self.node(mock, n, layout, bases, timeout=timeout, extra="  bootstrap: replay")
                 for n in "ab"]
         for shard in (2, 3):
             srv = LoopbackServer(handle, port=bases["f"] + shard, threaded=True)
@@ -627,6 +630,9 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         for r in (a, b):
             self.wait_workers(r)
         self.wait_serving(b)  # (not a: its probes of shards 2 and 3 may go to f)
+        for shard in (2, 3):
+            up = "link to shard %d (127.0.0.1:%d) up" % (shard, bases["b"] + shard)
+            self.assertTrue(wait_until(lambda: up in a.stderr(), 30), a.stderr()[-3000:])
         return a, b
 
     @staticmethod
@@ -773,7 +779,10 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             except (OSError, EOFError):
                 pass
 
-        a, b = self.fake_replica_cluster(serve)
+        # router.timeout 10 s: R0 waits at f while writes look for f (each
+        # new connection tries the next replica; slow under ASan), and must
+        # not time out meanwhile (it came back 503, not retried on b).
+        a, b = self.fake_replica_cluster(serve, timeout="10s")
         self.addCleanup(release.set)
         keys = [k for k in (b"ord%d" % i for i in range(5000)) if shard_of_key(k) == 2]
         key = keys[0]
@@ -798,7 +807,8 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             c.close()
         self.assertIsNotNone(writer, "no write of shard 2 went to f")
         self.addCleanup(writer.close)
-        self.assertEqual(x.recv().status, 404)  # R0, retried on b
+        r0 = x.recv()
+        self.assertEqual(r0.status, 404, r0.message)  # R0, retried on b
         writer.send(req_hset(TABLE, key, "2"))
         time.sleep(0.5)
         with Client(b.socket_path(2), timeout=10) as w:
@@ -1151,6 +1161,19 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
     request: it would be produced after the acknowledged write and undo it
     on every replica."""
 
+    def stalling_pair(self, command):
+        """Nodes a and b serving every shard, router.timeout 1 s, a's
+        workers holding their loop 2.5 s in each `command` (a test plugin:
+        a slow disk under one request); returns (mock, a, b), started."""
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases = self.mock(), self.bases(layout)
+        stall = '\nplugins:\n  - {path: "%s/plugins/test_stall_writes.so", arg: "%s 2500"}\n'
+        a = self.node(mock, "a", layout, bases, timeout="1s",
+                      extra_yaml=stall % (BUILD_DIR, command))
+        b = self.node(mock, "b", layout, bases, timeout="1s")
+        self.start_all(a, b)
+        return mock, a, b
+
     def abandon_then_overwrite(self, router, hung_node, key):
         """Through `router`: `key` = "before" (acknowledged); then, with
         hung_node's worker of key's shard stopped, writes "abandoned" until
@@ -1275,12 +1298,7 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         while (shard_of_key(other) != shard_of_key(key) or
                partition_of(other, TOPIC_PARTS) == partition_of(key, TOPIC_PARTS)):
             other += b"x"
-        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
-        mock, bases = self.mock(), self.bases(layout)
-        stall = '\nplugins:\n  - {path: "%s/plugins/test_stall_writes.so", arg: "Hdel 2500"}\n'
-        a = self.node(mock, "a", layout, bases, timeout="1s", extra_yaml=stall % BUILD_DIR)
-        b = self.node(mock, "b", layout, bases, timeout="1s")
-        self.start_all(a, b)
+        mock, a, b = self.stalling_pair("Hdel")
         with a.client(timeout=20) as c:
             self.assertEqual(c.call(req_hset(TABLE, key, "before")).status, 200)
             # a's own worker takes both (a router prefers its node's workers).
@@ -1320,12 +1338,7 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         # it was in must not reach the topic: it would land after the
         # acknowledged write and undo it on every replica.
         key = b"zombie-6"
-        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
-        mock, bases = self.mock(), self.bases(layout)
-        stall = '\nplugins:\n  - {path: "%s/plugins/test_stall_writes.so", arg: "Hset 2500"}\n'
-        a = self.node(mock, "a", layout, bases, timeout="1s", extra_yaml=stall % BUILD_DIR)
-        b = self.node(mock, "b", layout, bases, timeout="1s")
-        self.start_all(a, b)
+        mock, a, b = self.stalling_pair("Hset")
         with a.client(timeout=20) as c:
             self.assertEqual(c.call(req_hmset(TABLE, [(key, "before")])).status, 200)
             t0 = time.monotonic()
