@@ -921,8 +921,10 @@ def sane(resp, table, ctx):
         return None  # a chunk of a Snapshot (a worker command an admin may send a worker)
     if not resp.message:
         return "status %d without a message" % resp.status
-    if resp.status == 503 and "computing another digest" in resp.message:
-        return None  # Digests of one shard run one at a time (README, Replicas)
+    if resp.status == 503 and ("computing another digest" in resp.message or
+                               "is being created on shard" in resp.message):
+        return None  # Digests of one shard run one at a time, not of a table
+        # a write is creating that moment (README, Replicas)
     if fenced(resp, ctx):
         return None
     if resp.status in SANE:
