@@ -433,6 +433,9 @@ class ReloadKill9Test(RouterTestCase):
                 resp = c.call(req)
                 return resp.status == 200 and len(resp.ops.slowlog) > 0
         self.assertTrue(wait_until(slow_entries, TIMEOUT), r.stderr())
+        # the router reconnects to the new worker on its own schedule: read once its link is up
+        up = "link to shard 0 (unix:%s) up" % r.socket_path(0)
+        self.assertTrue(wait_until(lambda: r.stderr().count(up) >= 2, TIMEOUT), r.stderr())
         with r.client() as c:
             got = c.pipeline(req_hget("t", b"%06d" % i) for i in range(len(p.answers)))
         lost = [i for i, a in enumerate(p.answers)
