@@ -31,7 +31,8 @@
  *        the evidence only grows, so a wrong one is not named a report
  *        later by luck);
  *      - else, when most records of the period came where the binding
- *        puts them (and enough to tell), that the misplaced ones were
+ *        puts them (and so many that a wrong hash would place them so by
+ *        chance less than once in 1,000), that the misplaced ones were
  *        sent elsewhere by their producers;
  *      - else that the records are too few to tell (naming what fits);
  *      - else `partitioner: none` (no hash fits);
@@ -88,6 +89,14 @@ void node_placecheck_escape(const void *key, size_t n, size_t shown, char *out, 
     out[w < len ? w : len - 1] = '\0';
 }
 
+/* True when partitioner q places the record with `key` on `partition`
+ * (never when the record came without one). */
+static int fits(const node_placecheck_t *c, int q, const void *key, size_t len, int32_t partition)
+{
+    return partition >= 0 && kvs_place_partition_by((kvs_partitioner_t)q, key, len,
+                                                    c->partitions) == (uint32_t)partition;
+}
+
 /* From the first misplaced record on: counts the record in `seen` and,
  * for each partitioner still tried, whether it would have placed it
  * elsewhere; one that misses more than an eighth of them (and four) is
@@ -98,8 +107,7 @@ static void weigh(node_placecheck_t *c, const void *key, size_t len, int32_t par
     for (int q = 0; q < KVS_PARTITIONER_HASHES; q++) {
         if (!c->tried[q])
             continue;
-        if (partition < 0 || kvs_place_partition_by((kvs_partitioner_t)q, key, len,
-                                                    c->partitions) != (uint32_t)partition)
+        if (!fits(c, q, key, len, partition))
             c->miss[q]++;
         if (c->miss[q] > c->seen / 8 + 4)
             c->tried[q] = 0;
@@ -129,9 +137,7 @@ int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, in
         c->example_came = partition;
         c->example_want = want;
         for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
-            c->example_matches[q] = q != (int)c->partitioner && partition >= 0 &&
-                                    kvs_place_partition_by((kvs_partitioner_t)q, key, len,
-                                                           c->partitions) == (uint32_t)partition;
+            c->example_matches[q] = q != (int)c->partitioner && fits(c, q, key, len, partition);
     }
     return 1;
 }
@@ -159,16 +165,6 @@ static int nearly_all(uint64_t misplaced, uint64_t checked, uint32_t partitions)
 {
     return partitions > 1 && misplaced > 0 &&
            misplaced * 4 * partitions >= checked * 3 * (uint64_t)(partitions - 1);
-}
-
-/* True when a partitioner that is not the producers' places `n` records
- * where they came by chance less than one time in 1,000: (1/P)^n. */
-static int enough(uint32_t partitions, uint64_t n)
-{
-    uint64_t odds = 1;
-    for (uint64_t i = 0; i < n && odds < 1000 && partitions > 1; i++)
-        odds *= partitions;
-    return odds >= 1000;
 }
 
 /* An upper bound of the chance that a partitioner which is not the
@@ -231,8 +227,8 @@ static void advice(const node_placecheck_t *c, const char *topic, char *out, siz
                  "one where they came: set the one the producers use in the kafka.bindings entry "
                  "of topic %s",
                  list, (unsigned long long)c->seen, topic);
-    else if (!nearly_all(c->pending, c->checked, c->partitions) &&
-             enough(c->partitions, c->checked - c->pending))
+    else if (!nearly_all(c->pending, c->checked, c->partitions) && c->partitions > 1 &&
+             by_chance(c->checked - c->pending, 0, c->partitions) < 1e-3)
         snprintf(out, len,
                  "the other %llu of %llu record(s) came where partitioner: %s puts them: the "
                  "misplaced ones were sent to partitions of their producers' choosing (explicit "

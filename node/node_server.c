@@ -821,15 +821,16 @@ static int exec_wanted(void *arg)
 {
     node_server_t *srv = arg;
     node_client_t *cl = srv->executing;
-    if (cl == NULL || srv->exec_started_ns == 0 ||
-        uv_hrtime() - srv->exec_started_ns < PEER_RECHECK_NS || !kvs_conn_peer_gone(&cl->conn))
+    if (cl == NULL || srv->exec_started_ns == 0)
+        return 1;
+    uint64_t ran = uv_hrtime() - srv->exec_started_ns;
+    if (ran < PEER_RECHECK_NS || !kvs_conn_peer_gone(&cl->conn))
         return 1;
     if (log_due(srv, &srv->left_log_ms)) {
         kvs_warn("%s closed its connection while this worker ran a write it had sent (for %llu "
                  "ms): it is not sent to Kafka (the sender answered it as of unknown outcome; "
                  "logged at most every 10 s)",
-                 cl->conn.peer,
-                 (unsigned long long)((uv_hrtime() - srv->exec_started_ns) / 1000000));
+                 cl->conn.peer, (unsigned long long)(ran / 1000000));
     }
     return 0;
 }

@@ -170,8 +170,10 @@ void router_client_close_after_answers(router_client_t *cl);
 
 /* The client's session (positions, held requests). */
 router_session_t *router_client_session(router_client_t *cl);
-/* The client's connection (its peer's address, kvs_conn_may_log). */
-kvs_conn_t *router_client_conn(router_client_t *cl);
+/* The client's address, for a line its peer caused (it broke a rule),
+ * when one may be logged now (kvs_conn_may_log: counted in its group's
+ * budget); NULL when not. */
+const char *router_client_peer_to_blame(router_client_t *cl);
 
 /* `req` of client `cl` names a table (router_ops_note): the latest so far. */
 void router_client_note_table(router_client_t *cl, const router_req_t *req);

@@ -219,9 +219,9 @@ router_session_t *router_client_session(router_client_t *cl)
     return &cl->session;
 }
 
-kvs_conn_t *router_client_conn(router_client_t *cl)
+const char *router_client_peer_to_blame(router_client_t *cl)
 {
-    return &cl->conn;
+    return kvs_conn_may_log(&cl->conn) ? cl->conn.peer : NULL;
 }
 
 void router_client_hold(router_client_t *cl, ptrdiff_t delta)

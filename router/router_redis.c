@@ -2054,11 +2054,12 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     if (rs->ps.argc == 0)
         return; /* an empty line or empty multibulk: no reply, as Redis */
     if (cross_protocol(&rs->ps.argv[0])) {
-        if (kvs_conn_may_log(router_client_conn(cl)))
+        const char *peer = router_client_peer_to_blame(cl);
+        if (peer != NULL)
             kvs_warn("closing RESP client %s: it sent an HTTP request's \"%s\" line, possibly "
                      "a web page's request sent by a browser to run commands here (cross "
                      "protocol scripting); nothing after it runs",
-                     router_client_conn(cl)->peer, rs->ps.argv[0].len == 4 ? "POST" : "Host:");
+                     peer, rs->ps.argv[0].len == 4 ? "POST" : "Host:");
         rs->quit = 1; /* no answer; the requests before it are answered */
         router_client_close_after_answers(cl);
         return;

@@ -62,14 +62,14 @@ void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const c
  * with no clear outcome (`wpin`) until `until`. */
 enum { KEPT_NOT, KEPT_IN_FLIGHT, KEPT_PINNED };
 
-/* Words for a part no replica took. */
+/* Words for a part no replica took; `hangs`: it was kept to a replica
+ * whose link is asking (router_send_part), and not sent. */
 static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l, int kept,
-                        uint64_t until, char *why, size_t n)
+                        int hangs, uint64_t until, char *why, size_t n)
 {
     const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
     uint32_t reps = r->sets[shard].n;
     char who[300] = "";
-    int hangs = kept != KEPT_NOT && l != NULL && l->up && router_link_asking(l);
     if (kept == KEPT_IN_FLIGHT)
         snprintf(who, sizeof(who),
                  " (at its replica on node %s, where this connection's earlier writes to it are "
@@ -259,7 +259,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
                : (*ws & WSHARD_MASK) > 0 ? KEPT_IN_FLIGHT
                : until > 0               ? KEPT_PINNED
                                          : KEPT_NOT;
-    int rc;
+    int rc, hangs = 0;
     if (kept == KEPT_NOT) {
         rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
     } else { /* only where its writes in flight are, or may yet land */
@@ -271,8 +271,8 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
          * end of unknown outcome too, pinning the connection there again,
          * so that a client retrying sooner than router.timeout would never
          * get past a hung replica while another one serves. */
-        rc = router_link_asking(last) ? KVS_ECLOSED
-                                      : send_some(r, req, t, part, msg, raw, rawlen, start, &last);
+        hangs = router_link_asking(last);
+        rc = hangs ? KVS_ECLOSED : send_some(r, req, t, part, msg, raw, rawlen, start, &last);
     }
     if (rc == 0 && ws != NULL) {
         *ws = ((*ws & WSHARD_MASK) + 1) | (t->link - r->sets[shard].first) << ROUTER_WSHARD_COUNT;
@@ -281,7 +281,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     if (rc == 0)
         return;
     char why[600];
-    unavailable(r, shard, rc, last, kept, until, why, sizeof(why));
+    unavailable(r, shard, rc, last, kept, hangs, until, why, sizeof(why));
     t->bytes.len = 0; /* every replica refused: nothing to retry */
     t->unsent = 1;    /* so a split write's answer can say it wrote nothing */
     /* A frame too large to send fails as one too large to take: a length
