@@ -54,11 +54,12 @@
  *                         not cut the sleep short, as they cannot cut a
  *                         sync in the kernel short), then is made and
  *                         returns what it returned: nothing fails.
- *   KVS_TEST_EIO_GATE     with STALL_MS: a call is chosen only while this
- *                         file exists, and its stall ends as soon as the
- *                         file is gone (checked every 5 ms), or after
- *                         STALL_MS, whichever comes first: the test says
- *                         when the disk hangs and when it comes back.
+ *   KVS_TEST_EIO_GATE     a call is chosen (and counted for EVERY) only
+ *                         while this file exists: the test says when the
+ *                         disk fails; with STALL_MS a stall also ends as
+ *                         soon as the file is gone (checked every 5 ms), or
+ *                         after STALL_MS, whichever comes first: the test
+ *                         says when the disk hangs and when it comes back.
  *
  * An injecting process writes "kvs-test-eio: pid P armed" to stderr at its
  * first filtered call in the window, and "kvs-test-eio: pid P disarmed: F
@@ -252,7 +253,7 @@ static int fail_now(unsigned kind, int fd)
     }
     if (kind != C_MSYNC && !fd_wanted(fd))
         return 0;
-    if (stall_ms != 0 && gate[0] != '\0' && access(gate, F_OK) != 0)
+    if (gate[0] != '\0' && access(gate, F_OK) != 0)
         return 0;
     return shim_decide(&plan, say);
 }

@@ -689,13 +689,20 @@ class RouterBoundsTest(RouterTestCase):
         rp = router_pids(r)[0]
         soft, hard = resource.prlimit(rp, resource.RLIMIT_NOFILE)
         self.addCleanup(lambda: resource.prlimit(rp, resource.RLIMIT_NOFILE, (soft, hard)))
-        resource.prlimit(rp, resource.RLIMIT_NOFILE, (len(os.listdir("/proc/%d/fd" % rp)), hard))
-        for _ in range(3):
+        # The limit is the lowest descriptor number free now, so no new one
+        # fits; set again before each client, since one the process had open
+        # while it was listed (and closed since) leaves a number free below.
+        for _ in range(10):
+            fds = {int(x) for x in os.listdir("/proc/%d/fd" % rp)}
+            free = min(set(range(len(fds) + 1)) - fds)
+            resource.prlimit(rp, resource.RLIMIT_NOFILE, (free, hard))
             s = socket.create_connection(r.addr, timeout=10)
             self.addCleanup(s.close)
-        deadline = time.monotonic() + 5
-        while "no file descriptor left" not in r.stderr() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            deadline = time.monotonic() + 1.5  # the check runs once a second
+            while "no file descriptor left" not in r.stderr() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if "no file descriptor left" in r.stderr():
+                break
         self.assertIn("this process has no file descriptor left (RLIMIT_NOFILE", r.stderr())
         resource.prlimit(rp, resource.RLIMIT_NOFILE, (soft, hard))
         with r.client() as c:
