@@ -17,7 +17,9 @@
  *    misplaced record on, every other known partitioner is tried on each
  *    record (placed right or not), counting the records it would not have
  *    placed where they came; one that misses more than an eighth (and a
- *    few) is tried no more, so in a topic whose binding is right a stray
+ *    few) of at least NODE_PLACECHECK_TRY_MIN records (so that a few
+ *    strays first cannot rule out the producers' partitioner for good) is
+ *    tried no more, so in a topic whose binding is right a stray
  *    record costs a few hashes, not one per record after it. The evidence
  *    is never reset: a slow topic gathers it over many reports. The
  *    advice is, in order:
@@ -99,8 +101,8 @@ static int fits(const node_placecheck_t *c, int q, const void *key, size_t len, 
 
 /* From the first misplaced record on: counts the record in `seen` and,
  * for each partitioner still tried, whether it would have placed it
- * elsewhere; one that misses more than an eighth of them (and four) is
- * tried no more. */
+ * elsewhere; one that misses more than an eighth of them (and four), once
+ * they are NODE_PLACECHECK_TRY_MIN, is tried no more. */
 static void weigh(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
 {
     c->seen++;
@@ -109,7 +111,7 @@ static void weigh(node_placecheck_t *c, const void *key, size_t len, int32_t par
             continue;
         if (!fits(c, q, key, len, partition))
             c->miss[q]++;
-        if (c->miss[q] > c->seen / 8 + 4)
+        if (c->miss[q] > c->seen / 8 + 4 && c->seen >= NODE_PLACECHECK_TRY_MIN)
             c->tried[q] = 0;
     }
 }

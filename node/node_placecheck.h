@@ -27,6 +27,11 @@
 #define NODE_PLACECHECK_EVERY_MS 10000 /* at most one report per topic this often */
 #define NODE_PLACECHECK_KEY_SHOWN 64   /* bytes of the example key shown */
 #define NODE_PLACECHECK_JUDGE_MIN 16   /* keyed records a batch needs to be judged */
+/* Records of evidence before a partitioner that misses too many is tried
+ * no more: a few strays first (a record sent to a partition of its
+ * producer's choosing) must not rule out the producers' partitioner for
+ * good. */
+#define NODE_PLACECHECK_TRY_MIN 64
 
 typedef struct node_placecheck_s {
     kvs_partitioner_t partitioner; /* the binding's; none = nothing is checked */

@@ -259,9 +259,36 @@ KVS_TEST(refuted_partitioners_are_not_tried_again)
     for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
         CHECK_EQ(c.tried[q], 0);
     uint64_t miss = c.miss[KVS_PARTITIONER_CRC32];
-    CHECK(miss < 40); /* refuted early: about 4 / (7/8 - 1/8) records */
+    CHECK(miss < NODE_PLACECHECK_TRY_MIN + 8); /* refuted at NODE_PLACECHECK_TRY_MIN records */
     CHECK_EQ(feed(&c, KVS_PARTITIONER_MURMUR2, 200, 400), 0);
     CHECK_EQ(c.miss[KVS_PARTITIONER_CRC32], miss); /* not hashed again */
+}
+
+/* A wrong binding whose first misplaced records were strays (sent to
+ * partitions that fit no hash): the producers' partitioner is still
+ * named. Five strays first used to rule it out for good, and every
+ * report then advised partitioner: none. */
+KVS_TEST(strays_first_do_not_rule_out_the_producers_partitioner)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, P);
+    for (int i = 0; i < 8; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "first-%d", i);
+        int32_t off = 0; /* a partition no hash puts it on */
+        while (
+            kvs_place_partition_by(KVS_PARTITIONER_MURMUR2, key, strlen(key), P) == (uint32_t)off ||
+            kvs_place_partition_by(KVS_PARTITIONER_CRC32, key, strlen(key), P) == (uint32_t)off ||
+            kvs_place_partition_by(KVS_PARTITIONER_FNV1A, key, strlen(key), P) == (uint32_t)off)
+            off++;
+        CHECK_EQ(node_placecheck_record(&c, key, strlen(key), off), 1);
+    }
+    CHECK(feed(&c, KVS_PARTITIONER_CRC32, 0, 300) > 200);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 1, line, sizeof(line)), KVS_LOG_ERROR);
+    CHECK_CONTAINS(line, "set partitioner: crc32 in the kafka.bindings entry of topic t");
+    CHECK_CONTAINS(line, "(the other 8 were sent to partitions of their producers' choosing)");
+    CHECK_EQ(c.tried[KVS_PARTITIONER_CRC32], 1);
+    CHECK_EQ(c.tried[KVS_PARTITIONER_FNV1A], 0); /* refuted once the records were enough */
 }
 
 /* A wrong partitioner seen through few records: the chance that another
@@ -397,6 +424,7 @@ KVS_TEST_MAIN(KVS_CASE(matching_partitioner_is_silent), KVS_CASE(none_checks_not
               KVS_CASE(nearly_all_threshold), KVS_CASE(a_stray_record_advises_no_partitioner),
               KVS_CASE(few_records_placed_right_tell_no_stray),
               KVS_CASE(refuted_partitioners_are_not_tried_again),
+              KVS_CASE(strays_first_do_not_rule_out_the_producers_partitioner),
               KVS_CASE(few_records_are_too_few_to_name_a_partitioner),
               KVS_CASE(strays_among_a_wrong_bindings_records_still_name_the_partitioner),
               KVS_CASE(a_trickle_of_explicit_partitions_never_names_a_partitioner),
