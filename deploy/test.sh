@@ -26,13 +26,14 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # (named asan/...) but the integration tests tests/asan_covered.txt lists:
 # the sanitizer build's other tests run every line and branch those run.
 # One ctest run over both builds, so that the long tests of both start first
-# and no build's last test runs alone. Two tests per core: most
+# and no build's last test runs alone. Three tests per core: most
 # integration tests spend their time waiting (for timeouts, restarts,
 # heartbeats), not computing; at three per two cores the cores were still
 # idle nearly half the time (user + sys 13 of 28 core-minutes) and the run
-# took 14 of its 15 minutes, at two per core 12. KVS_TEST_JOBS=N runs N at
-# a time instead.
-test_jobs=${KVS_TEST_JOBS:-$((2 * jobs))}
+# took 14 of its 15 minutes, at two per core 12 on that machine, and 15.5
+# on a slower one (user + sys 17 of 31 core-minutes), where three per core
+# took 13. KVS_TEST_JOBS=N runs N at a time instead.
+test_jobs=${KVS_TEST_JOBS:-$((3 * jobs))}
 both="$top/build-tests"
 mkdir -p "$both"
 printf 'subdirs("%s" "%s")\n' "$top/build" "$top/build-asan" > "$both/CTestTestfile.cmake"
