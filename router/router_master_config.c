@@ -464,7 +464,9 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                      "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
                      "of its tables bound to no topic would exist nowhere. Give the shard to a "
                      "node that copied it, or reload the node that takes it over first (it "
-                     "copies it from here), then this one; if that node holds its copy "
+                     "copies it from here, unless it still has a directory of the shard, which "
+                     "it serves as it is: move that aside first), then this one; if that node "
+                     "holds its copy "
                      "already (this node never heard it was installed), give the shard to both "
                      "first, then take it from this one (README, Moving a shard)",
                      s, dir,
@@ -475,7 +477,9 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                  "cluster.nodes takes shard %u from this node, which holds its only copy, before "
                  "any node copied it (%.300s has no copied-out): the rows of its tables bound to "
                  "no topic exist nowhere else. Reload the node that takes the shard over first "
-                 "(it copies it from here), then this one; to exchange shards between nodes, "
+                 "(it copies it from here, unless it still has a directory of the shard, which "
+                 "it serves as it is: move that aside first), then this one; to exchange shards "
+                 "between nodes, "
                  "first give each its new shards beside its old ones (README, Moving a shard)",
                  s, dir);
         return 1;
