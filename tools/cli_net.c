@@ -304,11 +304,42 @@ int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline)
     return tls_flush(n, deadline);
 }
 
+/* cli_net_unsolicited under TLS: the plaintext in records already read,
+ * then in those waiting on the socket (read without blocking, a bounded
+ * number of times). */
+static size_t tls_unsolicited(cli_net_t *n)
+{
+    uint8_t buf[4096];
+    size_t total = 0;
+    for (int i = 0; i < 64; i++) {
+        size_t got = 0;
+        int rc = kvs_tls_read(n->tls, buf, sizeof(buf), &got);
+        if (rc == 0) {
+            total += got;
+            continue;
+        }
+        kvs_tls_in_done(n->tls);
+        if (rc != -EAGAIN || tls_flush(n, cli_net_deadline(1)) != 0)
+            break; /* the end, or a failure: the send or read says so */
+        uint8_t *base;
+        size_t len;
+        if (kvs_tls_in_space(n->tls, TLS_READ, &base, &len) != 0)
+            break;
+        ssize_t k = recv(n->fd, base, len, MSG_DONTWAIT);
+        if (k <= 0)
+            break; /* nothing more (or the end: the read says so) */
+        kvs_tls_in_commit(n->tls, (size_t)k);
+    }
+    return total;
+}
+
 size_t cli_net_unsolicited(cli_net_t *n)
 {
     uint8_t peek[4096];
-    if (n->tls != NULL || n->fd < 0)
+    if (n->fd < 0)
         return 0;
+    if (n->tls != NULL)
+        return tls_unsolicited(n);
     ssize_t k = recv(n->fd, peek, sizeof(peek), MSG_PEEK | MSG_DONTWAIT);
     return k > 0 ? (size_t)k : 0; /* 0: nothing, or the end (the send or read says so) */
 }

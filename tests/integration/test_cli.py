@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -35,7 +36,7 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 NODE = os.path.join(BUILD_DIR, "kvs-node")
 RUN_TIMEOUT = 20  # seconds for any one kvs-cli run
 
-from kvstest import SANITIZED, free_port, free_ports, recv_exact  # noqa: E402
+from kvstest import SANITIZED, cert_path, free_port, free_ports, recv_exact  # noqa: E402
 
 
 class Node:
@@ -590,6 +591,17 @@ def answer(conn, resp):
     conn.sendall(struct.pack(">I", len(payload)) + payload)
 
 
+def answer_twice(conn, first, second):
+    """Answers every framed request with `first` and then `second` (sent
+    together: over TLS, in one record)."""
+    frames = b"".join(struct.pack(">I", len(m)) + m
+                      for m in (first.SerializeToString(), second.SerializeToString()))
+    while True:
+        (n,) = struct.unpack(">I", recv_exact(conn, 4))
+        recv_exact(conn, n)
+        conn.sendall(frames)
+
+
 def answer_each(conn, resp):
     """Answers every framed request on the connection with `resp`, or with
     each of the list `resp` in turn, round and round."""
@@ -810,25 +822,28 @@ class HostileServerTest(unittest.TestCase):
         # later command printed the answer of the one before it. Bytes
         # waiting before a request is sent are now a protocol error, and
         # the connection is dropped (the next command connects again).
+        # Over TLS the check was skipped: the second answer was printed as
+        # the next command's, exit 0.
         first, second = pb.CommandResponse(status=200), pb.CommandResponse(status=200)
         first.values.add(string_value="first")
         second.values.add(string_value="second")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path("node.crt"), cert_path("node.key"))
 
-        def twice(conn):
-            frames = b"".join(struct.pack(">I", len(m)) + m
-                              for m in (first.SerializeToString(), second.SerializeToString()))
-            while True:
-                (n,) = struct.unpack(">I", recv_exact(conn, 4))
-                recv_exact(conn, n)
-                conn.sendall(frames)
-        port = self.serve(twice)
-        p = subprocess.run([CLI, "--port", str(port), "--timeout", "2"],
-                           input=b"hget t a\nhget t b\nhget t c\n", capture_output=True,
-                           timeout=10)
-        self.assertEqual(p.stdout, b'"first"\n"first"\n', p.stderr)
-        self.assertIn(b"protocol error: the server sent %d bytes nobody asked for"
-                      % (4 + len(second.SerializeToString())), p.stderr)
-        self.assertNotIn(b"second", p.stdout)
+        def twice_tls(conn):
+            with ctx.wrap_socket(conn, server_side=True) as t:
+                answer_twice(t, first, second)
+        for tls in (False, True):
+            port = self.serve(twice_tls if tls else lambda c: answer_twice(c, first, second))
+            args = ["--tls", "--cacert", cert_path("ca.crt")] if tls else []
+            p = subprocess.run([CLI, "--port", str(port), "--timeout", "2"] + args,
+                               input=b"hget t a\nhget t b\nhget t c\n", capture_output=True,
+                               timeout=10)
+            self.assertEqual(p.stdout, b'"first"\n"first"\n', (tls, p.stderr))
+            self.assertIn(b"protocol error: the server sent %d bytes nobody asked for"
+                          % (4 + len(second.SerializeToString())), p.stderr)
+            self.assertNotIn(b"second", p.stdout)
+            self.assertEqual(p.returncode, 1, p.stderr)  # a session's commands failed
 
     def test_a_position_naming_no_kafka_topic_is_not_printed(self):
         # The topic of a position was printed byte for byte: a server could
