@@ -8,6 +8,7 @@
  * fed to the session, which hands back plaintext (kvs_tls.h).
  */
 #include "cli_net.h"
+#include "cli_resolve.h"
 #include "kvs_err.h"
 
 #include <errno.h>
@@ -99,17 +100,18 @@ static int connect_unix(const char *path, double deadline, int *out)
     return 0;
 }
 
-/* Tries every address `host` resolves to. On a resolver failure returns
- * KVS_ENOTFOUND with the reason in *why; else 0 or the last -errno. */
+/* Tries every address `host` resolves to. On a resolver failure (or one
+ * that did not answer before the deadline) returns KVS_ENOTFOUND with the
+ * reason in *why; else 0 or the last -errno. */
 static int connect_tcp(const char *host, const char *port, double deadline, int *out,
                        const char **why)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
-    int g = getaddrinfo(host, port, &hints, &res);
-    if (g != 0) {
-        *why = gai_strerror(g);
+    struct addrinfo *res, *ai;
+    double left = deadline > 0 ? deadline - cli_net_now() : 0;
+    if (deadline > 0 && left <= 0)
+        left = 1e-3; /* spent already: the lookup gets no time, and fails so */
+    if (cli_resolve(host, port, left, &res, why) != 0)
         return KVS_ENOTFOUND;
-    }
     int rc = -ECONNREFUSED;
     for (ai = res; ai != NULL; ai = ai->ai_next) {
         int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);

@@ -31,7 +31,8 @@ double cli_net_deadline(double timeout);
  * which also leaves blocking calls unbounded); with a TLS context, then
  * does the handshake (the server's certificate must name `host`).
  * Returns 0, or a negative error with the reason in why[0..len):
- * KVS_ENOTFOUND (the name does not resolve: the resolver's words),
+ * KVS_ENOTFOUND (the name does not resolve, or not in time: the
+ * resolver's words, or cli_resolve's),
  * KVS_ETLS (connected, but the TLS handshake failed: a sentence), or the
  * connect's -errno (its strerror). */
 int cli_net_open(cli_net_t *n, const char *path, const char *host, const char *port, double timeout,

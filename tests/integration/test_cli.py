@@ -36,7 +36,8 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 NODE = os.path.join(BUILD_DIR, "kvs-node")
 RUN_TIMEOUT = 20  # seconds for any one kvs-cli run
 
-from kvstest import SANITIZED, cert_path, free_port, free_ports, recv_exact  # noqa: E402
+from kvstest import (SANITIZED, cert_path, free_port, free_ports, recv_exact,  # noqa: E402
+                     slow_resolver_env)
 
 
 class Node:
@@ -816,6 +817,32 @@ class HostileServerTest(unittest.TestCase):
                 self.assertEqual(p.stdout, b"", cmd)
                 self.assertIn(b"protocol error: the answer holds %d values for 1 keys"
                               % len(resp.values), p.stderr)
+
+    def test_timeout_bounds_the_name_lookup_too(self):
+        # A resolver that takes 6 s: kvs-cli and kvs-bench waited for it
+        # whatever --timeout said, then failed for want of time left.
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=200)))
+        env = dict(os.environ, **slow_resolver_env("slow.example", 6000))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        for cmd, rc, said in (
+                ([CLI, "--host", "slow.example", "--port", str(port), "--timeout", "1", "ping"],
+                 2, b'kvs-cli: cannot resolve host "slow.example": no answer from the name '
+                    b'resolver in time (see --timeout)'),
+                ([bench, "-h", "slow.example", "-p", str(port), "--timeout", "1", "-c", "1", "-n",
+                  "10", "-t", "ping", "-q"],
+                 1, b"cannot resolve slow.example:%d: no answer from the name resolver in time"
+                    % port)):
+            start = time.monotonic()
+            p = subprocess.run(cmd, env=env, capture_output=True, timeout=20)
+            took = time.monotonic() - start
+            self.assertEqual(p.returncode, rc, p.stderr)
+            self.assertIn(said, p.stderr)
+            self.assertLess(took, 4.0, cmd[0])
+        # ... and a lookup in time is used (the shim answers ::1 and 127.0.0.1)
+        env = dict(os.environ, **slow_resolver_env("slow.example", 200))
+        p = subprocess.run([CLI, "--host", "slow.example", "--port", str(port), "--timeout", "5",
+                            "ping"], env=env, capture_output=True, timeout=20)
+        self.assertEqual((p.returncode, p.stdout), (0, b"PONG\n"), p.stderr)
 
     def test_an_answer_nobody_asked_for_ends_the_connection(self):
         # A server that answers each request twice: in a session, every
