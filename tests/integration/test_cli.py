@@ -1052,6 +1052,49 @@ class HostileServerTest(unittest.TestCase):
         self.assertIn("shard 0: not every replica answered", out)
         self.assertIn("error: the answer holds no digest (200 )", out)
 
+    def test_a_slow_replica_costs_a_digest_its_timeout_per_shard_not_more(self):
+        # Node a answers at once, node c after 2.5 s, each at a position
+        # of its own that moves on: the replicas never settle. Every round
+        # gave each replica the whole --timeout, so at --timeout 3 the
+        # shard took two rounds of c (5 s); a later round's question now
+        # waits only what is left of the shard's time, and c's answer of
+        # the round before stands.
+        base = free_ports(3)
+        state = {"n": 0}
+
+        def digest_at(offset, delay):
+            def handler(conn):
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(conn, 4))
+                    recv_exact(conn, n)
+                    time.sleep(delay)
+                    state["n"] += 1
+                    off = offset + state["n"] % 50  # below 128: a varint of one byte
+                    tok = b"\x01\x05users\x01\x00" + bytes([off])
+                    r = pb.CommandResponse(status=200, position=tok, values=[
+                        pb.Value(binary_value=b"\x22" * 16), pb.Value(integer_value=7)])
+                    payload = r.SerializeToString()
+                    conn.sendall(struct.pack(">I", len(payload)) + payload)
+            return handler
+        self.servers.append(FakeServer(digest_at(0, 0), base))
+        self.servers.append(FakeServer(digest_at(64, 2.5), base + 2))
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                    "    - {name: c, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    % (self.dir, base, base + 1, base + 2))
+        start = time.monotonic()
+        p = subprocess.run([CLI, "--config", cfg, "--timeout", "3", "digest", "t"], input=b"",
+                           capture_output=True, timeout=20)
+        elapsed = time.monotonic() - start
+        out = (p.stdout + p.stderr).decode()
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn("shard 0: replicas did not reach one position in time", out)
+        self.assertIn("  c                %s 7 keys at users:0:" % ("22" * 16), out)
+        self.assertLess(elapsed, 4.2, "digest took %.1f s:\n%s" % (elapsed, out))
+
     def test_a_digest_the_server_refuses_is_not_asked_again(self):
         # A 400 (here: a table name too long) is what every replica says in
         # every round: the walk stops at once, saying the request was
