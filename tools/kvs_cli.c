@@ -1312,7 +1312,12 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     uint64_t iterations = KVS_TOKEN_ITERATIONS;
     kvs_token_hash_t h;
     (void)cmd;
-    (void)c;
+    if ((argc == 0 || arg_is(argv[0], "-")) && c->stdin_taken) {
+        /* a session's next line would be taken for the token, and not run */
+        fprintf(stderr, "kvs-cli: hash-token: give TOKEN as an argument: stdin is %s\n",
+                c->session ? "where commands come from" : "already read by an earlier @-");
+        return CLI_USAGE;
+    }
     if (argc >= 2) {
         char num[16];
         char *end;
@@ -1325,6 +1330,7 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
             return CLI_USAGE;
         }
     }
+    c->stdin_taken |= argc == 0 || arg_is(argv[0], "-");
     if (token_text(argv, argc, token, sizeof(token), &len) != 0 || len == 0 ||
         len > KVS_TOKEN_MAX || memchr(token, '\0', len) != NULL ||
         !utf8_valid((const unsigned char *)token, len)) {

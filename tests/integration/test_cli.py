@@ -551,6 +551,19 @@ class HashTokenTest(unittest.TestCase):
             self.assertEqual((rc, out), (2, ""), stdin[:20])
             self.assertIn("give a token of 1 to", err)
 
+    def test_in_a_session_the_token_is_an_argument_not_the_next_line(self):
+        # A session's hash-token without TOKEN read the next line as the
+        # token: a command, hashed and never run (exit 0).
+        server = FakeServer(lambda conn: answer_each(conn, pb.CommandResponse(status=200)))
+        self.addCleanup(server.close)
+        for line in (b"hash-token", b"hash-token - 1000"):
+            p = subprocess.run([CLI, "--port", str(server.port), "--timeout", "5"],
+                               input=line + b"\nping\n", capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, 1, p.stderr)  # one command of the session failed
+            self.assertEqual(p.stdout, b"PONG\n", p.stderr)
+            self.assertIn(b"hash-token: give TOKEN as an argument: stdin is where commands come "
+                          b"from", p.stderr)
+
 
 class FakeServer:
     """A loopback listener impersonating a kvs server: each connection is
