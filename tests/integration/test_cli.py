@@ -790,6 +790,29 @@ class HostileServerTest(unittest.TestCase):
                       p.stderr)
         self.assertLess(p.stdout.count(b'"k"'), 5, p.stdout[:300])
 
+    def test_an_empty_page_that_hands_the_cursor_back_is_a_protocol_error(self):
+        # kvs takes a page's first pair whatever its size: an empty page
+        # with the cursor it was given is no kvs server's (it exited 1,
+        # blaming a pair too large for one page).
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=200,
+                                                                            cursor=b"C")))
+        p, _ = self.cli(port, "--timeout", "2", "hscanall", "t")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"protocol error: the server returned the cursor it was given with 0 pairs",
+                      p.stderr)
+
+    def test_an_auth_answer_no_kvs_server_gives_is_a_protocol_error(self):
+        # With --user, an Auth answer without a status (or with one outside
+        # 100-599) was taken for a refusal: "authentication failed: 0",
+        # exit 1; without --user the same answer is exit 2.
+        for status in (0, 600):
+            port = self.serve(lambda conn, s=status: answer_each(conn, pb.CommandResponse(status=s)))
+            p, _ = self.cli(port, "--timeout", "2", "--user", "u", "--token", "t", "ping")
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"protocol error: the answer to Auth has %s (is this a kvs server?)"
+                          % (b"no status" if status == 0 else b"a status none kvs sends"),
+                          p.stderr)
+
     def test_hscanall_stops_when_cursors_go_round_in_a_circle(self):
         # Cursors A, B, C, A, B, C, ...: none is the one just sent, and the
         # walk printed the same three pairs for ever.
