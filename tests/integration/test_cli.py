@@ -806,7 +806,8 @@ class HostileServerTest(unittest.TestCase):
         # 100-599) was taken for a refusal: "authentication failed: 0",
         # exit 1; without --user the same answer is exit 2.
         for status in (0, 600):
-            port = self.serve(lambda conn, s=status: answer_each(conn, pb.CommandResponse(status=s)))
+            resp = pb.CommandResponse(status=status)
+            port = self.serve(lambda conn, r=resp: answer_each(conn, r))
             p, _ = self.cli(port, "--timeout", "2", "--user", "u", "--token", "t", "ping")
             self.assertEqual(p.returncode, 2, p.stderr)
             self.assertIn(b"protocol error: the answer to Auth has %s (is this a kvs server?)"
