@@ -369,8 +369,12 @@ const char *cli_net_tls_error(const cli_net_t *n)
 
 void cli_net_close(cli_net_t *n)
 {
-    if (n->tls != NULL && n->fd >= 0 && kvs_tls_shutdown(n->tls) == 0)
-        tls_flush(n, cli_net_deadline(1)); /* close_notify, best effort, briefly */
+    if (n->tls != NULL && n->fd >= 0 && kvs_tls_shutdown(n->tls) == 0 && n->tls_out.len > 0) {
+        /* close_notify, best effort: one send that does not wait (a server
+         * that stopped reading must not hold kvs-cli past its --timeout) */
+        ssize_t k = send(n->fd, n->tls_out.data, n->tls_out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)k; /* not sent (or in part): dropped with the session */
+    }
     kvs_tls_free(n->tls);
     n->tls = NULL;
     kvs_buf_free(&n->tls_out);

@@ -855,6 +855,25 @@ class HostileServerTest(unittest.TestCase):
                 self.assertIn(b"protocol error: the answer holds %d values for 1 keys"
                               % len(resp.values), p.stderr)
 
+    def test_a_tls_server_that_stops_reading_costs_the_timeout_not_a_second_more(self):
+        # Closing waited up to a second more to send close_notify to a
+        # server that reads nothing (its socket buffers full).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path("node.crt"), cert_path("node.key"))
+
+        def deaf(conn):
+            with ctx.wrap_socket(conn, server_side=True):
+                time.sleep(6)
+        port = self.serve(deaf)
+        value = os.path.join(self.dir, "value")
+        with open(value, "wb") as f:
+            f.write(b"v" * (16 << 20))
+        p, took = self.cli(port, "--tls", "--cacert", cert_path("ca.crt"), "--timeout", "1",
+                           "--binary", "hset", "t", "k", "@" + value)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"no reply within 1 s (see --timeout)", p.stderr)
+        self.assertLess(took, 1.8, p.stderr)
+
     def test_timeout_bounds_the_name_lookup_too(self):
         # A resolver that takes 6 s: kvs-cli and kvs-bench waited for it
         # whatever --timeout said, then failed for want of time left.
