@@ -182,9 +182,10 @@ void cli_walk_free(cli_walk_t *w)
 }
 
 Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls,
-                                   const Kvs__CommandRequest *q, double timeout, char *why,
-                                   size_t len, int *skipped)
+                                   const Kvs__CommandRequest *q, double timeout, double limit,
+                                   char *why, size_t len, int *skipped)
 {
+    double wait = limit > 0 && (timeout <= 0 || limit < timeout) ? limit : timeout;
     double down_s = timeout > 0 && timeout < CLI_WALK_DOWN_S ? timeout : CLI_WALK_DOWN_S;
     const char *hung_key = walk_key(rep, 1), *down_key = walk_key(rep, 0);
     cli_walk_node_t *hung = walk_node(w, hung_key, 0), *down = walk_node(w, down_key, 0);
@@ -204,7 +205,7 @@ Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_
         return NULL;
     }
     double start = cli_net_now();
-    Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, q, timeout, why, len);
+    Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, q, wait, why, len);
     double now = cli_net_now();
     /* An answer, even an error, shows a node serving. A connection made
      * and then closed, or garbage, shows none: a peer that accepts and
@@ -220,7 +221,7 @@ Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_
     }
     /* Only a failure that took the whole timeout: an error answer costs
      * nothing to meet again. */
-    if (r == NULL && timeout > 0 && now - start >= timeout * 0.9 &&
+    if (r == NULL && timeout > 0 && wait >= timeout && now - start >= timeout * 0.9 &&
         (hung != NULL || (hung = walk_node(w, hung_key, 1)) != NULL))
         hung->silent = 1;
     return r;

@@ -80,9 +80,12 @@ void cli_replicas_reach(const kvs_config_t *cfg, uint32_t shard, kvs_replica_t *
 void cli_walk_free(cli_walk_t *w);
 
 /* cli_ask to one replica, unless its node is known silent in this walk:
- * then NULL at once, why saying so, and *skipped set (may be NULL). */
+ * then NULL at once, why saying so, and *skipped set (may be NULL). The
+ * question waits `limit` seconds when that is less than `timeout` (the
+ * caller's own deadline is nearer; 0: timeout); only a wait of the whole
+ * timeout left unanswered marks the node silent. */
 Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls,
-                                   const Kvs__CommandRequest *q, double timeout, char *why,
-                                   size_t len, int *skipped);
+                                   const Kvs__CommandRequest *q, double timeout, double limit,
+                                   char *why, size_t len, int *skipped);
 
 #endif

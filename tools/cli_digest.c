@@ -49,21 +49,20 @@ int cli_digest_is_answer(const Kvs__CommandResponse *r)
 }
 
 /* Sends Digest {table} to `a` (over TLS with `tls` when it is TCP and
- * `tls` is set) and reads the answer into *out. */
+ * `tls` is set), waiting `limit` seconds at most (cli_walk_ask), and reads
+ * the answer into *out (zeroed); `prev` is the round before's. */
 static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, const char *table,
-                double timeout, answer_t *out)
+                double timeout, double limit, const answer_t *prev, answer_t *out)
 {
     char before[sizeof(out->why)]; /* the failure of the round before, if any */
-    snprintf(before, sizeof(before), "%s", out->ok || out->skipped ? "" : out->why);
-    free(out->pos);
-    memset(out, 0, sizeof(*out));
+    snprintf(before, sizeof(before), "%s", prev->ok || prev->skipped ? "" : prev->why);
     Kvs__Digest d = KVS__DIGEST__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     d.table = (char *)table;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_DIGEST;
     q.digest = &d;
     Kvs__CommandResponse *r =
-        cli_walk_ask(w, rep, tls, &q, timeout, out->why, sizeof(out->why), &out->skipped);
+        cli_walk_ask(w, rep, tls, &q, timeout, limit, out->why, sizeof(out->why), &out->skipped);
     if (r == NULL && out->skipped && before[0] != '\0') /* given up in this shard's rounds */
         snprintf(out->why, sizeof(out->why), "%.400s (again and again: asked nothing more)",
                  before);
@@ -107,7 +106,9 @@ static void put_replica(const kvs_replica_t *rep, const answer_t *a, int raw, ui
 }
 
 /* One shard: asks until every replica answers at one position, or the
- * time is up. Returns 0 (agree), 1 (differ or not comparable). */
+ * time is up: a question of a later round waits only what is left of it,
+ * and one it cuts short keeps the replica's answer of the round before.
+ * Returns 0 (agree), 1 (differ or not comparable). */
 static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t shard,
                         const char *table, double timeout, int raw)
 {
@@ -122,10 +123,22 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
     }
     double deadline = cli_net_now() + timeout;
     int settled = 0, failed = -1, skipped = 0, refused = 0;
-    while (!settled) {
+    for (int round = 0; !settled; round++) {
         failed = -1;
         for (int i = 0; i < n; i++) {
-            ask(w, &reps[i], tls, table, timeout, &ans[i]);
+            double left = deadline - cli_net_now();
+            if (round == 0 || left > 0) { /* else the time is up: the last answer stands */
+                answer_t next;
+                memset(&next, 0, sizeof(next));
+                ask(w, &reps[i], tls, table, timeout, round == 0 ? 0 : left, &ans[i], &next);
+                if (round > 0 && !next.ok && !next.refused && ans[i].ok &&
+                    cli_net_now() >= deadline) {
+                    free(next.pos); /* cut short by the time: the last answer stands */
+                } else {
+                    free(ans[i].pos);
+                    ans[i] = next;
+                }
+            }
             if (!ans[i].ok && failed < 0)
                 failed = i;
             skipped |= ans[i].skipped;

@@ -8,6 +8,7 @@
  * fed to the session, which hands back plaintext (kvs_tls.h).
  */
 #include "cli_net.h"
+#include "cli_resolve.h"
 #include "kvs_err.h"
 
 #include <errno.h>
@@ -99,17 +100,18 @@ static int connect_unix(const char *path, double deadline, int *out)
     return 0;
 }
 
-/* Tries every address `host` resolves to. On a resolver failure returns
- * KVS_ENOTFOUND with the reason in *why; else 0 or the last -errno. */
+/* Tries every address `host` resolves to. On a resolver failure (or one
+ * that did not answer before the deadline) returns KVS_ENOTFOUND with the
+ * reason in *why; else 0 or the last -errno. */
 static int connect_tcp(const char *host, const char *port, double deadline, int *out,
                        const char **why)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
-    int g = getaddrinfo(host, port, &hints, &res);
-    if (g != 0) {
-        *why = gai_strerror(g);
+    struct addrinfo *res, *ai;
+    double left = deadline > 0 ? deadline - cli_net_now() : 0;
+    if (deadline > 0 && left <= 0)
+        left = 1e-3; /* spent already: the lookup gets no time, and fails so */
+    if (cli_resolve(host, port, left, &res, why) != 0)
         return KVS_ENOTFOUND;
-    }
     int rc = -ECONNREFUSED;
     for (ai = res; ai != NULL; ai = ai->ai_next) {
         int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
@@ -304,11 +306,42 @@ int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline)
     return tls_flush(n, deadline);
 }
 
+/* cli_net_unsolicited under TLS: the plaintext in records already read,
+ * then in those waiting on the socket (read without blocking, a bounded
+ * number of times). */
+static size_t tls_unsolicited(cli_net_t *n)
+{
+    uint8_t buf[4096];
+    size_t total = 0;
+    for (int i = 0; i < 64; i++) {
+        size_t got = 0;
+        int rc = kvs_tls_read(n->tls, buf, sizeof(buf), &got);
+        if (rc == 0) {
+            total += got;
+            continue;
+        }
+        kvs_tls_in_done(n->tls);
+        if (rc != -EAGAIN || tls_flush(n, cli_net_deadline(1)) != 0)
+            break; /* the end, or a failure: the send or read says so */
+        uint8_t *base;
+        size_t len;
+        if (kvs_tls_in_space(n->tls, TLS_READ, &base, &len) != 0)
+            break;
+        ssize_t k = recv(n->fd, base, len, MSG_DONTWAIT);
+        if (k <= 0)
+            break; /* nothing more (or the end: the read says so) */
+        kvs_tls_in_commit(n->tls, (size_t)k);
+    }
+    return total;
+}
+
 size_t cli_net_unsolicited(cli_net_t *n)
 {
     uint8_t peek[4096];
-    if (n->tls != NULL || n->fd < 0)
+    if (n->fd < 0)
         return 0;
+    if (n->tls != NULL)
+        return tls_unsolicited(n);
     ssize_t k = recv(n->fd, peek, sizeof(peek), MSG_PEEK | MSG_DONTWAIT);
     return k > 0 ? (size_t)k : 0; /* 0: nothing, or the end (the send or read says so) */
 }
@@ -336,8 +369,12 @@ const char *cli_net_tls_error(const cli_net_t *n)
 
 void cli_net_close(cli_net_t *n)
 {
-    if (n->tls != NULL && n->fd >= 0 && kvs_tls_shutdown(n->tls) == 0)
-        tls_flush(n, cli_net_deadline(1)); /* close_notify, best effort, briefly */
+    if (n->tls != NULL && n->fd >= 0 && kvs_tls_shutdown(n->tls) == 0 && n->tls_out.len > 0) {
+        /* close_notify, best effort: one send that does not wait (a server
+         * that stopped reading must not hold kvs-cli past its --timeout) */
+        ssize_t k = send(n->fd, n->tls_out.data, n->tls_out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)k; /* not sent (or in part): dropped with the session */
+    }
     kvs_tls_free(n->tls);
     n->tls = NULL;
     kvs_buf_free(&n->tls_out);

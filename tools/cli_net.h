@@ -31,7 +31,8 @@ double cli_net_deadline(double timeout);
  * which also leaves blocking calls unbounded); with a TLS context, then
  * does the handshake (the server's certificate must name `host`).
  * Returns 0, or a negative error with the reason in why[0..len):
- * KVS_ENOTFOUND (the name does not resolve: the resolver's words),
+ * KVS_ENOTFOUND (the name does not resolve, or not in time: the
+ * resolver's words, or cli_resolve's),
  * KVS_ETLS (connected, but the TLS handshake failed: a sentence), or the
  * connect's -errno (its strerror). */
 int cli_net_open(cli_net_t *n, const char *path, const char *host, const char *port, double timeout,
@@ -41,10 +42,12 @@ int cli_net_open(cli_net_t *n, const char *path, const char *host, const char *p
  * Returns 0, -ETIMEDOUT, KVS_ETLS or -errno. */
 int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline);
 
-/* The bytes waiting to be read before a request is sent (a plaintext
- * connection: TLS records may be the server's own, such as session
- * tickets): an answer nobody asked for, after which answers no longer
- * match requests. Returns their count (at least 1), or 0. */
+/* The bytes waiting to be read before a request is sent: an answer
+ * nobody asked for, after which answers no longer match requests. Under
+ * TLS, the plaintext of the records already there (the server's own
+ * records, such as session tickets, are no answer), which is read and
+ * dropped (the caller drops the connection). Returns their count (at
+ * least 1), or 0. */
 size_t cli_net_unsolicited(cli_net_t *n);
 
 /* Receives exactly `len` bytes before `deadline`. Returns 0, -ETIMEDOUT,

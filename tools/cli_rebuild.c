@@ -27,7 +27,7 @@ static int rebuild_one(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *t
     m.table = (char *)table;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_REBUILD;
     q.rebuild = &m;
-    Kvs__CommandResponse *r = cli_walk_ask(w, rep, tls, &q, timeout, why, sizeof(why), NULL);
+    Kvs__CommandResponse *r = cli_walk_ask(w, rep, tls, &q, timeout, 0, why, sizeof(why), NULL);
     int ok = r != NULL && r->status == 200;
     if (ok)
         printf("shard %u %s: ", shard, name);

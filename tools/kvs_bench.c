@@ -45,6 +45,7 @@
  * answering or a connection breaks mid-run; 2 for usage errors.
  */
 #include "bench_hist.h"
+#include "cli_resolve.h"
 #include "cli_text.h"
 #include "kvs_addr.h"
 #include "kvs_config.h"
@@ -106,7 +107,7 @@ typedef struct bench_tmpl_s {
 
 typedef struct bench_opts_s {
     uint64_t clients, requests, pipeline, keyspace, value_size, keys, warmup, seed;
-    uint64_t timeout; /* seconds without progress before giving up; 0: never */
+    uint64_t timeout;   /* seconds without progress before giving up; 0: never */
     uint64_t max_frame; /* --max-frame; 0: bench_frame_need's */
     double read_ratio;
     const char *table;
@@ -360,8 +361,10 @@ static void tmpl_init_all(bench_t *b)
     for (int k = 0; k < K_COUNT; k++) {
         int rc = tmpl_build(b, (bench_kind_t)k, &b->tmpl[k]);
         if (rc == KVS_ETOOBIG)
-            bench_fail(b, "a request does not fit in a %" PRIu64 "-byte frame (lower -d or "
-                       "--keys, or raise --max-frame)", b->o.max_frame);
+            bench_fail(b,
+                       "a request does not fit in a %" PRIu64 "-byte frame (lower -d or "
+                       "--keys, or raise --max-frame)",
+                       b->o.max_frame);
         if (rc != 0)
             bench_fail(b, "cannot build the %s request template: %s", TESTS[k].title,
                        kvs_strerror(rc));
@@ -850,9 +853,17 @@ static void clients_connect(bench_t *b)
 {
     struct sockaddr_storage ss;
     const kvs_addr_t *a = &b->o.addr;
-    int rc = a->is_unix ? 0 : kvs_resolve(b->loop, a, &ss);
-    if (rc != 0)
-        bench_fail(b, "cannot resolve %s: %s", b->name, uv_strerror(rc));
+    if (!a->is_unix) { /* before the loop runs: --timeout bounds the lookup itself */
+        char port[8];
+        const char *why;
+        struct addrinfo *res;
+        snprintf(port, sizeof(port), "%u", a->port);
+        if (cli_resolve(a->host, port, (double)b->o.timeout, &res, &why) != 0)
+            bench_fail(b, "cannot resolve %s: %s", b->name, why);
+        memcpy(&ss, res->ai_addr, res->ai_addrlen);
+        freeaddrinfo(res);
+    }
+    int rc = 0;
     for (uint64_t i = 0; i < b->o.clients; i++) {
         bench_client_t *c = &b->clients[i];
         c->b = b;

@@ -255,7 +255,8 @@ static void report_io_error(const cli_t *c, int rc, const char *why)
 }
 
 /* --user: authenticates a new connection. Returns 0, CLI_FAILED (the
- * server refused: said why), or an exchange error with why set. */
+ * server refused: said why), CLI_USAGE (an answer no kvs server gives:
+ * said so), or an exchange error (negative) with why set. */
 static int cli_auth(cli_t *c, char *why, size_t len)
 {
     Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
@@ -269,6 +270,13 @@ static int cli_auth(cli_t *c, char *why, size_t len)
     if (rc != 0 || r->status == KVS_STATUS_OK)
         return rc;
     fflush(stdout);
+    if (r->status < 100 || r->status > 599) { /* as check_status: no kvs server's answer */
+        fprintf(stderr,
+                "kvs-cli: %s: protocol error: the answer to Auth has %s (is this a kvs "
+                "server?)\n",
+                c->name, r->status == 0 ? "no status" : "a status none kvs sends");
+        return CLI_USAGE;
+    }
     fprintf(stderr, "kvs-cli: %s: authentication as \"%s\" failed: %" PRIu32 " ", c->name, c->user,
             r->status);
     cli_text_put(stderr, r->message);
@@ -295,9 +303,9 @@ static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandRespon
             c->unreachable = !c->connected;
             return CLI_USAGE;
         }
-        if (c->user != NULL && (rc = cli_auth(c, why, sizeof(why))) == CLI_FAILED) {
-            cli_disconnect(c);
-            return CLI_FAILED;
+        if (c->user != NULL && (rc = cli_auth(c, why, sizeof(why))) > 0) {
+            cli_disconnect(c); /* refused (CLI_FAILED), or no kvs server's answer (CLI_USAGE) */
+            return rc;
         }
     }
     if (rc == 0)
@@ -1031,14 +1039,8 @@ static int scan_page(cli_t *c, const cli_cmd_t *cmd, Kvs__CommandRequest *req,
     *total += r->n_pairs;
     int same = r->cursor.len > 0 && r->cursor.len == cursor->len &&
                memcmp(r->cursor.data, cursor->data, cursor->len) == 0;
-    if (same && r->n_pairs == 0) {
-        fflush(stdout);
-        fprintf(stderr, "kvs-cli: the server returned no pairs and the same cursor; the pair at ");
-        put_quoted_to(stderr, cursor->data, cursor->len);
-        fprintf(stderr, " may be too large for one page\n");
-        return CLI_FAILED;
-    }
-    if (same) { /* a kvs cursor moves past every page: this walk would not end */
+    if (same) { /* a kvs page takes its first pair whatever its size (kvs_reads), and its
+                 * cursor moves past every page: this walk would not end */
         fflush(stdout);
         fprintf(stderr,
                 "kvs-cli: protocol error: the server returned the cursor it was given with %zu "
@@ -1312,7 +1314,12 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     uint64_t iterations = KVS_TOKEN_ITERATIONS;
     kvs_token_hash_t h;
     (void)cmd;
-    (void)c;
+    if ((argc == 0 || arg_is(argv[0], "-")) && c->stdin_taken) {
+        /* a session's next line would be taken for the token, and not run */
+        fprintf(stderr, "kvs-cli: hash-token: give TOKEN as an argument: stdin is %s\n",
+                c->session ? "where commands come from" : "already read by an earlier @-");
+        return CLI_USAGE;
+    }
     if (argc >= 2) {
         char num[16];
         char *end;
@@ -1325,6 +1332,7 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
             return CLI_USAGE;
         }
     }
+    c->stdin_taken |= argc == 0 || arg_is(argv[0], "-");
     if (token_text(argv, argc, token, sizeof(token), &len) != 0 || len == 0 ||
         len > KVS_TOKEN_MAX || memchr(token, '\0', len) != NULL ||
         !utf8_valid((const unsigned char *)token, len)) {

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -35,7 +36,8 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 NODE = os.path.join(BUILD_DIR, "kvs-node")
 RUN_TIMEOUT = 20  # seconds for any one kvs-cli run
 
-from kvstest import SANITIZED, free_port, free_ports, recv_exact  # noqa: E402
+from kvstest import (SANITIZED, cert_path, free_port, free_ports, recv_exact,  # noqa: E402
+                     slow_resolver_env)
 
 
 class Node:
@@ -549,6 +551,19 @@ class HashTokenTest(unittest.TestCase):
             self.assertEqual((rc, out), (2, ""), stdin[:20])
             self.assertIn("give a token of 1 to", err)
 
+    def test_in_a_session_the_token_is_an_argument_not_the_next_line(self):
+        # A session's hash-token without TOKEN read the next line as the
+        # token: a command, hashed and never run (exit 0).
+        server = FakeServer(lambda conn: answer_each(conn, pb.CommandResponse(status=200)))
+        self.addCleanup(server.close)
+        for line in (b"hash-token", b"hash-token - 1000"):
+            p = subprocess.run([CLI, "--port", str(server.port), "--timeout", "5"],
+                               input=line + b"\nping\n", capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, 1, p.stderr)  # one command of the session failed
+            self.assertEqual(p.stdout, b"PONG\n", p.stderr)
+            self.assertIn(b"hash-token: give TOKEN as an argument: stdin is where commands come "
+                          b"from", p.stderr)
+
 
 class FakeServer:
     """A loopback listener impersonating a kvs server: each connection is
@@ -588,6 +603,17 @@ def answer(conn, resp):
     conn.recv(65536)
     payload = resp.SerializeToString()
     conn.sendall(struct.pack(">I", len(payload)) + payload)
+
+
+def answer_twice(conn, first, second):
+    """Answers every framed request with `first` and then `second` (sent
+    together: over TLS, in one record)."""
+    frames = b"".join(struct.pack(">I", len(m)) + m
+                      for m in (first.SerializeToString(), second.SerializeToString()))
+    while True:
+        (n,) = struct.unpack(">I", recv_exact(conn, 4))
+        recv_exact(conn, n)
+        conn.sendall(frames)
 
 
 def answer_each(conn, resp):
@@ -764,6 +790,30 @@ class HostileServerTest(unittest.TestCase):
                       p.stderr)
         self.assertLess(p.stdout.count(b'"k"'), 5, p.stdout[:300])
 
+    def test_an_empty_page_that_hands_the_cursor_back_is_a_protocol_error(self):
+        # kvs takes a page's first pair whatever its size: an empty page
+        # with the cursor it was given is no kvs server's (it exited 1,
+        # blaming a pair too large for one page).
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=200,
+                                                                            cursor=b"C")))
+        p, _ = self.cli(port, "--timeout", "2", "hscanall", "t")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"protocol error: the server returned the cursor it was given with 0 pairs",
+                      p.stderr)
+
+    def test_an_auth_answer_no_kvs_server_gives_is_a_protocol_error(self):
+        # With --user, an Auth answer without a status (or with one outside
+        # 100-599) was taken for a refusal: "authentication failed: 0",
+        # exit 1; without --user the same answer is exit 2.
+        for status in (0, 600):
+            resp = pb.CommandResponse(status=status)
+            port = self.serve(lambda conn, r=resp: answer_each(conn, r))
+            p, _ = self.cli(port, "--timeout", "2", "--user", "u", "--token", "t", "ping")
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"protocol error: the answer to Auth has %s (is this a kvs server?)"
+                          % (b"no status" if status == 0 else b"a status none kvs sends"),
+                          p.stderr)
+
     def test_hscanall_stops_when_cursors_go_round_in_a_circle(self):
         # Cursors A, B, C, A, B, C, ...: none is the one just sent, and the
         # walk printed the same three pairs for ever.
@@ -805,30 +855,78 @@ class HostileServerTest(unittest.TestCase):
                 self.assertIn(b"protocol error: the answer holds %d values for 1 keys"
                               % len(resp.values), p.stderr)
 
+    def test_a_tls_server_that_stops_reading_costs_the_timeout_not_a_second_more(self):
+        # Closing waited up to a second more to send close_notify to a
+        # server that reads nothing (its socket buffers full).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path("node.crt"), cert_path("node.key"))
+
+        def deaf(conn):
+            with ctx.wrap_socket(conn, server_side=True):
+                time.sleep(6)
+        port = self.serve(deaf)
+        value = os.path.join(self.dir, "value")
+        with open(value, "wb") as f:
+            f.write(b"v" * (16 << 20))
+        p, took = self.cli(port, "--tls", "--cacert", cert_path("ca.crt"), "--timeout", "1",
+                           "--binary", "hset", "t", "k", "@" + value)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"no reply within 1 s (see --timeout)", p.stderr)
+        self.assertLess(took, 1.8, p.stderr)
+
+    def test_timeout_bounds_the_name_lookup_too(self):
+        # A resolver that takes 6 s: kvs-cli and kvs-bench waited for it
+        # whatever --timeout said, then failed for want of time left.
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=200)))
+        env = dict(os.environ, **slow_resolver_env("slow.example", 6000))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        for cmd, rc, said in (
+                ([CLI, "--host", "slow.example", "--port", str(port), "--timeout", "1", "ping"],
+                 2, b'kvs-cli: cannot resolve host "slow.example": no answer from the name '
+                    b'resolver in time (see --timeout)'),
+                ([bench, "-h", "slow.example", "-p", str(port), "--timeout", "1", "-c", "1", "-n",
+                  "10", "-t", "ping", "-q"],
+                 1, b"cannot resolve slow.example:%d: no answer from the name resolver in time"
+                    % port)):
+            start = time.monotonic()
+            p = subprocess.run(cmd, env=env, capture_output=True, timeout=20)
+            took = time.monotonic() - start
+            self.assertEqual(p.returncode, rc, p.stderr)
+            self.assertIn(said, p.stderr)
+            self.assertLess(took, 4.0, cmd[0])
+        # ... and a lookup in time is used (the shim answers ::1 and 127.0.0.1)
+        env = dict(os.environ, **slow_resolver_env("slow.example", 200))
+        p = subprocess.run([CLI, "--host", "slow.example", "--port", str(port), "--timeout", "5",
+                            "ping"], env=env, capture_output=True, timeout=20)
+        self.assertEqual((p.returncode, p.stdout), (0, b"PONG\n"), p.stderr)
+
     def test_an_answer_nobody_asked_for_ends_the_connection(self):
         # A server that answers each request twice: in a session, every
         # later command printed the answer of the one before it. Bytes
         # waiting before a request is sent are now a protocol error, and
         # the connection is dropped (the next command connects again).
+        # Over TLS the check was skipped: the second answer was printed as
+        # the next command's, exit 0.
         first, second = pb.CommandResponse(status=200), pb.CommandResponse(status=200)
         first.values.add(string_value="first")
         second.values.add(string_value="second")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path("node.crt"), cert_path("node.key"))
 
-        def twice(conn):
-            frames = b"".join(struct.pack(">I", len(m)) + m
-                              for m in (first.SerializeToString(), second.SerializeToString()))
-            while True:
-                (n,) = struct.unpack(">I", recv_exact(conn, 4))
-                recv_exact(conn, n)
-                conn.sendall(frames)
-        port = self.serve(twice)
-        p = subprocess.run([CLI, "--port", str(port), "--timeout", "2"],
-                           input=b"hget t a\nhget t b\nhget t c\n", capture_output=True,
-                           timeout=10)
-        self.assertEqual(p.stdout, b'"first"\n"first"\n', p.stderr)
-        self.assertIn(b"protocol error: the server sent %d bytes nobody asked for"
-                      % (4 + len(second.SerializeToString())), p.stderr)
-        self.assertNotIn(b"second", p.stdout)
+        def twice_tls(conn):
+            with ctx.wrap_socket(conn, server_side=True) as t:
+                answer_twice(t, first, second)
+        for tls in (False, True):
+            port = self.serve(twice_tls if tls else lambda c: answer_twice(c, first, second))
+            args = ["--tls", "--cacert", cert_path("ca.crt")] if tls else []
+            p = subprocess.run([CLI, "--port", str(port), "--timeout", "2"] + args,
+                               input=b"hget t a\nhget t b\nhget t c\n", capture_output=True,
+                               timeout=10)
+            self.assertEqual(p.stdout, b'"first"\n"first"\n', (tls, p.stderr))
+            self.assertIn(b"protocol error: the server sent %d bytes nobody asked for"
+                          % (4 + len(second.SerializeToString())), p.stderr)
+            self.assertNotIn(b"second", p.stdout)
+            self.assertEqual(p.returncode, 1, p.stderr)  # a session's commands failed
 
     def test_a_position_naming_no_kafka_topic_is_not_printed(self):
         # The topic of a position was printed byte for byte: a server could
@@ -1009,6 +1107,49 @@ class HostileServerTest(unittest.TestCase):
         self.assertEqual(p.returncode, 1, out)
         self.assertIn("shard 0: not every replica answered", out)
         self.assertIn("error: the answer holds no digest (200 )", out)
+
+    def test_a_slow_replica_costs_a_digest_its_timeout_per_shard_not_more(self):
+        # Node a answers at once, node c after 2.5 s, each at a position
+        # of its own that moves on: the replicas never settle. Every round
+        # gave each replica the whole --timeout, so at --timeout 3 the
+        # shard took two rounds of c (5 s); a later round's question now
+        # waits only what is left of the shard's time, and c's answer of
+        # the round before stands.
+        base = free_ports(3)
+        state = {"n": 0}
+
+        def digest_at(offset, delay):
+            def handler(conn):
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(conn, 4))
+                    recv_exact(conn, n)
+                    time.sleep(delay)
+                    state["n"] += 1
+                    off = offset + state["n"] % 50  # below 128: a varint of one byte
+                    tok = b"\x01\x05users\x01\x00" + bytes([off])
+                    r = pb.CommandResponse(status=200, position=tok, values=[
+                        pb.Value(binary_value=b"\x22" * 16), pb.Value(integer_value=7)])
+                    payload = r.SerializeToString()
+                    conn.sendall(struct.pack(">I", len(payload)) + payload)
+            return handler
+        self.servers.append(FakeServer(digest_at(0, 0), base))
+        self.servers.append(FakeServer(digest_at(64, 2.5), base + 2))
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                    "    - {name: c, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    % (self.dir, base, base + 1, base + 2))
+        start = time.monotonic()
+        p = subprocess.run([CLI, "--config", cfg, "--timeout", "3", "digest", "t"], input=b"",
+                           capture_output=True, timeout=20)
+        elapsed = time.monotonic() - start
+        out = (p.stdout + p.stderr).decode()
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn("shard 0: replicas did not reach one position in time", out)
+        self.assertIn("  c                %s 7 keys at users:0:" % ("22" * 16), out)
+        self.assertLess(elapsed, 4.2, "digest took %.1f s:\n%s" % (elapsed, out))
 
     def test_a_digest_the_server_refuses_is_not_asked_again(self):
         # A 400 (here: a table name too long) is what every replica says in
