@@ -107,7 +107,8 @@ static void put_replica(const kvs_replica_t *rep, const answer_t *a, int raw, ui
 
 /* One shard: asks until every replica answers at one position, or the
  * time is up: a question of a later round waits only what is left of it,
- * and one it cuts short keeps the replica's answer of the round before.
+ * and one it cuts short keeps the replica's answer (or failure) of the
+ * round before.
  * Returns 0 (agree), 1 (differ or not comparable). */
 static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t shard,
                         const char *table, double timeout, int raw)
@@ -131,8 +132,7 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
                 answer_t next;
                 memset(&next, 0, sizeof(next));
                 ask(w, &reps[i], tls, table, timeout, round == 0 ? 0 : left, &ans[i], &next);
-                if (round > 0 && !next.ok && !next.refused && ans[i].ok &&
-                    cli_net_now() >= deadline) {
+                if (round > 0 && !next.ok && !next.refused && cli_net_now() >= deadline) {
                     free(next.pos); /* cut short by the time: the last answer stands */
                 } else {
                     free(ans[i].pos);

@@ -346,6 +346,14 @@ size_t cli_net_unsolicited(cli_net_t *n)
     return k > 0 ? (size_t)k : 0; /* 0: nothing, or the end (the send or read says so) */
 }
 
+int cli_net_ended(const cli_net_t *n)
+{
+    if (n->fd < 0)
+        return 0;
+    struct pollfd p = {.fd = n->fd, .events = POLLIN | POLLRDHUP};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 int cli_net_recv(cli_net_t *n, uint8_t *p, size_t len, double deadline)
 {
     if (n->tls != NULL)

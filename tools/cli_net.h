@@ -50,6 +50,10 @@ int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline);
  * least 1), or 0. */
 size_t cli_net_unsolicited(cli_net_t *n);
 
+/* Whether the server ended the connection (its FIN, a reset) while
+ * nothing was asked: a server's idle timeout. Looks without reading. */
+int cli_net_ended(const cli_net_t *n);
+
 /* Receives exactly `len` bytes before `deadline`. Returns 0, -ETIMEDOUT,
  * KVS_ECLOSED (the peer closed first), KVS_ETLS (see cli_net_tls_error)
  * or -errno. */

@@ -298,6 +298,8 @@ static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandRespon
     with.accept_stale = c->stale;
     int rc = 0;
     kvs_arena_reset(&c->reply);
+    if (c->net.fd >= 0 && cli_net_ended(&c->net))
+        cli_disconnect(c); /* closed while idle (limits.idle_timeout): nothing was sent yet */
     if (c->net.fd < 0) {
         if (cli_connect(c) != 0) {
             c->unreachable = !c->connected;
