@@ -674,12 +674,7 @@ class HostileServerTest(unittest.TestCase):
         for i in range(4):
             self.servers.append(FakeServer(silent, base + i))
             hung.append(base + i)
-        cfg = os.path.join(self.dir, "kvs.yaml")
-        with open(cfg, "w") as f:
-            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 4\n  partitions: 8\n"
-                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0, 1, 2, 3]}\n"
-                    "    - {name: b, address: \"127.0.0.1:%d\", shards: [3]}\n"
-                    % (self.dir, base, own))
+        cfg = self.walk_config(4, [("a", base, [0, 1, 2, 3]), ("b", own, [3])])
         for cmd in ("digest", "rebuild"):
             start = time.monotonic()
             p = subprocess.run([CLI, "--config", cfg, "--timeout", "1", cmd, "t"], input=b"",
@@ -703,13 +698,8 @@ class HostileServerTest(unittest.TestCase):
         ports = [base, base + 4, base + 8]
         digest = pb.CommandResponse(status=200, values=[
             pb.Value(binary_value=b"\x11" * 16), pb.Value(integer_value=7)])
-        cfg = os.path.join(self.dir, "kvs.yaml")
-        with open(cfg, "w") as f:
-            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 4\n  partitions: 8\n"
-                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
-                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
-                    "    - {name: c, address: \"127.0.0.1:%d\", shards: [1, 2, 3]}\n"
-                    % (self.dir, ports[0], ports[1], ports[2]))
+        cfg = self.walk_config(4, [("a", ports[0], [0]), ("b", ports[1], []),
+                                   ("c", ports[2], [1, 2, 3])])
         start = time.monotonic()
         p = subprocess.Popen([CLI, "--config", cfg, "--timeout", "3", "digest", "t"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -743,13 +733,8 @@ class HostileServerTest(unittest.TestCase):
                     conn.sendall(b"\x00\x00\x00\x03abc")
             for shard in range(3):
                 self.servers.append(FakeServer(misbehave, ports[1] + shard))
-            cfg = os.path.join(self.dir, "kvs-%s.yaml" % behaviour)
-            with open(cfg, "w") as f:
-                f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 3\n"
-                        "  partitions: 6\n  nodes:\n"
-                        "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
-                        "    - {name: c, address: \"127.0.0.1:%d\", shards: [0, 1, 2]}\n"
-                        % (self.dir, ports[0], ports[1]))
+            cfg = self.walk_config(3, [("b", ports[0], []), ("c", ports[1], [0, 1, 2])],
+                                   partitions=6, name="kvs-%s.yaml" % behaviour)
             start = time.monotonic()
             p = subprocess.run([CLI, "--config", cfg, "--timeout", "3", "digest", "t"],
                                input=b"", capture_output=True, timeout=15)
@@ -1097,16 +1082,23 @@ class HostileServerTest(unittest.TestCase):
         self.assertIn(b"protocol error: the Slowlog answer holds no log (is this a kvs server?)",
                       p.stderr)
 
+    def walk_config(self, shards, nodes, partitions=8, name="kvs.yaml"):
+        """A config of this node, b, in a map of `nodes` [(name, port,
+        [shards])] (b among them), for the cluster walk of digest and
+        rebuild: its path."""
+        cfg = os.path.join(self.dir, name)
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: %d\n  partitions: %d\n"
+                    "  nodes:\n" % (self.dir, shards, partitions))
+            for node, port, served in nodes:
+                f.write("    - {name: %s, address: \"127.0.0.1:%d\", shards: %s}\n"
+                        % (node, port, list(served)))
+        return cfg
+
     def one_shard_on(self, port):
         """A config whose one shard is served by node a at `port` (this
         node, b, serves none): the cluster walk of digest and rebuild."""
-        cfg = os.path.join(self.dir, "kvs.yaml")
-        with open(cfg, "w") as f:
-            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
-                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
-                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
-                    % (self.dir, port, free_ports(1)))
-        return cfg
+        return self.walk_config(1, [("a", port, [0]), ("b", free_ports(1), [])])
 
     def test_a_digest_answer_of_the_wrong_kinds_is_refused(self):
         # A Digest answer whose first value is the integer 16 where the
@@ -1155,13 +1147,7 @@ class HostileServerTest(unittest.TestCase):
             return handler
         self.servers.append(FakeServer(digest_at(0, 0), base))
         self.servers.append(FakeServer(digest_at(64, 2.5), base + 2))
-        cfg = os.path.join(self.dir, "kvs.yaml")
-        with open(cfg, "w") as f:
-            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
-                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
-                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
-                    "    - {name: c, address: \"127.0.0.1:%d\", shards: [0]}\n"
-                    % (self.dir, base, base + 1, base + 2))
+        cfg = self.walk_config(1, [("a", base, [0]), ("b", base + 1, []), ("c", base + 2, [0])])
         start = time.monotonic()
         p = subprocess.run([CLI, "--config", cfg, "--timeout", "3", "digest", "t"], input=b"",
                            capture_output=True, timeout=20)
