@@ -74,17 +74,24 @@ static int read_answer(cli_net_t *net, double deadline, kvs_arena_t *arena,
     return rc;
 }
 
+int cli_ask_unsolicited(cli_net_t *net, char *why, size_t len)
+{
+    size_t waiting = cli_net_unsolicited(net);
+    if (waiting == 0)
+        return 0;
+    snprintf(why, len,
+             "the server sent %zu%s bytes nobody asked for: its answers no longer match the "
+             "requests",
+             waiting, waiting >= 4096 ? " or more" : "");
+    return KVS_EPROTO;
+}
+
 int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, kvs_arena_t *arena,
                Kvs__CommandResponse **out, char *why, size_t len)
 {
-    size_t waiting = cli_net_unsolicited(net);
-    if (waiting > 0) {
-        snprintf(why, len,
-                 "the server sent %zu%s bytes nobody asked for: its answers no longer match "
-                 "the requests",
-                 waiting, waiting >= 4096 ? " or more" : "");
-        return KVS_EPROTO;
-    }
+    int unsolicited = cli_ask_unsolicited(net, why, len);
+    if (unsolicited != 0)
+        return unsolicited;
     size_t n = kvs__command_request__get_packed_size(q);
     if (n > KVS_FRAME_LEN_MASK) {
         snprintf(why, len, "request of %zu bytes cannot be framed (limit 2 GiB)", n);
@@ -207,6 +214,10 @@ Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_
     double start = cli_net_now();
     Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, q, wait, why, len);
     double now = cli_net_now();
+    /* A wait the caller cut short that ran out tells nothing of the node:
+     * neither mark (a slow node must not be taken for a down one). */
+    if (r == NULL && wait < timeout && now - start >= wait * 0.9)
+        return r;
     /* An answer, even an error, shows a node serving. A connection made
      * and then closed, or garbage, shows none: a peer that accepts and
      * closes at once would otherwise be asked again and again. */

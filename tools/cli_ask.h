@@ -22,6 +22,11 @@
  * be configured with (1 GiB), so every answer a server sends is read. */
 #define CLI_ASK_MAX_ANSWER (1u << 30)
 
+/* Whether bytes wait on `net` before a request is sent (cli_net_unsolicited:
+ * an answer nobody asked for, after which answers no longer match
+ * requests): KVS_EPROTO with why[0..len) saying so, else 0. */
+int cli_ask_unsolicited(cli_net_t *net, char *why, size_t len);
+
 /* Sends `q` on the open connection `net` and reads one answer frame, the
  * whole exchange within `timeout` seconds (0: none). A server that refuses
  * a request (too large, say) answers and closes, possibly before it read

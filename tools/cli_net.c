@@ -321,8 +321,10 @@ static size_t tls_unsolicited(cli_net_t *n)
             continue;
         }
         kvs_tls_in_done(n->tls);
-        if (rc != -EAGAIN || tls_flush(n, cli_net_deadline(1)) != 0)
+        if (rc != -EAGAIN)
             break; /* the end, or a failure: the send or read says so */
+        /* (what the session has to send, a KeyUpdate's answer, goes out
+         * before the next request: cli_net_send flushes it first) */
         uint8_t *base;
         size_t len;
         if (kvs_tls_in_space(n->tls, TLS_READ, &base, &len) != 0)

@@ -298,8 +298,18 @@ static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandRespon
     with.accept_stale = c->stale;
     int rc = 0;
     kvs_arena_reset(&c->reply);
-    if (c->net.fd >= 0 && cli_net_ended(&c->net))
-        cli_disconnect(c); /* closed while idle (limits.idle_timeout): nothing was sent yet */
+    if (c->net.fd >= 0 && cli_net_ended(&c->net)) {
+        /* Closed while idle (limits.idle_timeout): nothing was sent yet, so
+         * a new connection takes the command; but an answer nobody asked
+         * for before the close is still the server's protocol error. */
+        rc = cli_ask_unsolicited(&c->net, why, sizeof(why));
+        cli_disconnect(c);
+        if (rc != 0) {
+            fflush(stdout);
+            report_io_error(c, rc, why);
+            return CLI_USAGE;
+        }
+    }
     if (c->net.fd < 0) {
         if (cli_connect(c) != 0) {
             c->unreachable = !c->connected;

@@ -934,6 +934,30 @@ class HostileServerTest(unittest.TestCase):
             self.assertNotIn(b"second", p.stdout)
             self.assertEqual(p.returncode, 1, p.stderr)  # a session's commands failed
 
+    def test_an_answer_nobody_asked_for_is_seen_before_a_close(self):
+        # A server that answers twice and then closes: the check for an
+        # idle close dropped the connection, extra answer unseen, exit 0.
+        first, second = pb.CommandResponse(status=200), pb.CommandResponse(status=200)
+        first.values.add(string_value="first")
+        second.values.add(string_value="second")
+
+        def twice_then_close(conn):
+            (n,) = struct.unpack(">I", recv_exact(conn, 4))
+            recv_exact(conn, n)
+            conn.sendall(b"".join(struct.pack(">I", len(m)) + m for m in
+                                  (first.SerializeToString(), second.SerializeToString())))
+        port = self.serve(twice_then_close)
+        p = subprocess.Popen([CLI, "--port", str(port), "--timeout", "5"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdin.write(b"hget t a\n")
+        p.stdin.flush()
+        time.sleep(0.5)  # the extra answer and the close are there before the next command
+        p.stdin.write(b"hget t b\n")
+        out, err = p.communicate(timeout=10)
+        self.assertEqual((p.returncode, out), (1, b'"first"\n'), err)
+        self.assertIn(b"protocol error: the server sent %d bytes nobody asked for"
+                      % (4 + len(second.SerializeToString())), err)
+
     def test_a_position_naming_no_kafka_topic_is_not_printed(self):
         # The topic of a position was printed byte for byte: a server could
         # send the terminal an escape sequence through it.
@@ -1122,41 +1146,47 @@ class HostileServerTest(unittest.TestCase):
         self.assertIn("error: the answer holds no digest (200 )", out)
 
     def test_a_slow_replica_costs_a_digest_its_timeout_per_shard_not_more(self):
-        # Node a answers at once, node c after 2.5 s, each at a position
-        # of its own that moves on: the replicas never settle. Every round
-        # gave each replica the whole --timeout, so at --timeout 3 the
-        # shard took two rounds of c (5 s); a later round's question now
-        # waits only what is left of the shard's time, and c's answer of
-        # the round before stands.
-        base = free_ports(3)
+        # Node a answers at once, node c after 2.5 s. In shard 0 each
+        # answers at a position of its own that moves on: the replicas
+        # never settle. Every round gave each replica the whole --timeout,
+        # so at --timeout 4 the shard took two rounds of c (5.1 s); a later
+        # round's question now waits only what is left of the shard's time,
+        # and c's answer of the round before stands. That cut-short wait
+        # says nothing of c: in shard 1, where both answer at one position,
+        # c is asked and agrees (it was first skipped as "gave no answer").
+        base = free_ports(6)  # each node's workers take 2 ports: PORT + shard
         state = {"n": 0}
 
-        def digest_at(offset, delay):
+        def digest_at(offset, delay, moving):
             def handler(conn):
                 while True:
                     (n,) = struct.unpack(">I", recv_exact(conn, 4))
                     recv_exact(conn, n)
                     time.sleep(delay)
                     state["n"] += 1
-                    off = offset + state["n"] % 50  # below 128: a varint of one byte
+                    off = offset + state["n"] % 50 if moving else 5  # one varint byte
                     tok = b"\x01\x05users\x01\x00" + bytes([off])
                     r = pb.CommandResponse(status=200, position=tok, values=[
                         pb.Value(binary_value=b"\x22" * 16), pb.Value(integer_value=7)])
                     payload = r.SerializeToString()
                     conn.sendall(struct.pack(">I", len(payload)) + payload)
             return handler
-        self.servers.append(FakeServer(digest_at(0, 0), base))
-        self.servers.append(FakeServer(digest_at(64, 2.5), base + 2))
-        cfg = self.walk_config(1, [("a", base, [0]), ("b", base + 1, []), ("c", base + 2, [0])])
+        for shard in (0, 1):
+            self.servers.append(FakeServer(digest_at(0, 0, shard == 0), base + shard))
+            self.servers.append(FakeServer(digest_at(64, 2.5, shard == 0), base + 4 + shard))
+        cfg = self.walk_config(2, [("a", base, [0, 1]), ("b", base + 2, []),
+                                   ("c", base + 4, [0, 1])])
         start = time.monotonic()
-        p = subprocess.run([CLI, "--config", cfg, "--timeout", "3", "digest", "t"], input=b"",
-                           capture_output=True, timeout=20)
+        p = subprocess.run([CLI, "--config", cfg, "--timeout", "4", "digest", "t"], input=b"",
+                           capture_output=True, timeout=30)
         elapsed = time.monotonic() - start
         out = (p.stdout + p.stderr).decode()
         self.assertEqual(p.returncode, 1, out)
         self.assertIn("shard 0: replicas did not reach one position in time", out)
         self.assertIn("  c                %s 7 keys at users:0:" % ("22" * 16), out)
-        self.assertLess(elapsed, 4.2, "digest took %.1f s:\n%s" % (elapsed, out))
+        self.assertIn("shard 1: replicas agree", out)
+        self.assertNotIn("not asked", out)
+        self.assertLess(elapsed, 7.1, "digest took %.1f s:\n%s" % (elapsed, out))  # 4 + 2.5
 
     def test_a_digest_the_server_refuses_is_not_asked_again(self):
         # A 400 (here: a table name too long) is what every replica says in
