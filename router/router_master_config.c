@@ -435,6 +435,11 @@ static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next,
  * nodes that copied; one of them must hold the shard in the new map (a
  * node that copied and was withdrawn again holds nothing). Returns 1
  * with why[] said, or 0. */
+/* The advice both refusals give about reloading the new owner first. */
+#define NEW_OWNER_COPIES                                                                           \
+    "(it copies it from here, unless it still has a directory of the shard, which it serves as "   \
+    "it is: move that aside first)"
+
 static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, char *why,
                              size_t len)
 {
@@ -459,28 +464,25 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
         if (copied == 1)
             continue; /* copied, and fenced since: the copy holds every unbound row */
         if (copied == 0) {
-            snprintf(why, len,
-                     "cluster.nodes takes shard %u from this node, which holds its only copy, and "
-                     "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
-                     "of its tables bound to no topic would exist nowhere. Give the shard to a "
-                     "node that copied it, or reload the node that takes it over first (it "
-                     "copies it from here, unless it still has a directory of the shard, which "
-                     "it serves as it is: move that aside first), then this one; if that node "
-                     "holds its copy "
-                     "already (this node never heard it was installed), give the shard to both "
-                     "first, then take it from this one (README, Moving a shard)",
-                     s, dir,
-                     named[0] != '\0' ? named : "no node: none acknowledged an installed copy");
+            snprintf(
+                why, len,
+                "cluster.nodes takes shard %u from this node, which holds its only copy, and "
+                "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
+                "of its tables bound to no topic would exist nowhere. Give the shard to a "
+                "node that copied it, or reload the node that takes it over first " NEW_OWNER_COPIES
+                ", then this one; if that node holds its copy "
+                "already (this node never heard it was installed), give the shard to both "
+                "first, then take it from this one (README, Moving a shard)",
+                s, dir, named[0] != '\0' ? named : "no node: none acknowledged an installed copy");
             return 1;
         }
         snprintf(why, len,
                  "cluster.nodes takes shard %u from this node, which holds its only copy, before "
                  "any node copied it (%.300s has no copied-out): the rows of its tables bound to "
-                 "no topic exist nowhere else. Reload the node that takes the shard over first "
-                 "(it copies it from here, unless it still has a directory of the shard, which "
-                 "it serves as it is: move that aside first), then this one; to exchange shards "
-                 "between nodes, "
-                 "first give each its new shards beside its old ones (README, Moving a shard)",
+                 "no topic exist nowhere else. Reload the node that takes the shard over "
+                 "first " NEW_OWNER_COPIES
+                 ", then this one; to exchange shards between nodes, first give "
+                 "each its new shards beside its old ones (README, Moving a shard)",
                  s, dir);
         return 1;
     }

@@ -636,6 +636,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
                    "only copy, before any node copied it")
         self.assertTrue(wait_until(lambda: refusal in b.stderr(), 10), b.stderr()[-3000:])
+        # the advice does not promise a copy a node with a directory of the shard would not make
+        self.assertIn("Reload the node that takes the shard over first (it copies it from here, "
+                      "unless it still has a directory of the shard, which it serves as it is: "
+                      "move that aside first), then this one", b.stderr())
         self.assertEqual(changes_over(b), 0)
         self.assertEqual([d for d in os.listdir(b.data_dir) if ".retired-" in d], [])
         self.read_all(b, first, "one")
