@@ -68,7 +68,8 @@ static int value_of(const char *line, size_t n, const char *key, char *out, size
     return 1;
 }
 
-int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
+/* kvs_copied_parse's lines, whatever the head says. */
+static int parse_lines(const char *text, size_t len, kvs_copied_t *out)
 {
     memset(out, 0, sizeof(*out));
     if (memchr(text, '\0', len) != NULL)
@@ -104,10 +105,16 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
             return KVS_EINVAL;
         memcpy(out->names[out->n_names++], name, sizeof(name));
     }
-    return out->peer[0] != '\0' && out->time[0] != '\0' ? 0 : KVS_EINVAL;
+    return 0;
 }
 
-int kvs_copied_read(const char *path, kvs_copied_t *out)
+int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
+{
+    int rc = parse_lines(text, len, out);
+    return rc != 0 || (out->peer[0] != '\0' && out->time[0] != '\0') ? rc : KVS_EINVAL;
+}
+
+static int read_file(const char *path, kvs_copied_t *out, int head)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
@@ -126,7 +133,19 @@ int kvs_copied_read(const char *path, kvs_copied_t *out)
     }
     close(fd);
     if (rc == 0)
-        rc = got > KVS_COPIED_MAX ? KVS_EINVAL : kvs_copied_parse(text, got, out);
+        rc = got > KVS_COPIED_MAX ? KVS_EINVAL
+             : head               ? kvs_copied_parse(text, got, out)
+                                  : parse_lines(text, got, out);
     free(text);
     return rc;
+}
+
+int kvs_copied_read(const char *path, kvs_copied_t *out)
+{
+    return read_file(path, out, 1);
+}
+
+int kvs_copied_read_names(const char *path, kvs_copied_t *out)
+{
+    return read_file(path, out, 0);
 }
