@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int kvs_copied_name_ok(const char *node)
@@ -121,7 +122,11 @@ static int read_file(const char *path, kvs_copied_t *out, int head)
         return -errno;
     char *text = malloc(KVS_COPIED_MAX + 1);
     size_t got = 0;
-    int rc = text == NULL ? -ENOMEM : 0;
+    struct stat st;
+    int rc = text == NULL           ? -ENOMEM
+             : fstat(fd, &st) != 0  ? -errno
+             : !S_ISREG(st.st_mode) ? KVS_EINVAL /* a FIFO, a device: not one kvs wrote */
+                                    : 0;
     while (rc == 0 && got <= KVS_COPIED_MAX) {
         ssize_t r = read(fd, text + got, KVS_COPIED_MAX + 1 - got);
         if (r < 0 && errno != EINTR)

@@ -28,6 +28,11 @@
  * such rows), and its node lines name the nodes that acknowledged as
  * installed a copy of it taken since its last such write. The master
  * reads both before a reload takes the shard from this node.
+ *
+ * The withdrawn file (node lines only) is the master's: the nodes a map
+ * it took withdrew from the shard since the worker last looked. Their
+ * names in the two files above count no more (their copies may be gone):
+ * the worker drops them at its next reload, and removes the note.
  */
 #ifndef KVS_COPIED_H
 #define KVS_COPIED_H
@@ -39,9 +44,10 @@
 
 #define KVS_COPIED_FILE "copied-out"
 #define KVS_UNBOUND_FILE "unbound-rows"
-#define KVS_COPIED_MAX (64u * 1024u) /* bytes: a larger file is not one kvs wrote */
-#define KVS_COPIED_NAMES 64          /* distinct nodes one fence records, at most */
-#define KVS_COPIED_SENT 64           /* nodes one fence records copies sent to, at most */
+#define KVS_WITHDRAWN_FILE "withdrawn" /* the master's note of nodes a map withdrew */
+#define KVS_COPIED_MAX (64u * 1024u)   /* bytes: a larger file is not one kvs wrote */
+#define KVS_COPIED_NAMES 64            /* distinct nodes one fence records, at most */
+#define KVS_COPIED_SENT 64             /* nodes one fence records copies sent to, at most */
 
 typedef struct {
     char node[KVS_NODE_NAME_MAX + 1];

@@ -41,16 +41,43 @@ struct node_handoff_s {
     char why[600];
 };
 
+/* Nodes a map withdrew from the shard (the master's KVS_WITHDRAWN_FILE). */
+typedef struct {
+    size_t n;
+    const char *names[KVS_COPIED_NAMES];
+} gone_t;
+
+static int is_gone(const gone_t *g, const char *node)
+{
+    for (size_t i = 0; g != NULL && i < g->n; i++)
+        if (strcmp(g->names[i], node) == 0)
+            return 1;
+    return 0;
+}
+
 /* A mark's `writes` while writes are taken: no copy is recorded by it. */
 #define WRITES_OPEN UINT64_MAX
 
+static int write_rows(node_handoff_t *h, const char *since);
+
 /* `open` follows the fence and the map; each time it begins, a copy taken
- * before may lack rows written since. */
+ * before may lack rows written since, and the copies unbound-rows names
+ * are forgotten: this node holds the shard alone, unfenced, so they are
+ * of a move that was abandoned (the fence removed, or the snapshot not
+ * delivered) or of nodes the map withdrew, whose copies may be gone. */
 static void settle(node_handoff_t *h)
 {
     int open = !h->fenced && h->replicas < 2;
-    if (open && !h->open)
+    if (open && !h->open) {
         h->writes++;
+        int rc = h->rows == ROWS_NAMED ? write_rows(h, "the copies it named are forgotten") : 0;
+        if (h->rows == ROWS_NAMED && rc == 0)
+            h->rows = ROWS_CLEAN;
+        else if (rc != 0)
+            kvs_error("%s: cannot write: %s; it may name nodes whose copies are gone until the "
+                      "next write to a table bound to no topic",
+                      h->rows_path, strerror(-rc));
+    }
     h->open = open;
 }
 
@@ -62,18 +89,27 @@ static void now_text(char *when, size_t cap)
     strftime(when, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* unbound-rows' first lines (what it is, since when) into text[cap]:
+ * their length. */
+static size_t rows_head(const node_handoff_t *h, const char *since, const char *when, char *text,
+                        size_t cap)
+{
+    int n = snprintf(text, cap,
+                     "# kvs: shard %u may hold rows of tables bound to no topic that no other "
+                     "copy holds (%s); a node named below installed a copy of it taken since: "
+                     "a reload gives the shard up only to such a node (README, \"Moving a "
+                     "shard\")\ntime %.60s\n",
+                     h->shard, since, when);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
 /* unbound-rows afresh, naming no node (synced); 0 or a negative errno. */
 static int write_rows(node_handoff_t *h, const char *since)
 {
     char when[32], text[700];
     now_text(when, sizeof(when));
-    int n = snprintf(text, sizeof(text),
-                     "# kvs: shard %u may hold rows of tables bound to no topic that no other "
-                     "copy holds (%s); a node named below installed a copy of it taken since: "
-                     "a reload gives the shard up only to such a node (README, \"Moving a "
-                     "shard\")\ntime %s\n",
-                     h->shard, since, when);
-    return kvs_fs_write_synced(h->rows_path, h->dir, text, (size_t)n, 0);
+    size_t n = rows_head(h, since, when, text, sizeof(text));
+    return kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
 }
 
 /* At the start: unbound-rows as `unbound` (tables bound to no topic that
@@ -230,34 +266,41 @@ int node_handoff_writing(node_handoff_t *h)
     return rc;
 }
 
-/* Writes the file afresh from what `c` (its parse) records, with `node`'s
- * latest copy now the one ending with `digest`: one sent line per node,
- * so that a node copying again and again under one fence never fills it.
- * Through a synced file renamed over it: a crash leaves the old file or
- * the new one, and the fence up either way. 0 or a negative errno. */
-static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
-                   const uint8_t *digest)
+/* Writes `path` (copied-out or unbound-rows) afresh from what `c` (its
+ * parse) records, without the nodes `drop` names, and (copied-out, `node`
+ * set) with `node`'s latest copy now the one ending with `digest`: one
+ * sent line per node, so that a node copying again and again under one
+ * fence never fills it. Through a synced file renamed over it: a crash
+ * leaves the old file or the new one. 0 or a negative errno. */
+static int rewrite(node_handoff_t *h, const char *path, const kvs_copied_t *c, const gone_t *drop,
+                   const char *node, const uint8_t *digest)
 {
     const size_t sent_line = KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 8;
     size_t cap =
         1024 + KVS_COPIED_NAMES * (KVS_NODE_NAME_MAX + 8) + (KVS_COPIED_SENT + 1) * sent_line;
-    size_t tlen = strlen(h->path) + sizeof(".new");
+    size_t tlen = strlen(path) + sizeof(".new");
     char *text = malloc(cap), *tmp = malloc(tlen), hex[2 * KVS_HASH_LEN + 1];
     int rc = text == NULL || tmp == NULL ? -ENOMEM : 0;
+    int rows = path == h->rows_path;
     if (rc == 0) {
-        size_t n = head(h, c->peer, c->time, text, cap);
+        size_t n = rows ? rows_head(h, "nodes a map withdrew since dropped", c->time, text, cap)
+                        : head(h, c->peer, c->time, text, cap);
         for (size_t i = 0; i < c->n_names; i++)
-            n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
-        for (size_t i = 0; i < c->n_sent; i++)
-            if (strcmp(c->sent[i].node, node) != 0) {
+            if (!is_gone(drop, c->names[i]))
+                n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
+        for (size_t i = 0; !rows && i < c->n_sent; i++)
+            if ((node == NULL || strcmp(c->sent[i].node, node) != 0) &&
+                !is_gone(drop, c->sent[i].node)) {
                 kvs_hash_hex(c->sent[i].digest, hex);
                 n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", c->sent[i].node, hex);
             }
-        kvs_hash_hex(digest, hex);
-        n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
-        snprintf(tmp, tlen, "%s.new", h->path);
+        if (node != NULL) {
+            kvs_hash_hex(digest, hex);
+            n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
+        }
+        snprintf(tmp, tlen, "%s.new", path);
         rc = kvs_fs_write_synced(tmp, h->dir, text, n, 0);
-        if (rc == 0 && rename(tmp, h->path) != 0)
+        if (rc == 0 && rename(tmp, path) != 0)
             rc = -errno;
         if (rc == 0)
             rc = kvs_fs_sync_dir(h->dir);
@@ -298,7 +341,7 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
                        : c->n_names == KVS_COPIED_NAMES)
         rc = KVS_EINVAL;
     else if (digest != NULL && c->sent_lines >= KVS_COPIED_SENT)
-        rc = rewrite(h, c, node, digest);
+        rc = rewrite(h, path, c, NULL, node, digest);
     else {
         /* After a line a crash cut short, first end it as no name at all
          * (a cut "node abc" must not read as node "ab"). */
@@ -448,11 +491,86 @@ static void refence(node_handoff_t *h, const kvs_config_t *cfg)
                  h->shard, h->replicas);
 }
 
+/* Drops the nodes `g` names from `path` (see take_withdrawn). Returns 0
+ * (done, or none of them named), or a negative errno (logged). */
+static int drop_from(node_handoff_t *h, const char *path, const gone_t *g)
+{
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL              ? -ENOMEM
+             : path == h->rows_path ? kvs_copied_read_names(path, c)
+                                    : kvs_copied_read(path, c);
+    int named = 0;
+    for (size_t i = 0; rc == 0 && i < g->n; i++)
+        named |= kvs_copied_names(c, g->names[i]) || kvs_copied_sent_any(c, g->names[i]);
+    if (named && (rc = rewrite(h, path, c, g, NULL, NULL)) == 0)
+        kvs_info("shard %u: a map withdrew node %s%s from it, whose copy may be gone: %s no "
+                 "longer names %s",
+                 h->shard, g->names[0], g->n > 1 ? " and others" : "", path,
+                 g->n > 1 ? "them" : "it");
+    else if (rc == -ENOENT || rc == KVS_EINVAL)
+        rc = 0; /* no file, or one that names nobody the master trusts */
+    else if (rc != 0)
+        kvs_error("%s: cannot drop node %s, which a map withdrew from shard %u: %s; retried at "
+                  "the next reload",
+                  path, g->names[0], h->shard, append_error(rc));
+    free(c);
+    return rc;
+}
+
+/* A node the files name installed a copy from here; a map that withdraws
+ * it from the shard may have had it retire that copy, so it no longer
+ * counts (README, "Moving a shard": a node that copied and was withdrawn
+ * again holds nothing). The master notes such nodes in KVS_WITHDRAWN_FILE
+ * at each map it takes (this worker may take only the last of several
+ * quick reloads), and does not count them while the file holds them;
+ * here they are dropped from both files, and the note removed once done
+ * (renamed aside first, so that a note written meanwhile waits for the
+ * next reload). */
+static void take_withdrawn(node_handoff_t *h)
+{
+    size_t n = strlen(h->dir) + sizeof("/" KVS_WITHDRAWN_FILE ".taking");
+    char *note = malloc(n), *taking = malloc(n);
+    kvs_copied_t *c = malloc(sizeof(*c));
+    if (note == NULL || taking == NULL || c == NULL)
+        goto out;
+    snprintf(note, n, "%s/" KVS_WITHDRAWN_FILE, h->dir);
+    snprintf(taking, n, "%s/" KVS_WITHDRAWN_FILE ".taking", h->dir);
+    if (rename(note, taking) != 0 && errno != ENOENT) /* else one a crash left may be there */
+        kvs_error("%s: cannot take: %s", note, strerror(errno));
+    int rc = kvs_copied_read_names(taking, c);
+    if (rc == -ENOENT)
+        goto out;
+    gone_t g = {0};
+    for (size_t i = 0; rc == 0 && i < c->n_names; i++)
+        g.names[g.n++] = c->names[i];
+    if (rc == 0 && g.n > 0 && h->fenced)
+        rc = drop_from(h, h->path, &g);
+    if (rc == 0 && g.n > 0 && h->rows != ROWS_NONE)
+        rc = drop_from(h, h->rows_path, &g);
+    if (rc == 0 && unlink(taking) == 0)
+        kvs_fs_sync_dir(h->dir);
+    else if (rc != 0)
+        kvs_error("%s: %s; kept, retried at the next reload", taking,
+                  rc == KVS_EINVAL ? "cannot be understood" : kvs_strerror(rc));
+out:
+    free(note);
+    free(taking);
+    free(c);
+}
+
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
 {
+    take_withdrawn(h);
     h->replicas = kvs_config_replica_count(cfg, h->shard);
     if (h->fenced)
         refence(h, cfg);
+    struct stat st;
+    if (h->rows != ROWS_NONE && lstat(h->rows_path, &st) != 0 && errno == ENOENT) {
+        h->rows = ROWS_NONE; /* removed (README's way out): the next such write writes it again */
+        kvs_info("shard %u: %s was removed; the next write to a table bound to no topic writes "
+                 "it again",
+                 h->shard, h->rows_path);
+    }
     settle(h);
 }
 

@@ -395,6 +395,22 @@ static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, u
     return 0;
 }
 
+/* Whether the master's note in shard directory `dir` (or the one its
+ * worker is taking) names `node` (note_withdrawn). */
+static int withdrawn(const char *dir, const char *node)
+{
+    static const char *const notes[] = {KVS_WITHDRAWN_FILE, KVS_WITHDRAWN_FILE ".taking"};
+    char file[4400];
+    kvs_copied_t c;
+    for (size_t i = 0; i < sizeof(notes) / sizeof(notes[0]); i++) {
+        snprintf(file, sizeof(file), "%s/%s", dir, notes[i]);
+        int rc = kvs_copied_read_names(file, &c);
+        if (rc == KVS_EINVAL || (rc == 0 && kvs_copied_names(&c, node)))
+            return 1; /* (one that cannot be read may name it) */
+    }
+    return 0;
+}
+
 /* Shard s's copied-out file (`name` KVS_COPIED_FILE) or unbound-rows
  * (KVS_UNBOUND_FILE) in this node's directory (node_handoff, kvs_copied):
  * whether one of the nodes it names as having installed a copy holds the
@@ -418,9 +434,11 @@ static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next,
     size_t used = 0;
     for (size_t i = 0; i < c.n_names; i++) {
         const kvs_node_t *n = kvs_config_node(next, c.names[i]);
-        if (n != NULL && kvs_node_serves(n, s))
+        int gone = withdrawn(dir, c.names[i]); /* its copy may be gone (note_withdrawn) */
+        if (!gone && n != NULL && kvs_node_serves(n, s))
             kept = 1;
-        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", c.names[i]);
+        int w = snprintf(named + used, len - used, "%s%s%s", used > 0 ? ", " : "", c.names[i],
+                         gone ? " (withdrawn from the shard by a map since)" : "");
         if (w > 0 && (size_t)w < len - used)
             used += (size_t)w;
     }
@@ -520,6 +538,67 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
     return 0;
 }
 
+/* A map `next` that withdraws nodes from a shard this node keeps: the
+ * names of those nodes in the shard's copied-out and unbound-rows count no
+ * more, since a withdrawn node may retire its copy (a node that copied and
+ * was withdrawn again holds nothing). Noted in the shard's directory
+ * (KVS_WITHDRAWN_FILE), which its worker reads at its next reload
+ * (node_handoff drops them, and removes the note): it may take only the
+ * last of several quick reloads, and this master takes each map. A note
+ * that cannot be written is logged: the names then count until the worker
+ * sees a map without them. */
+static void note_withdrawn(const kvs_config_t *cur, const kvs_config_t *next)
+{
+    for (uint32_t s = 0; s < cur->shards; s++) {
+        char dir[4200], file[4400], tmp[4500], text[1024 + KVS_COPIED_NAMES * 80];
+        if (!kvs_config_local(cur, s) || !kvs_config_local(next, s) ||
+            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0 ||
+            router_master_shard_file(cur, s, "data.mdb") != 1)
+            continue;
+        snprintf(file, sizeof(file), "%s/" KVS_WITHDRAWN_FILE, dir);
+        kvs_copied_t c;
+        int rc = kvs_copied_read_names(file, &c);
+        if (rc != 0 && rc != -ENOENT) { /* kept: unread, it withdraws every name */
+            kvs_error("%s: cannot be read (%s): kept as it is (the master counts none of the "
+                      "nodes copied-out and unbound-rows name); remove it once they hold copies",
+                      file, kvs_strerror(rc));
+            continue;
+        }
+        if (rc == -ENOENT)
+            c.n_names = 0;
+        size_t n = (size_t)snprintf(text, sizeof(text),
+                                    "# kvs: nodes a map withdrew from shard %u, whose copies may "
+                                    "be gone: its worker drops them from copied-out and "
+                                    "unbound-rows at its next reload, and removes this file\n",
+                                    s);
+        int added = 0;
+        for (size_t i = 0; i < c.n_names; i++)
+            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", c.names[i]);
+        for (size_t i = 0; i < cur->n_nodes; i++) {
+            const kvs_node_t *was = &cur->nodes[i], *now = kvs_config_node(next, was->name);
+            if (!kvs_node_serves(was, s) || (now != NULL && kvs_node_serves(now, s)) ||
+                kvs_copied_names(&c, was->name) || c.n_names + (size_t)added >= KVS_COPIED_NAMES)
+                continue;
+            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", was->name);
+            added++;
+        }
+        if (added == 0)
+            continue;
+        snprintf(tmp, sizeof(tmp), "%s.new", file);
+        rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
+        if (rc == 0 && rename(tmp, file) != 0)
+            rc = -errno;
+        if (rc == 0)
+            rc = kvs_fs_sync_dir(dir);
+        if (rc != 0) {
+            unlink(tmp);
+            kvs_error("%s: cannot write: %s; the nodes this map withdraws from shard %u count as "
+                      "holding a copy from here until its worker takes a map without them",
+                      file, strerror(-rc), s);
+        }
+    }
+}
+
 /* The file, read and checked (see the file comment). Returns 0 when its
  * live keys were taken (the children may be told), nonzero (logged) when
  * nothing changed. *map is set when cluster.nodes changed: m->cfg then
@@ -572,6 +651,7 @@ int router_master_reload_config(master_t *m, int *map)
              * workers' snapshot too), or not at all if the change fails:
              * prev_cfg holds the previous map and the new live keys until
              * the change is over. */
+            note_withdrawn(m->cfg, next);
             kvs_config_apply_map(m->cfg, next);
             m->prev_cfg = next;
             next = NULL;

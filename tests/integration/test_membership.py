@@ -706,6 +706,13 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.reload(a, 1)  # a copies shard 2 from b
         self.assertTrue(wait_until(lambda: "\nnode a\n" in (self.unbound_rows(b, 2) or ""), 10),
                         self.unbound_rows(b, 2))
+        # A note of the master's that a map withdrew a, which b's worker
+        # has not taken yet: a's name counts no more.
+        note = os.path.join(b.data_dir, "shard-2", "withdrawn")
+        with open(note, "w") as f:
+            f.write("node a\n")
+        self.refused_for_rows(b, 2, "a (withdrawn from the shard by a map since)")
+        os.unlink(note)
         self.reload(b, 2)
         self.assertIn("membership change complete", b.stderr())
         self.read_all(a, rows, "kept")
@@ -778,6 +785,83 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             resp = c.call(req_hset("plain", later[0], "three"))
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("shard 2 was copied to", resp.message)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_node_withdrawn_since_it_copied_is_no_copy_to_give_the_shard_to(self):
+        # a became a replica of shard 2 (it copied from b: b's records name
+        # a), and was removed again the README's way (stopped, its data
+        # removed, b reloaded without it). b then took a map giving the
+        # shard to a beside b (a not reloaded: it holds nothing) and one
+        # giving it to a alone: the old name counted, and b retired the
+        # only copy. Now the map that withdrew a drops its name.
+        start = {"a": [0, 1], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        moved = {"a": [0, 1, 2], "b": [3]}
+        _, bases, _, a, b = self.a_and_b(start)
+        rows = self.keys_on(2, b"w", 10)
+        self.write_all(b, rows, "kept")
+        set_map(a, beside, bases)
+        self.reload(a, 1)  # a copies shard 2 from b
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        self.assertIn("\nnode a\n", self.unbound_rows(b, 2))
+        self.assertEqual(a.stop(), 0)
+        shutil.rmtree(os.path.join(a.data_dir, "shard-2"))
+        set_map(a, start, bases)
+        a.start()
+        self.wait_workers(a)
+        set_map(b, start, bases)
+        self.reload(b, 2)
+        self.assertTrue(wait_until(lambda: "node a" not in self.unbound_rows(b, 2), 10),
+                        self.unbound_rows(b, 2))
+        self.assertIn("shard 2: a map withdrew node a from it, whose copy may be gone", b.stderr())
+        set_map(b, beside, bases)
+        self.reload(b, 3)
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_copy_of_an_abandoned_change_is_no_copy_to_give_the_shard_to(self):
+        # a's change copied shard 2 from b (b's records name a), then was
+        # abandoned (shard 3's port taken): a's copy retired. The README's
+        # way out (remove copied-out on b, reload it) let b take writes
+        # again, but unbound-rows still named a, and b gave the only copy
+        # up to a map giving the shard to a. Now writes taken again forget
+        # the copies named: b's reload is refused.
+        start = {"a": [0, 1], "b": [2, 3]}
+        both = {"a": [0, 1, 2, 3], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        moved = {"a": [0, 1, 2], "b": [3]}
+        _, bases, _, a, b = self.a_and_b(start, router_yaml=("ready_timeout: 6s",))
+        rows = self.keys_on(2, b"v", 10)
+        self.write_all(b, rows, "kept")
+        blocker = socket.socket()
+        try:
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            blocker.bind((HOST, bases["a"] + 3))
+            blocker.listen(1)
+            set_map(a, both, bases)
+            self.reload(a, 1)
+        finally:
+            blocker.close()
+        self.assertIn("membership change abandoned", a.stderr())
+        set_map(a, start, bases)
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        os.unlink(os.path.join(b.data_dir, "shard-2", "copied-out"))
+        b.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "copied-out was removed" in b.stderr(), 10),
+                        b.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "node a" not in self.unbound_rows(b, 2), 10),
+                        self.unbound_rows(b, 2))
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 

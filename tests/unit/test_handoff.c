@@ -14,6 +14,11 @@ static char dir[64], file[96], rows[96], text_of_rows[4096];
 
 static void remove_dir(void)
 {
+    char path[128];
+    snprintf(path, sizeof(path), "%s/withdrawn", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/withdrawn.taking", dir);
+    unlink(path);
     unlink(file);
     unlink(rows);
     rmdir(dir);
@@ -291,16 +296,19 @@ KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
     node_handoff_update(h, both); /* the same map again: nothing changes */
     CHECK_EQ(node_handoff_copied(h, "e", m2), 0);
     CHECK_ROWS("x c d e");
-    node_handoff_update(h, alone); /* writes may be taken again */
+    node_handoff_update(h, alone); /* writes may be taken again: the copies are forgotten */
+    CHECK_ROWS("");
     CHECK_EQ(node_handoff_copied(h, "f", m2), 0);
     node_handoff_update(h, both);
     CHECK_EQ(node_handoff_copied(h, "g", m2), 0);
-    CHECK_ROWS("x c d e"); /* f and g: copies taken before writes could be taken again */
+    CHECK_ROWS(""); /* f and g: copies taken before writes could be taken again */
+    CHECK_EQ(node_handoff_copied(h, "h", node_handoff_mark(h)), 0);
+    CHECK_ROWS("h");
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0); /* a restart with rows: kept */
+    CHECK_ROWS("h");
     node_handoff_update(h, alone);
     CHECK_EQ(node_handoff_writing(h), 0);
-    CHECK_ROWS(""); /* a write: the copies named lack it */
-    node_handoff_free(h);
-    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0); /* a restart with rows: kept */
     CHECK_ROWS("");
     node_handoff_free(h);
     kvs_config_free(alone);
@@ -331,6 +339,132 @@ KVS_TEST(unbound_rows_take_no_copy_of_a_time_writes_were_taken)
     kvs_config_free(alone);
 }
 
+/* A node the master notes as withdrawn from the shard (its copy may be
+ * gone) is dropped from both files at the next reload, and the note is
+ * removed; one the worker could not finish taking (".taking", a crash)
+ * is taken at the next. */
+static void note(const char *name, const char *text)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+KVS_TEST(a_node_the_master_notes_withdrawn_is_named_no_more)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    char w[128], t[128];
+    snprintf(w, sizeof(w), "%s/withdrawn", dir);
+    snprintf(t, sizeof(t), "%s/withdrawn.taking", dir);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b c");
+    note("withdrawn", "# kvs\nnode c\nnode x\n");
+    node_handoff_update(h, both);
+    CHECK_ROWS("b");
+    CHECK(access(w, F_OK) != 0 && access(t, F_OK) != 0);
+    uint8_t d[KVS_HASH_LEN];
+    memset(d, 0xa5, sizeof(d));
+    node_handoff_update(h, alone);
+    fence(h, "peer", alone, 1); /* b copies again, under the fence */
+    node_handoff_mark_t m = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_sent(h, "b", d, m), 0);
+    CHECK_EQ(node_handoff_copied(h, "b", m), 0);
+    CHECK_ROWS("b");
+    node_handoff_free(h);
+    note("withdrawn.taking", "node b\n"); /* a crash while taking it */
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    CHECK_ROWS("");
+    char text[4096];
+    read_file(text, sizeof(text));
+    CHECK(strstr(text, "node b") == NULL && strstr(text, "sent b") == NULL);
+    CHECK(strstr(text, "# kvs: shard 1 was copied") == text);
+    CHECK(node_handoff_why(h) != NULL);               /* still fenced */
+    CHECK_EQ(node_handoff_reack(h, "b", d), -ENOENT); /* its copy counts no more */
+    CHECK(access(t, F_OK) != 0);
+    char many[2048] = "";
+    for (int i = 0; i <= KVS_COPIED_NAMES; i++) /* more names than one kvs wrote */
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "node n%d\n", i);
+    note("withdrawn", many); /* not understood: kept, retried */
+    node_handoff_update(h, alone);
+    CHECK(access(t, F_OK) == 0);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* Writes may be taken again (the fence removed, the map down to this
+ * node): the copies named are of an abandoned move, or withdrawn, and are
+ * forgotten at once, before any write. */
+KVS_TEST(unbound_rows_forget_copies_when_writes_may_be_taken_again)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    fence(h, "peer", alone, 1);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b");
+    node_handoff_update(h, alone);
+    CHECK_ROWS("b");           /* fenced: writes are refused, the copy holds every row */
+    CHECK_EQ(unlink(file), 0); /* the move is abandoned */
+    node_handoff_update(h, alone);
+    CHECK(node_handoff_why(h) == NULL);
+    CHECK_ROWS("");
+    node_handoff_update(h, both);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("c");
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0); /* a start alone, unfenced */
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* unbound-rows removed (the refusal's way out) and the map reloaded: the
+ * next write writes it again. */
+KVS_TEST(unbound_rows_removed_is_written_again_by_the_next_write)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(alone);
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(unlink(rows), 0);
+    node_handoff_update(h, alone);
+    CHECK_ROWS("-");
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+}
+
+/* A FIFO in unbound-rows' place: never waited for; writes are refused
+ * and no copy is recorded. */
+KVS_TEST(a_fifo_for_unbound_rows_holds_nothing_up)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    CHECK_EQ(mkfifo(rows, 0600), 0);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    CHECK(node_handoff_writing(h) < 0);
+    node_handoff_update(h, both);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    struct stat st;
+    CHECK_EQ(lstat(rows, &st), 0);
+    CHECK(S_ISFIFO(st.st_mode));
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
 /* A start writes unbound-rows when the shard holds rows of unbound tables
  * and it is missing (a copy installed, or a directory older than the
  * file), keeps the names it has, and removes it when there are none. */
@@ -345,10 +479,11 @@ KVS_TEST(a_start_writes_or_removes_unbound_rows_by_what_the_shard_holds)
     CHECK_EQ(node_handoff_copied(h, "b", m), 0);
     CHECK_ROWS("b");
     node_handoff_free(h);
-    CHECK_EQ(node_handoff_open(dir, 1, alone, 2, &h), 0);
+    CHECK_EQ(node_handoff_open(dir, 1, both, 2, &h), 0);
     CHECK_ROWS("b"); /* kept */
-    CHECK_EQ(node_handoff_writing(h), 0);
-    CHECK_ROWS("");
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 2, &h), 0);
+    CHECK_ROWS(""); /* alone and unfenced: forgotten */
     node_handoff_free(h);
     CHECK_EQ(node_handoff_open(dir, 1, alone, 0, &h), 0);
     CHECK_ROWS("-"); /* no rows of unbound tables left */
@@ -567,6 +702,10 @@ KVS_TEST_MAIN(KVS_CASE(no_file_no_fence),
               KVS_CASE(unbound_rows_names_the_copies_taken_since_the_last_write),
               KVS_CASE(unbound_rows_take_no_copy_of_a_time_writes_were_taken),
               KVS_CASE(a_start_writes_or_removes_unbound_rows_by_what_the_shard_holds),
+              KVS_CASE(a_node_the_master_notes_withdrawn_is_named_no_more),
+              KVS_CASE(unbound_rows_removed_is_written_again_by_the_next_write),
+              KVS_CASE(a_fifo_for_unbound_rows_holds_nothing_up),
+              KVS_CASE(unbound_rows_forget_copies_when_writes_may_be_taken_again),
               KVS_CASE(the_file_names_each_node_that_installed_a_copy),
               KVS_CASE(a_sent_copy_is_acknowledged_later_on_its_checksum),
               KVS_CASE(a_node_that_copies_again_and_again_never_fills_the_file),
