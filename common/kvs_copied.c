@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int kvs_copied_name_ok(const char *node)
@@ -68,7 +69,8 @@ static int value_of(const char *line, size_t n, const char *key, char *out, size
     return 1;
 }
 
-int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
+/* kvs_copied_parse's lines, whatever the head says. */
+static int parse_lines(const char *text, size_t len, kvs_copied_t *out)
 {
     memset(out, 0, sizeof(*out));
     if (memchr(text, '\0', len) != NULL)
@@ -104,17 +106,27 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
             return KVS_EINVAL;
         memcpy(out->names[out->n_names++], name, sizeof(name));
     }
-    return out->peer[0] != '\0' && out->time[0] != '\0' ? 0 : KVS_EINVAL;
+    return 0;
 }
 
-int kvs_copied_read(const char *path, kvs_copied_t *out)
+int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
+{
+    int rc = parse_lines(text, len, out);
+    return rc != 0 || (out->peer[0] != '\0' && out->time[0] != '\0') ? rc : KVS_EINVAL;
+}
+
+static int read_file(const char *path, kvs_copied_t *out, int head)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return -errno;
     char *text = malloc(KVS_COPIED_MAX + 1);
     size_t got = 0;
-    int rc = text == NULL ? -ENOMEM : 0;
+    struct stat st;
+    int rc = text == NULL           ? -ENOMEM
+             : fstat(fd, &st) != 0  ? -errno
+             : !S_ISREG(st.st_mode) ? KVS_EINVAL /* a FIFO, a device: not one kvs wrote */
+                                    : 0;
     while (rc == 0 && got <= KVS_COPIED_MAX) {
         ssize_t r = read(fd, text + got, KVS_COPIED_MAX + 1 - got);
         if (r < 0 && errno != EINTR)
@@ -126,7 +138,19 @@ int kvs_copied_read(const char *path, kvs_copied_t *out)
     }
     close(fd);
     if (rc == 0)
-        rc = got > KVS_COPIED_MAX ? KVS_EINVAL : kvs_copied_parse(text, got, out);
+        rc = got > KVS_COPIED_MAX ? KVS_EINVAL
+             : head               ? kvs_copied_parse(text, got, out)
+                                  : parse_lines(text, got, out);
     free(text);
     return rc;
+}
+
+int kvs_copied_read(const char *path, kvs_copied_t *out)
+{
+    return read_file(path, out, 1);
+}
+
+int kvs_copied_read_names(const char *path, kvs_copied_t *out)
+{
+    return read_file(path, out, 0);
 }

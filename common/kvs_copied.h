@@ -20,6 +20,19 @@
  *
  * Only whole lines count: a line a crash cut short (no newline yet) is
  * no name, and the next append starts on a line of its own.
+ *
+ * The shard directory's unbound-rows file has the same form without the
+ * peer, time and sent lines: it exists while the directory may hold rows
+ * of tables bound to no topic that no other copy holds (node_handoff
+ * writes it before such a table's first write, and at a start that finds
+ * such rows), and its node lines name the nodes that acknowledged as
+ * installed a copy of it taken since its last such write. The master
+ * reads both before a reload takes the shard from this node.
+ *
+ * The withdrawn file (node lines only) is the master's: the nodes a map
+ * it took withdrew from the shard since the worker last looked. Their
+ * names in the two files above count no more (their copies may be gone):
+ * the worker drops them at its next reload, and removes the note.
  */
 #ifndef KVS_COPIED_H
 #define KVS_COPIED_H
@@ -30,9 +43,11 @@
 #include <stddef.h>
 
 #define KVS_COPIED_FILE "copied-out"
-#define KVS_COPIED_MAX (64u * 1024u) /* bytes: a larger file is not one kvs wrote */
-#define KVS_COPIED_NAMES 64          /* distinct nodes one fence records, at most */
-#define KVS_COPIED_SENT 64           /* nodes one fence records copies sent to, at most */
+#define KVS_UNBOUND_FILE "unbound-rows"
+#define KVS_WITHDRAWN_FILE "withdrawn" /* the master's note of nodes a map withdrew */
+#define KVS_COPIED_MAX (64u * 1024u)   /* bytes: a larger file is not one kvs wrote */
+#define KVS_COPIED_NAMES 64            /* distinct nodes one fence records, at most */
+#define KVS_COPIED_SENT 64             /* nodes one fence records copies sent to, at most */
 
 typedef struct {
     char node[KVS_NODE_NAME_MAX + 1];
@@ -60,6 +75,10 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out);
  * when there is no such file, KVS_EINVAL when it is not one (above, or
  * larger than KVS_COPIED_MAX), or another negative errno. */
 int kvs_copied_read(const char *path, kvs_copied_t *out);
+
+/* kvs_copied_read for an unbound-rows file: any text kvs_copied_parse
+ * takes, peer and time lines or not. */
+int kvs_copied_read_names(const char *path, kvs_copied_t *out);
 
 /* Whether `node` is one of the names. */
 int kvs_copied_names(const kvs_copied_t *c, const char *node);

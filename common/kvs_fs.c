@@ -124,11 +124,15 @@ int kvs_fs_sync_dir(const char *dir)
 
 int kvs_fs_write_synced(const char *path, const char *dir, const char *text, size_t n, int append)
 {
-    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (append ? O_APPEND : O_CREAT | O_TRUNC),
+    /* Non-blocking: a FIFO put in its place never holds the caller. */
+    int fd = open(path,
+                  O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+                      (append ? O_APPEND : O_CREAT | O_TRUNC),
                   0600);
     if (fd < 0)
         return -errno;
-    int rc = 0;
+    struct stat st;
+    int rc = fstat(fd, &st) != 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
     for (size_t off = 0; rc == 0 && off < n;) {
         ssize_t w = write(fd, text + off, n - off);
         if (w < 0 && errno != EINTR)

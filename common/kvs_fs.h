@@ -41,7 +41,8 @@ int kvs_fs_sync_dir(const char *dir);
 /* Writes text[0..n) to `path` (mode 0600, not following a symlink) and
  * syncs it, and `dir` (its directory) for the new entry; `append` adds
  * the text at the end of an existing file instead of replacing it.
- * Returns 0 or -errno; after an error the file may hold part of the text. */
+ * Returns 0 or -errno (-EINVAL: `path` is not a regular file; a FIFO is
+ * never waited for); after an error the file may hold part of the text. */
 int kvs_fs_write_synced(const char *path, const char *dir, const char *text, size_t n, int append);
 
 /* Flushes standard output after --version or --help: a write that failed

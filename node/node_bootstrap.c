@@ -61,6 +61,7 @@
 #include "node_snapshot.h"
 #include "kvs_cluster.h"
 #include "kvs_conn.h"
+#include "kvs_copied.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_fs.h"
@@ -485,6 +486,18 @@ static void on_installed(uv_work_t *w, int status)
         kvs_warn("%s/" NODE_ACK_FILE ": cannot write: %s; if node %s misses this node's "
                  "acknowledgement of the copy, it is not sent again",
                  b->dir, strerror(-owed), b->peer);
+    /* A record of unbound rows left from a directory of the shard this
+     * one replaces names copies of that one: the start after this writes
+     * one for the copy's rows (node_handoff). */
+    char rows[sizeof(b->dir) + sizeof("/" KVS_UNBOUND_FILE)];
+    snprintf(rows, sizeof(rows), "%s/" KVS_UNBOUND_FILE, b->dir);
+    if (unlink(rows) != 0 && errno != ENOENT) {
+        char why[300];
+        snprintf(why, sizeof(why), "cannot remove %.200s: %s", rows, strerror(errno));
+        node_ack_void(b->dir);
+        attempt_over(b, why);
+        return;
+    }
     if (rename(b->part, b->final) != 0) {
         char why[300];
         snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final, strerror(errno));

@@ -793,7 +793,8 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 
 /* A write to a table bound to no topic, on a shard with several replicas
  * (kvs-router refuses it the same way) or whose snapshot went to another
- * node (node_handoff): it would reach this copy only. A write with a pair
+ * node (node_handoff): it would reach this copy only. One taken here is
+ * recorded first (node_handoff_writing). A write with a pair
  * too large to store (kvs_msg_largest_pair) is answered that first (413), as it would be
  * at any other time: the refusal's 503 would have the client send it again
  * once the move is over, for nothing. Returns 1 when refused (answered), 0
@@ -805,9 +806,19 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     if (!kvs_msg_is_write(cmd) || ctx->ungated)
         return 0; /* reads: nothing more to look at */
     const char *copied = node_handoff_why(ctx->handoff);
-    if (ctx->replicas < 2 && copied == NULL)
-        return 0;
     int rc;
+    if (ctx->replicas < 2 && copied == NULL) {
+        /* Taken here: recorded first as rows no other copy holds. */
+        if ((rc = node_handoff_writing(ctx->handoff)) == 0)
+            return 0;
+        rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                   "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u "
+                                   "cannot record that it holds rows of such tables, which a move "
+                                   "of the shard must know (%s); nothing was written",
+                                   kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len),
+                                   (const char *)table, ctx->shard, kvs_strerror(rc));
+        return rc == 0 ? 1 : rc;
+    }
     size_t klen, vlen;
     kvs_msg_largest_pair(req, pk, &klen, &vlen);
     if (!pair_fits(ctx, klen, vlen)) {

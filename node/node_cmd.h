@@ -56,7 +56,7 @@ typedef struct node_cmd_ctx_s {
     uint32_t replicas;
     /* The shard's snapshot went to another node (node_handoff): writes to
      * tables bound to no topic are refused with 503 (NULL: none). */
-    const node_handoff_t *handoff;
+    node_handoff_t *handoff;
     node_digest_t *digest; /* the Digest command (NULL: not available) */
     /* The Snapshot command: hands the connection that asked over to the
      * snapshot sender (NULL: not available). Returns 0 when it took it, or

@@ -1,8 +1,9 @@
 /*
- * node_handoff: the fence on writes to unbound tables after a snapshot
- * (see node_handoff.h for the rule). The file's format is kvs_copied's:
- * the master reads its node lines (router_master_config's
- * copied_to_a_holder) before a reload takes the shard from this node.
+ * node_handoff: the fence on writes to unbound tables after a snapshot,
+ * and the record of such rows held here (see node_handoff.h for the
+ * rules). Both files' format is kvs_copied's: the master reads their node
+ * lines (router_master_config's copied_to_a_holder) before a reload takes
+ * the shard from this node.
  */
 #include "node_handoff.h"
 #include "kvs_copied.h"
@@ -18,14 +19,125 @@
 #include <time.h>
 #include <unistd.h>
 
+/* What unbound-rows says, as this worker left it. */
+enum {
+    ROWS_NONE,  /* no file (none needed, or it could not be written) */
+    ROWS_CLEAN, /* the file names no node: writes may go on */
+    ROWS_NAMED, /* it names nodes, or cannot be read: emptied before a write */
+};
+
 struct node_handoff_s {
     uint32_t shard;
-    char *path;     /* <shard_dir>/copied-out */
-    char *dir;      /* <shard_dir> */
-    int fenced;     /* writes to unbound tables are refused */
-    uint64_t epoch; /* counts raises and lifts (node_handoff_epoch) */
+    char *path;        /* <shard_dir>/copied-out */
+    char *rows_path;   /* <shard_dir>/unbound-rows */
+    char *dir;         /* <shard_dir> */
+    int fenced;        /* writes to unbound tables are refused */
+    uint64_t epoch;    /* counts raises and lifts (node_handoff_mark) */
+    uint32_t replicas; /* the shard's in the map last taken (0: none) */
+    int open;          /* writes to unbound tables are taken: unfenced, replicas < 2 */
+    uint64_t writes;   /* counts the times `open` began (node_handoff_mark) */
+    int rows;          /* ROWS_* */
+    int rows_failed;   /* the last attempt to write unbound-rows failed (logged) */
     char why[600];
 };
+
+/* Nodes a map withdrew from the shard (the master's KVS_WITHDRAWN_FILE). */
+typedef struct {
+    size_t n;
+    const char *names[KVS_COPIED_NAMES];
+} gone_t;
+
+static int is_gone(const gone_t *g, const char *node)
+{
+    for (size_t i = 0; g != NULL && i < g->n; i++)
+        if (strcmp(g->names[i], node) == 0)
+            return 1;
+    return 0;
+}
+
+/* A mark's `writes` while writes are taken: no copy is recorded by it. */
+#define WRITES_OPEN UINT64_MAX
+
+static int write_rows(node_handoff_t *h, const char *since);
+
+/* `open` follows the fence and the map; each time it begins, a copy taken
+ * before may lack rows written since, and the copies unbound-rows names
+ * are forgotten: this node holds the shard alone, unfenced, so they are
+ * of a move that was abandoned (the fence removed, or the snapshot not
+ * delivered) or of nodes the map withdrew, whose copies may be gone. */
+static void settle(node_handoff_t *h)
+{
+    int open = !h->fenced && h->replicas < 2;
+    if (open && !h->open) {
+        h->writes++;
+        int rc = h->rows == ROWS_NAMED ? write_rows(h, "the copies it named are forgotten") : 0;
+        if (h->rows == ROWS_NAMED && rc == 0)
+            h->rows = ROWS_CLEAN;
+        else if (rc != 0)
+            kvs_error("%s: cannot write: %s; it may name nodes whose copies are gone until the "
+                      "next write to a table bound to no topic",
+                      h->rows_path, strerror(-rc));
+    }
+    h->open = open;
+}
+
+static void now_text(char *when, size_t cap)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(when, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* unbound-rows' first lines (what it is, since when) into text[cap]:
+ * their length. */
+static size_t rows_head(const node_handoff_t *h, const char *since, const char *when, char *text,
+                        size_t cap)
+{
+    int n = snprintf(text, cap,
+                     "# kvs: shard %u may hold rows of tables bound to no topic that no other "
+                     "copy holds (%s); a node named below installed a copy of it taken since: "
+                     "a reload gives the shard up only to such a node (README, \"Moving a "
+                     "shard\")\ntime %.60s\n",
+                     h->shard, since, when);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* unbound-rows afresh, naming no node (synced); 0 or a negative errno. */
+static int write_rows(node_handoff_t *h, const char *since)
+{
+    char when[32], text[700];
+    now_text(when, sizeof(when));
+    size_t n = rows_head(h, since, when, text, sizeof(text));
+    return kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
+}
+
+/* At the start: unbound-rows as `unbound` (tables bound to no topic that
+ * hold rows) wants it. */
+static void rows_open(node_handoff_t *h, uint32_t unbound)
+{
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL ? -ENOMEM : kvs_copied_read_names(h->rows_path, c);
+    if (rc == -ENOENT && unbound > 0) {
+        rc = write_rows(h, "found at a start");
+        h->rows = rc == 0 ? ROWS_CLEAN : ROWS_NONE;
+        if (rc != 0)
+            kvs_error("%s: cannot write: %s; until a write to a table bound to no topic writes "
+                      "it, a reload may give shard %u up to a node that holds an older copy",
+                      h->rows_path, strerror(-rc), h->shard);
+    } else if (rc == -ENOENT) {
+        h->rows = ROWS_NONE;
+    } else if (unbound == 0 && rc != -ENOMEM) {
+        rc = unlink(h->rows_path) == 0 ? kvs_fs_sync_dir(h->dir) : -errno;
+        h->rows = rc == 0 ? ROWS_NONE : ROWS_NAMED;
+        if (rc == 0)
+            kvs_info("shard %u holds no rows of tables bound to no topic: %s removed", h->shard,
+                     h->rows_path);
+    } else {
+        h->rows = rc == 0 && c->n_names == 0 ? ROWS_CLEAN : ROWS_NAMED;
+    }
+    free(c);
+}
 
 static void set_why(node_handoff_t *h, const char *peer, const char *when)
 {
@@ -55,17 +167,21 @@ static void load(node_handoff_t *h)
 }
 
 int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t *cfg,
-                      node_handoff_t **out)
+                      uint32_t unbound, node_handoff_t **out)
 {
     node_handoff_t *h = calloc(1, sizeof(*h));
     size_t n = strlen(shard_dir) + sizeof("/" KVS_COPIED_FILE);
-    if (h == NULL || (h->dir = strdup(shard_dir)) == NULL || (h->path = malloc(n)) == NULL) {
+    size_t r = strlen(shard_dir) + sizeof("/" KVS_UNBOUND_FILE);
+    if (h == NULL || (h->dir = strdup(shard_dir)) == NULL || (h->path = malloc(n)) == NULL ||
+        (h->rows_path = malloc(r)) == NULL) {
         node_handoff_free(h);
         return -ENOMEM;
     }
     h->shard = shard;
     snprintf(h->path, n, "%s/" KVS_COPIED_FILE, shard_dir);
+    snprintf(h->rows_path, r, "%s/" KVS_UNBOUND_FILE, shard_dir);
     load(h);
+    rows_open(h, unbound);
     if (h->fenced)
         kvs_warn("%s; writes to tables bound to no topic are refused here (503) until then",
                  h->why);
@@ -85,6 +201,7 @@ static int lift(node_handoff_t *h)
     else {
         h->fenced = 0;
         h->epoch++;
+        settle(h);
     }
     return rc;
 }
@@ -108,10 +225,7 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
     if (h->fenced || kvs_config_replica_count(cfg, h->shard) > 1)
         return 0; /* up already (its file says since when), or not needed */
     char when[32], text[800];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    now_text(when, sizeof(when));
     size_t n = head(h, peer, when, text, sizeof(text));
     int rc = kvs_fs_write_synced(h->path, h->dir, text, n, 0);
     if (rc != 0) {
@@ -121,45 +235,72 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
     }
     h->fenced = 1;
     h->epoch++;
+    settle(h);
     *raised = 1;
     set_why(h, peer, when);
     kvs_info("%s; writes to tables bound to no topic are refused here (503) until then", h->why);
     return 0;
 }
 
-uint64_t node_handoff_epoch(const node_handoff_t *h)
+node_handoff_mark_t node_handoff_mark(const node_handoff_t *h)
 {
-    return h->epoch;
+    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes};
+    return m;
 }
 
-/* Writes the file afresh from what `c` (its parse) records, with `node`'s
- * latest copy now the one ending with `digest`: one sent line per node,
- * so that a node copying again and again under one fence never fills it.
- * Through a synced file renamed over it: a crash leaves the old file or
- * the new one, and the fence up either way. 0 or a negative errno. */
-static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
-                   const uint8_t *digest)
+int node_handoff_writing(node_handoff_t *h)
+{
+    if (h == NULL || h->rows == ROWS_CLEAN)
+        return 0;
+    int rc = write_rows(h, h->rows == ROWS_NONE ? "written since this worker started"
+                                                : "written since the copies it named");
+    if (rc == 0) {
+        h->rows = ROWS_CLEAN;
+        h->rows_failed = 0;
+    } else if (!h->rows_failed) {
+        h->rows_failed = 1;
+        kvs_error("%s: cannot write: %s; writes to tables bound to no topic are refused here "
+                  "until it can be",
+                  h->rows_path, strerror(-rc));
+    }
+    return rc;
+}
+
+/* Writes `path` (copied-out or unbound-rows) afresh from what `c` (its
+ * parse) records, without the nodes `drop` names, and (copied-out, `node`
+ * set) with `node`'s latest copy now the one ending with `digest`: one
+ * sent line per node, so that a node copying again and again under one
+ * fence never fills it. Through a synced file renamed over it: a crash
+ * leaves the old file or the new one. 0 or a negative errno. */
+static int rewrite(node_handoff_t *h, const char *path, const kvs_copied_t *c, const gone_t *drop,
+                   const char *node, const uint8_t *digest)
 {
     const size_t sent_line = KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 8;
     size_t cap =
         1024 + KVS_COPIED_NAMES * (KVS_NODE_NAME_MAX + 8) + (KVS_COPIED_SENT + 1) * sent_line;
-    size_t tlen = strlen(h->path) + sizeof(".new");
+    size_t tlen = strlen(path) + sizeof(".new");
     char *text = malloc(cap), *tmp = malloc(tlen), hex[2 * KVS_HASH_LEN + 1];
     int rc = text == NULL || tmp == NULL ? -ENOMEM : 0;
+    int rows = path == h->rows_path;
     if (rc == 0) {
-        size_t n = head(h, c->peer, c->time, text, cap);
+        size_t n = rows ? rows_head(h, "nodes a map withdrew since dropped", c->time, text, cap)
+                        : head(h, c->peer, c->time, text, cap);
         for (size_t i = 0; i < c->n_names; i++)
-            n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
-        for (size_t i = 0; i < c->n_sent; i++)
-            if (strcmp(c->sent[i].node, node) != 0) {
+            if (!is_gone(drop, c->names[i]))
+                n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
+        for (size_t i = 0; !rows && i < c->n_sent; i++)
+            if ((node == NULL || strcmp(c->sent[i].node, node) != 0) &&
+                !is_gone(drop, c->sent[i].node)) {
                 kvs_hash_hex(c->sent[i].digest, hex);
                 n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", c->sent[i].node, hex);
             }
-        kvs_hash_hex(digest, hex);
-        n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
-        snprintf(tmp, tlen, "%s.new", h->path);
+        if (node != NULL) {
+            kvs_hash_hex(digest, hex);
+            n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
+        }
+        snprintf(tmp, tlen, "%s.new", path);
         rc = kvs_fs_write_synced(tmp, h->dir, text, n, 0);
-        if (rc == 0 && rename(tmp, h->path) != 0)
+        if (rc == 0 && rename(tmp, path) != 0)
             rc = -errno;
         if (rc == 0)
             rc = kvs_fs_sync_dir(h->dir);
@@ -179,12 +320,14 @@ static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
  * it (nothing written), -ENOENT for no such copy, KVS_EINVAL (the file
  * cannot be understood, or has no room for another node), or a negative
  * errno. */
-static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
-                  const uint8_t *only_if_sent)
+static int append_to(node_handoff_t *h, const char *path, const char *node, const uint8_t *digest,
+                     const uint8_t *only_if_sent)
 {
     kvs_copied_t *c = malloc(sizeof(*c));
     char line[KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 40], hex[2 * KVS_HASH_LEN + 1];
-    int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
+    int rc = c == NULL              ? -ENOMEM
+             : path == h->rows_path ? kvs_copied_read_names(path, c)
+                                    : kvs_copied_read(path, c);
     if (rc == 0 &&
         (digest != NULL ? kvs_copied_was_sent(c, node, digest) : kvs_copied_names(c, node)))
         rc = 1;
@@ -198,7 +341,7 @@ static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
                        : c->n_names == KVS_COPIED_NAMES)
         rc = KVS_EINVAL;
     else if (digest != NULL && c->sent_lines >= KVS_COPIED_SENT)
-        rc = rewrite(h, c, node, digest);
+        rc = rewrite(h, path, c, NULL, node, digest);
     else {
         /* After a line a crash cut short, first end it as no name at all
          * (a cut "node abc" must not read as node "ab"). */
@@ -209,16 +352,37 @@ static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
             n = snprintf(line, sizeof(line), "%ssent %s %s\n", cut, node, hex);
         } else
             n = snprintf(line, sizeof(line), "%snode %s\n", cut, node);
-        rc = kvs_fs_write_synced(h->path, h->dir, line, (size_t)n, 1);
+        rc = kvs_fs_write_synced(path, h->dir, line, (size_t)n, 1);
     }
     free(c);
     return rc;
+}
+
+static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
+                  const uint8_t *only_if_sent)
+{
+    return append_to(h, h->path, node, digest, only_if_sent);
 }
 
 static const char *append_error(int rc)
 {
     return rc == KVS_EINVAL ? "the file cannot be understood, or names too many nodes"
                             : kvs_strerror(rc);
+}
+
+/* Node `node` installed a copy holding every unbound row this shard
+ * acknowledged: unbound-rows names it (when there is such a file). */
+static void cover(node_handoff_t *h, const char *node)
+{
+    if (h->rows == ROWS_NONE)
+        return; /* no rows of unbound tables here that another copy lacks */
+    int rc = append_to(h, h->rows_path, node, NULL, NULL);
+    if (rc == 0 || rc == 1)
+        h->rows = ROWS_NAMED;
+    else
+        kvs_error("%s: cannot record that node %s installed a copy of shard %u: %s; a reload "
+                  "giving the shard up to it is refused until it copies again",
+                  h->rows_path, node, h->shard, append_error(rc));
 }
 
 /* Records `node` (see append), and says so; a failure of a request's
@@ -237,17 +401,23 @@ static int record_node(node_handoff_t *h, const char *node, const uint8_t *only_
     return rc;
 }
 
-int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch)
+int node_handoff_copied(node_handoff_t *h, const char *node, node_handoff_mark_t mark)
 {
-    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
-        return 0; /* the copy is of another fence's time, or of none: it proves nothing now */
-    return record_node(h, node, NULL);
+    if (!kvs_copied_name_ok(node))
+        return 0;
+    /* A copy of another fence's time, or of none, proves nothing for
+     * copied-out now; one taken while no write was taken since does for
+     * unbound-rows. */
+    int rc = h->fenced && h->epoch == mark.fence ? record_node(h, node, NULL) : 0;
+    if (!h->open && h->writes == mark.writes)
+        cover(h, node);
+    return rc;
 }
 
 int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
-                      uint64_t epoch)
+                      node_handoff_mark_t mark)
 {
-    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
+    if (!h->fenced || h->epoch != mark.fence || !kvs_copied_name_ok(node))
         return 0;
     int rc = append(h, node, digest, NULL);
     if (rc == 1)
@@ -263,7 +433,10 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
 {
     if (!h->fenced || !kvs_copied_name_ok(node))
         return -ENOENT;
-    return record_node(h, node, digest); /* named before (the stream's acknowledgement came): 0 */
+    int rc = record_node(h, node, digest); /* named before (the stream's acknowledgement came): 0 */
+    if (rc == 0)
+        cover(h, node); /* the fence stood since the copy: no write was taken */
+    return rc;
 }
 
 void node_handoff_unfence(node_handoff_t *h)
@@ -274,10 +447,9 @@ void node_handoff_unfence(node_handoff_t *h)
                  h->shard);
 }
 
-void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
+/* The fence, as the file and `cfg` want it (node_handoff_update). */
+static void refence(node_handoff_t *h, const kvs_config_t *cfg)
 {
-    if (!h->fenced)
-        return;
     struct stat st;
     if (lstat(h->path, &st) != 0 && errno == ENOENT) { /* the operator's way out */
         kvs_info("shard %u: %s was removed: writes to tables bound to no topic are taken again",
@@ -286,12 +458,120 @@ void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
         h->epoch++;
         return;
     }
-    if (!kvs_config_local(cfg, h->shard) || kvs_config_replica_count(cfg, h->shard) < 2)
+    if (!kvs_config_local(cfg, h->shard) || h->replicas < 2)
+        return;
+    /* A node that installed a copy from here and keeps the shard may have
+     * held it alone since, and taken writes this copy lacks: the fence
+     * stays (its reads are the rows as they were at the copy). */
+    kvs_copied_t *c = malloc(sizeof(*c));
+    const char *keeper = NULL;
+    int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
+    for (size_t i = 0; rc == 0 && keeper == NULL && i < c->n_names; i++) {
+        const kvs_node_t *n = kvs_config_node(cfg, c->names[i]);
+        if (n != NULL && kvs_node_serves(n, h->shard) && strcmp(c->names[i], cfg->node_name) != 0)
+            keeper = c->names[i];
+    }
+    if (keeper != NULL)
+        kvs_warn("shard %u: the map gives it %u replicas, but node %s, one of them, installed a "
+                 "copy from here and may have held the shard alone and taken writes this copy "
+                 "lacks since: the fence stays, and reads here of tables bound to no topic return "
+                 "the rows as they were then (README, \"Moving a shard\")",
+                 h->shard, h->replicas, keeper);
+    else if (rc != 0)
+        kvs_warn("shard %u: the map gives it %u replicas, but %s cannot be read (%s): the fence "
+                 "stays",
+                 h->shard, h->replicas, h->path, kvs_strerror(rc));
+    int keep = rc != 0 || keeper != NULL;
+    free(c);
+    if (keep)
         return;
     if (lift(h) == 0)
         kvs_info("shard %u: the map gives it %u replicas: writes to tables bound to no topic are "
                  "refused for that now (400), and taken again once it is down to one",
-                 h->shard, kvs_config_replica_count(cfg, h->shard));
+                 h->shard, h->replicas);
+}
+
+/* Drops the nodes `g` names from `path` (see take_withdrawn). Returns 0
+ * (done, or none of them named), or a negative errno (logged). */
+static int drop_from(node_handoff_t *h, const char *path, const gone_t *g)
+{
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL              ? -ENOMEM
+             : path == h->rows_path ? kvs_copied_read_names(path, c)
+                                    : kvs_copied_read(path, c);
+    int named = 0;
+    for (size_t i = 0; rc == 0 && i < g->n; i++)
+        named |= kvs_copied_names(c, g->names[i]) || kvs_copied_sent_any(c, g->names[i]);
+    if (named && (rc = rewrite(h, path, c, g, NULL, NULL)) == 0)
+        kvs_info("shard %u: a map withdrew node %s%s from it, whose copy may be gone: %s no "
+                 "longer names %s",
+                 h->shard, g->names[0], g->n > 1 ? " and others" : "", path,
+                 g->n > 1 ? "them" : "it");
+    else if (rc == -ENOENT || rc == KVS_EINVAL)
+        rc = 0; /* no file, or one that names nobody the master trusts */
+    else if (rc != 0)
+        kvs_error("%s: cannot drop node %s, which a map withdrew from shard %u: %s; retried at "
+                  "the next reload",
+                  path, g->names[0], h->shard, append_error(rc));
+    free(c);
+    return rc;
+}
+
+/* A node the files name installed a copy from here; a map that withdraws
+ * it from the shard may have had it retire that copy, so it no longer
+ * counts (README, "Moving a shard": a node that copied and was withdrawn
+ * again holds nothing). The master notes such nodes in KVS_WITHDRAWN_FILE
+ * at each map it takes (this worker may take only the last of several
+ * quick reloads), and does not count them while the file holds them;
+ * here they are dropped from both files, and the note removed once done
+ * (renamed aside first, so that a note written meanwhile waits for the
+ * next reload). */
+static void take_withdrawn(node_handoff_t *h)
+{
+    size_t n = strlen(h->dir) + sizeof("/" KVS_WITHDRAWN_FILE ".taking");
+    char *note = malloc(n), *taking = malloc(n);
+    kvs_copied_t *c = malloc(sizeof(*c));
+    if (note == NULL || taking == NULL || c == NULL)
+        goto out;
+    snprintf(note, n, "%s/" KVS_WITHDRAWN_FILE, h->dir);
+    snprintf(taking, n, "%s/" KVS_WITHDRAWN_FILE ".taking", h->dir);
+    if (rename(note, taking) != 0 && errno != ENOENT) /* else one a crash left may be there */
+        kvs_error("%s: cannot take: %s", note, strerror(errno));
+    int rc = kvs_copied_read_names(taking, c);
+    if (rc == -ENOENT)
+        goto out;
+    gone_t g = {0};
+    for (size_t i = 0; rc == 0 && i < c->n_names; i++)
+        g.names[g.n++] = c->names[i];
+    if (rc == 0 && g.n > 0 && h->fenced)
+        rc = drop_from(h, h->path, &g);
+    if (rc == 0 && g.n > 0 && h->rows != ROWS_NONE)
+        rc = drop_from(h, h->rows_path, &g);
+    if (rc == 0 && unlink(taking) == 0)
+        kvs_fs_sync_dir(h->dir);
+    else if (rc != 0)
+        kvs_error("%s: %s; kept, retried at the next reload", taking,
+                  rc == KVS_EINVAL ? "cannot be understood" : kvs_strerror(rc));
+out:
+    free(note);
+    free(taking);
+    free(c);
+}
+
+void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
+{
+    take_withdrawn(h);
+    h->replicas = kvs_config_replica_count(cfg, h->shard);
+    if (h->fenced)
+        refence(h, cfg);
+    struct stat st;
+    if (h->rows != ROWS_NONE && lstat(h->rows_path, &st) != 0 && errno == ENOENT) {
+        h->rows = ROWS_NONE; /* removed (README's way out): the next such write writes it again */
+        kvs_info("shard %u: %s was removed; the next write to a table bound to no topic writes "
+                 "it again",
+                 h->shard, h->rows_path);
+    }
+    settle(h);
 }
 
 const char *node_handoff_why(const node_handoff_t *h)
@@ -304,6 +584,7 @@ void node_handoff_free(node_handoff_t *h)
     if (h == NULL)
         return;
     free(h->path);
+    free(h->rows_path);
     free(h->dir);
     free(h);
 }

@@ -23,14 +23,37 @@
  *     left, or the copy failed: node_handoff_unfence), since no copy
  *     exists then;
  *   - when this worker takes a map (a reload, or a start) that gives the
- *     shard several replicas, this node one of them: node_cmd's refusal
- *     takes over, and once the map is down to this node alone again the
- *     other copy is out of use;
+ *     shard several replicas, this node one of them and none of the nodes
+ *     the file names: node_cmd's refusal takes over, and once the map is
+ *     down to this node alone again the other copy is out of use (a node
+ *     named installed a copy from here and may have held the shard alone
+ *     since, taking writes this copy lacks: the fence stays);
  *   - when the file is gone at a reload (the operator's way out, for a
  *     move that was abandoned: README, "Moving a shard").
  * A map that takes the shard from this node keeps it: the worker is about
  * to stop, and the writes its last requests carry must not land in a
  * directory that retires.
+ *
+ * The fence covers a shard held alone. A shard held by several nodes in
+ * one node's map may be held by fewer in another's (maps are reloaded
+ * node by node), so the map alone cannot say whether another node's copy
+ * holds this one's rows. <shard_dir>/unbound-rows (kvs_copied's form)
+ * says: it exists while this directory may hold rows of unbound tables
+ * that no other copy holds, written (synced) before the first such write
+ * this worker takes, and at a start that finds rows of unbound tables in
+ * the shard (a copy installed from another node's, or a directory older
+ * than the file; a start that finds none removes it). Its node lines
+ * name the nodes that acknowledged a copy taken since the last such
+ * write: a copy is taken only while this worker takes no such writes
+ * (fenced, or a map of several replicas), and recorded only if none was
+ * taken since (node_handoff_mark); the next write empties the list
+ * first, as does the start of a time when such writes are taken (this
+ * node alone, unfenced: the copies named are of a move abandoned, or of
+ * nodes withdrawn). A node that a map withdrew from the shard (the
+ * master's note, kvs_copied.h's withdrawn file) is dropped from both
+ * files at the next reload. The master gives the shard up only to a node
+ * named there or in copied-out, and not withdrawn since, whatever its map
+ * says of other holders.
  */
 #ifndef NODE_HANDOFF_H
 #define NODE_HANDOFF_H
@@ -44,10 +67,12 @@ typedef struct node_handoff_s node_handoff_t;
 
 /* Reads <shard_dir>/copied-out if it exists and applies `cfg`
  * (node_handoff_update). A file that cannot be read or understood keeps
- * the fence up (logged): refusing writes is the safe side. Returns 0 and
- * *out, or -ENOMEM. */
+ * the fence up (logged): refusing writes is the safe side. `unbound`: how
+ * many tables bound to no topic hold rows (node_store_unbound_at_open);
+ * unbound-rows is written if there are some and it is missing, removed
+ * if there are none. Returns 0 and *out, or -ENOMEM. */
 int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t *cfg,
-                      node_handoff_t **out);
+                      uint32_t unbound, node_handoff_t **out);
 
 /* A snapshot is about to be sent to `peer`. With one replica in `cfg`,
  * writes the file (synced, as is its directory) and raises the fence;
@@ -57,21 +82,34 @@ int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t 
  * caller must not send the snapshot). */
 int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised);
 
-/* Changes whenever the fence is raised or lifted: a copy taken at epoch E
- * holds every unbound row this shard acknowledged only while the epoch is
- * still E (the fence it was taken under stands). */
-uint64_t node_handoff_epoch(const node_handoff_t *h);
+/* When a copy was taken: `fence` changes whenever the fence is raised or
+ * lifted (a copy taken at fence F holds every unbound row this shard
+ * acknowledged only while the fence is still F); `writes` changes
+ * whenever writes to unbound tables begin to be taken (a copy taken while
+ * none were, at W, holds every such row while it is still W). */
+typedef struct {
+    uint64_t fence, writes;
+} node_handoff_mark_t;
+
+node_handoff_mark_t node_handoff_mark(const node_handoff_t *h);
+
+/* A write to a table bound to no topic is about to be taken (the shard is
+ * this node's alone, unfenced): makes sure unbound-rows exists and names
+ * no node (synced). Cheap once it does. Returns 0, or a negative errno
+ * (logged once until it succeeds): the write must be refused. NULL: 0. */
+int node_handoff_writing(node_handoff_t *h);
 
 /* Node `node` of the map acknowledged that it installed a copy taken at
- * `epoch` (synced, in place: kvs.proto's Snapshot.installed). While that
- * fence stands, adds "node NAME" to the file, once (synced): a reload of
- * this node may then give the shard to that node alone. Nothing when the
- * epoch passed or the name is not a node name. Returns 0, or a negative
- * errno (logged: the node is not recorded, and such a reload stays
- * refused). */
-int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch);
+ * `mark` (synced, in place: kvs.proto's Snapshot.installed). While that
+ * fence stands, adds "node NAME" to copied-out, once (synced): a reload
+ * of this node may then give the shard to that node alone. While no write
+ * to an unbound table was taken since the copy, adds it to unbound-rows
+ * too. Nothing when neither holds or the name is not a node name.
+ * Returns 0, or a negative errno (logged: the node is not recorded in
+ * copied-out, and such a reload stays refused). */
+int node_handoff_copied(node_handoff_t *h, const char *node, node_handoff_mark_t mark);
 
-/* A copy taken at `epoch` was sent whole to node `node`, ending with
+/* A copy taken at `mark` was sent whole to node `node`, ending with
  * checksum `digest`. While that fence stands, adds "sent NAME HEX" to the
  * file (synced), so that the node's acknowledgement is still taken if it
  * comes later on another connection (node_handoff_reack): after this
@@ -79,11 +117,12 @@ int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch);
  * when nothing is written: another fence's copy, or no node name), or a
  * negative errno (logged). */
 int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
-                      uint64_t epoch);
+                      node_handoff_mark_t mark);
 
 /* Node `node` says again, on a connection of its own, that it installed
  * the copy ending with `digest`. Returns 0 once the file records the node
- * (now or before), -ENOENT when the standing fence sent it no such copy
+ * (now or before; unbound-rows too, as no write was taken under the
+ * fence), -ENOENT when the standing fence sent it no such copy
  * (no fence, another fence's copy, or no copy at all: nothing to record),
  * or another negative errno (logged). */
 int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN]);
@@ -92,8 +131,10 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
  * delivered: lowers it again. */
 void node_handoff_unfence(node_handoff_t *h);
 
-/* The worker took `cfg` (a reload): lifts the fence if the map gives the
- * shard several replicas, or if the file was removed (see above). */
+/* The worker took `cfg` (a reload): takes the master's note of nodes
+ * withdrawn, lifts the fence if the map gives the shard several
+ * replicas, none of them a node the file names, or if the file was
+ * removed (see above). */
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg);
 
 /* NULL when writes are taken; else why not, for the refusal's message. */

@@ -1012,7 +1012,8 @@ int main(int argc, char **argv)
     }
     char shard_dir[sizeof(m.shard_dir)];
     snprintf(shard_dir, sizeof(shard_dir), "%s/shard-%ld", cfg->data_dir, args.shard);
-    if (node_handoff_open(shard_dir, (uint32_t)args.shard, cfg, &m.handoff) != 0) {
+    if (node_handoff_open(shard_dir, (uint32_t)args.shard, cfg, node_store_unbound_at_open(store),
+                          &m.handoff) != 0) {
         kvs_error("out of memory");
         return start_failed(&m, store, plugins);
     }

@@ -131,14 +131,14 @@ struct node_client_s {
     int waiting_ordered;        /* paused behind an ordered slot */
     node_client_t *resume_next; /* clients to resume on the next loop turn */
     int on_resume_list;
-    kvs_auth_conn_t auth;   /* who it is (users configured) */
-    int auth_close;         /* Auth failed too often: close after its answer */
-    int error_close;        /* input ended with answers owed: close once they are out */
-    node_slot_t *auth_slot; /* the Auth whose token is being checked, or NULL */
-    kvs_list_t link;        /* on the list of all clients */
-    int streaming;          /* handed to the snapshot sender: serves nothing else */
-    int acking;             /* its stream ended: waits for the receiver's acknowledgement */
-    uint64_t ack_epoch;     /* the fence's epoch when the copy was taken (node_handoff) */
+    kvs_auth_conn_t auth;         /* who it is (users configured) */
+    int auth_close;               /* Auth failed too often: close after its answer */
+    int error_close;              /* input ended with answers owed: close once they are out */
+    node_slot_t *auth_slot;       /* the Auth whose token is being checked, or NULL */
+    kvs_list_t link;              /* on the list of all clients */
+    int streaming;                /* handed to the snapshot sender: serves nothing else */
+    int acking;                   /* its stream ended: waits for the receiver's acknowledgement */
+    node_handoff_mark_t ack_mark; /* when the copy was taken (node_handoff) */
     char ack_node[KVS_NODE_NAME_MAX + 1]; /* the receiver's node, "" for a client */
     uint8_t ack_hash[KVS_HASH_LEN];       /* the copy's checksum, which it must echo */
     uint64_t peer_checked_ns; /* uv_hrtime this run of frames found its peer there; 0: not yet */
@@ -1526,7 +1526,7 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
         return rc < 0 ? rc : 0;
     if (keep) {
         snprintf(cl->ack_node, sizeof(cl->ack_node), "%s", req->node);
-        cl->ack_epoch = node_handoff_epoch(srv->handoff);
+        cl->ack_mark = node_handoff_mark(srv->handoff);
     }
     cl->streaming = 1;
     kvs_conn_pause(&cl->conn);
@@ -1548,7 +1548,7 @@ static void snapshot_done(void *arg, kvs_conn_t *kept, const uint8_t *delivered)
         node_client_t *cl = kept->data;
         cl->acking = 1;
         memcpy(cl->ack_hash, delivered, KVS_HASH_LEN);
-        node_handoff_sent(srv->handoff, cl->ack_node, delivered, cl->ack_epoch);
+        node_handoff_sent(srv->handoff, cl->ack_node, delivered, cl->ack_mark);
         kvs_conn_set_deadline(kept, srv->ack_wait_ms, srv->ack_why);
         kvs_conn_resume(kept);
     }
@@ -1564,7 +1564,7 @@ static void on_ack(node_server_t *srv, node_client_t *cl, const uint8_t *payload
         q->snapshot->installed.len == KVS_HASH_LEN &&
         memcmp(q->snapshot->installed.data, cl->ack_hash, KVS_HASH_LEN) == 0 &&
         strcmp(q->snapshot->node, cl->ack_node) == 0)
-        node_handoff_copied(srv->handoff, cl->ack_node, cl->ack_epoch);
+        node_handoff_copied(srv->handoff, cl->ack_node, cl->ack_mark);
     else
         kvs_warn("%s: its snapshot stream ended, and it sent something other than the copy's "
                  "acknowledgement: closed, node %s not recorded",

@@ -150,6 +150,7 @@ struct node_store_s {
     uint64_t map_size;
     kvs_dbimap_t tables;         /* pending: created in the open batch */
     int emptied;                 /* some table may be marked T_EMPTIED */
+    uint32_t unbound_at_open;    /* tables bound to no topic that held rows at open */
     kvs_dbimap_entry_t *dropped; /* the tables from before the open batch it dropped */
     uint32_t n_dropped;          /* ... room for storage.max_tables */
     kvs_dbimap_entry_t *taken;   /* drop_emptied's: room for storage.max_tables */
@@ -1563,6 +1564,11 @@ uint32_t node_store_tables_emptied(node_store_t *s)
     return n;
 }
 
+uint32_t node_store_unbound_at_open(const node_store_t *s)
+{
+    return s->unbound_at_open;
+}
+
 uint32_t node_store_table_count(const node_store_t *s)
 {
     return s->tables.n;
@@ -1824,6 +1830,8 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
              * the first commit drops it */
             e->mark = T_EMPTIED;
             s->emptied = 1;
+        } else {
+            s->unbound_at_open++; /* (a table mdb_stat cannot read counts too) */
         }
     }
     mdb_cursor_close(cur);

@@ -304,4 +304,8 @@ uint32_t node_store_table_count(const node_store_t *s);
 uint32_t node_store_tables_emptied(node_store_t *s);
 uint64_t node_store_map_size(const node_store_t *s);
 
+/* How many tables bound to no topic (by the config the store was opened
+ * with) held rows when it was opened: node_handoff's unbound-rows. */
+uint32_t node_store_unbound_at_open(const node_store_t *s);
+
 #endif

@@ -395,46 +395,72 @@ static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, u
     return 0;
 }
 
-/* Shard s's copied-out file in this node's directory (node_handoff,
- * kvs_copied): whether one of the nodes it names as having installed a
- * copy holds the shard in `next`. Returns 1, 0 (none of them, it names
- * none, or it cannot be read), or -1 when there is no file. `named` gets
- * the names it lists, for the refusal. */
+/* Whether the master's note in shard directory `dir` (or the one its
+ * worker is taking) names `node` (note_withdrawn). */
+static int withdrawn(const char *dir, const char *node)
+{
+    static const char *const notes[] = {KVS_WITHDRAWN_FILE, KVS_WITHDRAWN_FILE ".taking"};
+    char file[4400];
+    kvs_copied_t c;
+    for (size_t i = 0; i < sizeof(notes) / sizeof(notes[0]); i++) {
+        snprintf(file, sizeof(file), "%s/%s", dir, notes[i]);
+        int rc = kvs_copied_read_names(file, &c);
+        if (rc == KVS_EINVAL || (rc == 0 && kvs_copied_names(&c, node)))
+            return 1; /* (one that cannot be read may name it) */
+    }
+    return 0;
+}
+
+/* Shard s's copied-out file (`name` KVS_COPIED_FILE) or unbound-rows
+ * (KVS_UNBOUND_FILE) in this node's directory (node_handoff, kvs_copied):
+ * whether one of the nodes it names as having installed a copy holds the
+ * shard in `next`. Returns 1, 0 (none of them, it names none, or it
+ * cannot be read), or -1 when there is no file. `named` gets the names it
+ * lists, for the refusal. */
 static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next, uint32_t s,
-                              char *named, size_t len)
+                              const char *name, char *named, size_t len)
 {
     char dir[4200], file[4400];
     kvs_copied_t c;
     named[0] = '\0';
     if (kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0)
         return 0;
-    snprintf(file, sizeof(file), "%s/" KVS_COPIED_FILE, dir);
-    int rc = kvs_copied_read(file, &c);
+    snprintf(file, sizeof(file), "%s/%s", dir, name);
+    int rc = strcmp(name, KVS_COPIED_FILE) == 0 ? kvs_copied_read(file, &c)
+                                                : kvs_copied_read_names(file, &c);
     if (rc != 0)
         return rc == -ENOENT ? -1 : 0;
     int kept = 0;
     size_t used = 0;
     for (size_t i = 0; i < c.n_names; i++) {
         const kvs_node_t *n = kvs_config_node(next, c.names[i]);
-        if (n != NULL && kvs_node_serves(n, s))
+        int gone = withdrawn(dir, c.names[i]); /* its copy may be gone (note_withdrawn) */
+        if (!gone && n != NULL && kvs_node_serves(n, s))
             kept = 1;
-        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", c.names[i]);
+        int w = snprintf(named + used, len - used, "%s%s%s", used > 0 ? ", " : "", c.names[i],
+                         gone ? " (withdrawn from the shard by a map since)" : "");
         if (w > 0 && (size_t)w < len - used)
             used += (size_t)w;
     }
     return kept;
 }
 
-/* A shard the new map takes from this node and from every node that
- * holds it now, before a new holder copied it. Their directories would
- * retire, and the rows of its tables bound to no topic exist nowhere
- * else: new holders must copy first (a new owner that reloads first
- * does, node_bootstrap). This node alone can tell it was copied when it
- * held the shard alone: its directory then has copied-out (node_handoff
- * raises it, and fences the copy, when a snapshot is sent), naming the
- * nodes that copied; one of them must hold the shard in the new map (a
- * node that copied and was withdrawn again holds nothing). Returns 1
- * with why[] said, or 0. */
+/* A shard the new map takes from this node before a node that keeps it
+ * holds the rows of its tables bound to no topic (they exist in the
+ * directories that took their writes, and in copies of those). Refused:
+ *   - a map that takes it from every node that holds it now at once;
+ *   - one that takes it from this node, its only holder, unless a node
+ *     that keeps it installed a copy: copied-out (node_handoff raises it,
+ *     and fences the copy, when a snapshot is sent) names the nodes that
+ *     did, or unbound-rows does;
+ *   - one that takes it from this node while others keep it, when this
+ *     directory may hold such rows no other copy holds (unbound-rows
+ *     exists) and names none of the nodes that keep it: the map says they
+ *     hold the shard, not what their copies hold (they may not have
+ *     reloaded yet, or hold a copy older than a write taken here).
+ * A new holder copies first when it reloads first (node_bootstrap), and
+ * a node named that was withdrawn since holds nothing. Returns 1 with
+ * why[] said, or 0. */
 /* The advice both refusals give about reloading the new owner first. */
 #define NEW_OWNER_COPIES                                                                           \
     "(it copies it from here, unless it still has a directory of the shard, which it serves as "   \
@@ -446,12 +472,12 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
     for (uint32_t s = 0; s < cur->shards; s++) {
         char dir[4200];
         if (!kvs_config_local(cur, s) || kvs_config_local(next, s) ||
-            kept_by_a_holder(cur, next, s) ||
             kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0 ||
             router_master_shard_file(cur, s, "data.mdb") != 1)
             continue; /* kept, or no data here to lose */
         uint32_t holders = kvs_config_replica_count(cur, s);
-        if (holders > 1) {
+        int kept = kept_by_a_holder(cur, next, s);
+        if (holders > 1 && !kept) {
             snprintf(why, len,
                      "cluster.nodes takes shard %u from every node that holds it now (%u, this one "
                      "included) at once: give its new holders the shard beside them first (they "
@@ -459,15 +485,38 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                      s, holders);
             return 1;
         }
-        char named[600];
-        int copied = copied_to_a_holder(cur, next, s, named, sizeof(named));
-        if (copied == 1)
-            continue; /* copied, and fenced since: the copy holds every unbound row */
+        char named[600], rows_named[600];
+        int copied = copied_to_a_holder(cur, next, s, KVS_COPIED_FILE, named, sizeof(named));
+        int rows =
+            copied_to_a_holder(cur, next, s, KVS_UNBOUND_FILE, rows_named, sizeof(rows_named));
+        /* A copy holds every unbound row: fenced since, or (with several
+         * holders now: until the worker stops, no such write is taken) none
+         * written since. Alone and unfenced, the worker could take one
+         * before it stops. */
+        if (copied == 1 || (holders > 1 && rows == 1))
+            continue;
+        if (holders > 1 && rows == -1)
+            continue; /* kept, and no unbound rows here that its keepers lack */
+        if (holders > 1) {
+            snprintf(
+                why, len,
+                "cluster.nodes takes shard %u from this node, and no node that keeps it "
+                "installed a copy of this one taken since its last write to a table bound "
+                "to no topic (%.300s/" KVS_UNBOUND_FILE
+                " names %.200s): such rows may exist only here, whatever the map says the "
+                "others hold (they may not have reloaded yet, or hold an older copy). "
+                "Reload a node that keeps the shard first " NEW_OWNER_COPIES
+                ", then this one; if its copy holds every such row (no such write was taken "
+                "here since it copied, and it never gave the shard up), remove " KVS_UNBOUND_FILE
+                " from the directory above and reload again (README, Moving a shard)",
+                s, dir, rows_named[0] != '\0' ? rows_named : "no node");
+            return 1;
+        }
         if (copied == 0) {
             snprintf(
                 why, len,
                 "cluster.nodes takes shard %u from this node, which holds its only copy, and "
-                "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
+                "gives it to no node that copied it (%.300s/copied-out names %.200s): the rows "
                 "of its tables bound to no topic would exist nowhere. Give the shard to a "
                 "node that copied it, or reload the node that takes it over first " NEW_OWNER_COPIES
                 ", then this one; if that node holds its copy "
@@ -489,6 +538,67 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
     return 0;
 }
 
+/* A map `next` that withdraws nodes from a shard this node keeps: the
+ * names of those nodes in the shard's copied-out and unbound-rows count no
+ * more, since a withdrawn node may retire its copy (a node that copied and
+ * was withdrawn again holds nothing). Noted in the shard's directory
+ * (KVS_WITHDRAWN_FILE), which its worker reads at its next reload
+ * (node_handoff drops them, and removes the note): it may take only the
+ * last of several quick reloads, and this master takes each map. A note
+ * that cannot be written is logged: the names then count until the worker
+ * sees a map without them. */
+static void note_withdrawn(const kvs_config_t *cur, const kvs_config_t *next)
+{
+    for (uint32_t s = 0; s < cur->shards; s++) {
+        char dir[4200], file[4400], tmp[4500], text[1024 + KVS_COPIED_NAMES * 80];
+        if (!kvs_config_local(cur, s) || !kvs_config_local(next, s) ||
+            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0 ||
+            router_master_shard_file(cur, s, "data.mdb") != 1)
+            continue;
+        snprintf(file, sizeof(file), "%s/" KVS_WITHDRAWN_FILE, dir);
+        kvs_copied_t c;
+        int rc = kvs_copied_read_names(file, &c);
+        if (rc != 0 && rc != -ENOENT) { /* kept: unread, it withdraws every name */
+            kvs_error("%s: cannot be read (%s): kept as it is (the master counts none of the "
+                      "nodes copied-out and unbound-rows name); remove it once they hold copies",
+                      file, kvs_strerror(rc));
+            continue;
+        }
+        if (rc == -ENOENT)
+            c.n_names = 0;
+        size_t n = (size_t)snprintf(text, sizeof(text),
+                                    "# kvs: nodes a map withdrew from shard %u, whose copies may "
+                                    "be gone: its worker drops them from copied-out and "
+                                    "unbound-rows at its next reload, and removes this file\n",
+                                    s);
+        int added = 0;
+        for (size_t i = 0; i < c.n_names; i++)
+            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", c.names[i]);
+        for (size_t i = 0; i < cur->n_nodes; i++) {
+            const kvs_node_t *was = &cur->nodes[i], *now = kvs_config_node(next, was->name);
+            if (!kvs_node_serves(was, s) || (now != NULL && kvs_node_serves(now, s)) ||
+                kvs_copied_names(&c, was->name) || c.n_names + (size_t)added >= KVS_COPIED_NAMES)
+                continue;
+            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", was->name);
+            added++;
+        }
+        if (added == 0)
+            continue;
+        snprintf(tmp, sizeof(tmp), "%s.new", file);
+        rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
+        if (rc == 0 && rename(tmp, file) != 0)
+            rc = -errno;
+        if (rc == 0)
+            rc = kvs_fs_sync_dir(dir);
+        if (rc != 0) {
+            unlink(tmp);
+            kvs_error("%s: cannot write: %s; the nodes this map withdraws from shard %u count as "
+                      "holding a copy from here until its worker takes a map without them",
+                      file, strerror(-rc), s);
+        }
+    }
+}
+
 /* The file, read and checked (see the file comment). Returns 0 when its
  * live keys were taken (the children may be told), nonzero (logged) when
  * nothing changed. *map is set when cluster.nodes changed: m->cfg then
@@ -496,7 +606,7 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
  * new snapshot (for the new generation; the serving one keeps its own). */
 int router_master_reload_config(master_t *m, int *map)
 {
-    char err[1024], changed[512], fixed[512];
+    char err[2048], changed[512], fixed[512];
     kvs_config_t *next = NULL;
     const char *busy = NULL;
     int fd = -1;
@@ -541,6 +651,7 @@ int router_master_reload_config(master_t *m, int *map)
              * workers' snapshot too), or not at all if the change fails:
              * prev_cfg holds the previous map and the new live keys until
              * the change is over. */
+            note_withdrawn(m->cfg, next);
             kvs_config_apply_map(m->cfg, next);
             m->prev_cfg = next;
             next = NULL;

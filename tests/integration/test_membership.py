@@ -658,6 +658,213 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def unbound_rows(self, router, shard):
+        """router's shard-N/unbound-rows, or None when there is none."""
+        try:
+            with open(os.path.join(router.data_dir, "shard-%d" % shard, "unbound-rows")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def refused_for_rows(self, router, shard, names="no node"):
+        """Waits for router's refusal of a reload that gives shard `shard`
+        up to nodes whose copies may lack its unbound rows; nothing
+        changed, nothing retired."""
+        changes = changes_over(router)
+        router.proc.send_signal(signal.SIGHUP)
+        refusal = ("reload refused: cluster.nodes takes shard %d from this node, and no node that "
+                   "keeps it installed a copy of this one taken since its last write to a table "
+                   "bound to no topic (%s/shard-%d/unbound-rows names %s)"
+                   % (shard, router.data_dir, shard, names))
+        self.assertTrue(wait_until(lambda: refusal in router.stderr(), 10),
+                        router.stderr()[-3000:])
+        self.assertEqual(changes_over(router), changes)
+        self.assertEqual([d for d in os.listdir(router.data_dir) if ".retired-" in d], [])
+
+    def test_a_map_that_says_another_node_holds_the_shard_is_not_proof(self):
+        # b holds shard 2 alone and took writes. Reloaded with a map that
+        # gives it to a beside b (a has not reloaded: it holds nothing),
+        # then with one that gives it to a alone, b took the second as
+        # safe because a "held" it in both maps, and retired the only
+        # copy. Now b's unbound-rows says a never copied: refused. Once a
+        # reloads and copies (from b, which takes no such write with two
+        # replicas), b records it and the map is taken, every row kept.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        rows = self.keys_on(2, b"g", 10)
+        self.write_all(b, rows, "kept")
+        self.assertIsNotNone(self.unbound_rows(b, 2))
+        both = {"a": [0, 1, 2], "b": [0, 1, 2, 3]}
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(b, both, bases)
+        self.reload(b, 1)
+        self.assertFalse(os.path.exists(os.path.join(a.data_dir, "shard-2")))
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
+        set_map(a, both, bases)
+        self.reload(a, 1)  # a copies shard 2 from b
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in (self.unbound_rows(b, 2) or ""), 10),
+                        self.unbound_rows(b, 2))
+        # A note of the master's that a map withdrew a, which b's worker
+        # has not taken yet: a's name counts no more.
+        note = os.path.join(b.data_dir, "shard-2", "withdrawn")
+        with open(note, "w") as f:
+            f.write("node a\n")
+        self.refused_for_rows(b, 2, "a (withdrawn from the shard by a map since)")
+        os.unlink(note)
+        self.reload(b, 2)
+        self.assertIn("membership change complete", b.stderr())
+        self.read_all(a, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_an_exchange_half_taken_does_not_give_up_a_shard_nobody_copied(self):
+        # a and b exchange shards 0 and 2 the README's way: first each is
+        # given its new shard beside its old ones, then the final map. a
+        # took both maps while b took neither: a's second reload gave
+        # shard 0 (its rows a's only) up because the maps say b holds it.
+        # Refused now; once b took the first map (copying shard 0 from a),
+        # a's is taken, and every row of shard 0 reads back through both.
+        start = {"a": [0, 1], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [0, 2, 3]}
+        final = {"a": [1, 2], "b": [0, 3]}
+        _, bases, _, a, b = self.a_and_b(start)
+        rows = self.keys_on(0, b"x", 10)
+        self.write_all(a, rows, "kept")
+        set_map(a, beside, bases)
+        self.reload(a, 1)  # a copies shard 2 from b
+        set_map(a, final, bases)
+        self.refused_for_rows(a, 0)
+        set_map(b, beside, bases)
+        self.reload(b, 1)  # b copies shard 0 from a
+        self.assertTrue(wait_until(lambda: "\nnode b\n" in (self.unbound_rows(a, 0) or ""), 10),
+                        self.unbound_rows(a, 0))
+        self.reload(a, 2)
+        self.assertIn("membership change complete", a.stderr())
+        set_map(b, final, bases)
+        self.reload(b, 2)
+        self.assertIn("membership change complete", b.stderr())
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_copy_that_took_writes_is_not_given_up_to_an_older_one(self):
+        # Shard 2 moves from b to a (a copies; b never reloads); a takes
+        # writes alone. Both then take a map giving the shard to a and b,
+        # and a one giving it back to b alone: b's fence came down with
+        # the first, and a gave its copy up with the second, the only one
+        # with its writes, as b "held" the shard (b's is the copy from
+        # before them). Now b's fence stays (a, which copied, may have
+        # taken writes since), and a's reload is refused: no node copied
+        # a's since. b, given the shard alone, takes no writes to unbound
+        # tables on its older copy.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        first, later = self.keys_on(2, b"f", 10), self.keys_on(2, b"l", 10)
+        self.write_all(b, first, "one")
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        self.reload(a, 1)  # a copies shard 2 from b, whose fence stays up
+        self.write_all(a, later, "two")
+        both = {"a": [0, 1, 2], "b": [0, 1, 2, 3]}
+        set_map(b, both, bases)
+        self.reload(b, 1)
+        self.assertIn("shard 2: the map gives it 2 replicas, but node a, one of them, installed "
+                      "a copy from here and may have held the shard alone and taken writes this "
+                      "copy lacks since: the fence stays", b.stderr())
+        set_map(a, both, bases)
+        self.reload(a, 2)
+        set_map(a, layout, bases)
+        self.refused_for_rows(a, 2)
+        self.read_all(a, later, "two")
+        set_map(b, layout, bases)
+        self.reload(b, 2)
+        with b.client() as c:
+            resp = c.call(req_hset("plain", later[0], "three"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("shard 2 was copied to", resp.message)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_node_withdrawn_since_it_copied_is_no_copy_to_give_the_shard_to(self):
+        # a became a replica of shard 2 (it copied from b: b's records name
+        # a), and was removed again the README's way (stopped, its data
+        # removed, b reloaded without it). b then took a map giving the
+        # shard to a beside b (a not reloaded: it holds nothing) and one
+        # giving it to a alone: the old name counted, and b retired the
+        # only copy. Now the map that withdrew a drops its name.
+        start = {"a": [0, 1], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        moved = {"a": [0, 1, 2], "b": [3]}
+        _, bases, _, a, b = self.a_and_b(start)
+        rows = self.keys_on(2, b"w", 10)
+        self.write_all(b, rows, "kept")
+        set_map(a, beside, bases)
+        self.reload(a, 1)  # a copies shard 2 from b
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        self.assertIn("\nnode a\n", self.unbound_rows(b, 2))
+        self.assertEqual(a.stop(), 0)
+        shutil.rmtree(os.path.join(a.data_dir, "shard-2"))
+        set_map(a, start, bases)
+        a.start()
+        self.wait_workers(a)
+        set_map(b, start, bases)
+        self.reload(b, 2)
+        self.assertTrue(wait_until(lambda: "node a" not in self.unbound_rows(b, 2), 10),
+                        self.unbound_rows(b, 2))
+        self.assertIn("shard 2: a map withdrew node a from it, whose copy may be gone", b.stderr())
+        set_map(b, beside, bases)
+        self.reload(b, 3)
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_copy_of_an_abandoned_change_is_no_copy_to_give_the_shard_to(self):
+        # a's change copied shard 2 from b (b's records name a), then was
+        # abandoned (shard 3's port taken): a's copy retired. The README's
+        # way out (remove copied-out on b, reload it) let b take writes
+        # again, but unbound-rows still named a, and b gave the only copy
+        # up to a map giving the shard to a. Now writes taken again forget
+        # the copies named: b's reload is refused.
+        start = {"a": [0, 1], "b": [2, 3]}
+        both = {"a": [0, 1, 2, 3], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        moved = {"a": [0, 1, 2], "b": [3]}
+        _, bases, _, a, b = self.a_and_b(start, router_yaml=("ready_timeout: 6s",))
+        rows = self.keys_on(2, b"v", 10)
+        self.write_all(b, rows, "kept")
+        blocker = socket.socket()
+        try:
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            blocker.bind((HOST, bases["a"] + 3))
+            blocker.listen(1)
+            set_map(a, both, bases)
+            self.reload(a, 1)
+        finally:
+            blocker.close()
+        self.assertIn("membership change abandoned", a.stderr())
+        set_map(a, start, bases)
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        os.unlink(os.path.join(b.data_dir, "shard-2", "copied-out"))
+        b.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "copied-out was removed" in b.stderr(), 10),
+                        b.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "node a" not in self.unbound_rows(b, 2), 10),
+                        self.unbound_rows(b, 2))
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_the_only_copy_goes_only_to_a_node_that_copied_it(self):
         # b holds shard 2 alone; a copies it (b's copied-out names a).
         # A map that gives the shard to d instead, which never copied it

@@ -976,7 +976,7 @@ KVS_TEST(a_refused_write_with_a_pair_too_large_is_413_first)
     kvs_config_t *cfg = NULL;
     CHECK_EQ(kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err)), 0);
     node_handoff_t *h = NULL;
-    CHECK_EQ(node_handoff_open(dir, 3, cfg, &h), 0);
+    CHECK_EQ(node_handoff_open(dir, 3, cfg, 0, &h), 0);
     int raised = 0;
     CHECK_EQ(node_handoff_fence(h, "127.0.0.1:2000", cfg, &raised), 0);
     CHECK_EQ(raised, 1);
@@ -1909,7 +1909,7 @@ KVS_TEST_MAIN(
     KVS_CASE(hmset_answer_over_max_frame_is_413), KVS_CASE(hmdel_answer_over_max_frame_is_413),
     KVS_CASE(hmexist_answer_over_max_frame_is_413), KVS_CASE(value_too_large_to_read_back_is_413),
     KVS_CASE(hscan_oversized_pair_makes_progress), KVS_CASE(table_limit_is_507_naming_the_setting),
-              KVS_CASE(table_limit_counts_an_emptied_table_only_while_the_shard_is_read),
+    KVS_CASE(table_limit_counts_an_emptied_table_only_while_the_shard_is_read),
     KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order),
     KVS_CASE(hset_if_absent_stores_only_new_keys),
     KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),

@@ -79,7 +79,7 @@ KVS_TEST(sent_copies_are_read_with_their_checksums)
     CHECK_EQ(c.n_sent, 2);
     CHECK(kvs_copied_was_sent(&c, "d", a) && kvs_copied_was_sent(&c, "e", a));
     CHECK(!kvs_copied_was_sent(&c, "d", b) && !kvs_copied_was_sent(&c, "h", a));
-    CHECK_EQ(c.n_names, 0); /* sent is no name */
+    CHECK_EQ(c.n_names, 0);    /* sent is no name */
     CHECK_EQ(c.sent_lines, 9); /* the last has no newline yet */
     CHECK_EQ(
         parse(HEAD "sent d " HEX_A "\nsent e " HEX_A "\nsent d f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff\n"),
@@ -128,7 +128,43 @@ KVS_TEST(the_file_is_read_whole)
     unlink(path);
 }
 
+/* unbound-rows has no peer or time line: kvs_copied_read_names takes it,
+ * kvs_copied_read does not; a NUL byte or too many names are still
+ * refused, and a symlink is not followed. */
+KVS_TEST(an_unbound_rows_file_needs_no_head)
+{
+    char path[64], link[80];
+    snprintf(path, sizeof(path), "/tmp/kvs-test-copied-rows-%d", (int)getpid());
+    snprintf(link, sizeof(link), "%s.link", path);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs("# kvs: shard 1 may hold rows\nnode b\nnode c\nnode d", f); /* d cut short */
+    fclose(f);
+    CHECK_EQ(kvs_copied_read(path, &c), KVS_EINVAL);
+    CHECK_EQ(kvs_copied_read_names(path, &c), 0);
+    CHECK_EQ(c.n_names, 2);
+    CHECK(kvs_copied_names(&c, "b") && kvs_copied_names(&c, "c") && !kvs_copied_names(&c, "d"));
+    CHECK_EQ(symlink(path, link), 0);
+    CHECK(kvs_copied_read_names(link, &c) < 0);
+    unlink(link);
+    f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs("node b\n", f);
+    fputc('\0', f);
+    fclose(f);
+    CHECK_EQ(kvs_copied_read_names(path, &c), KVS_EINVAL);
+    f = fopen(path, "w");
+    CHECK(f != NULL);
+    for (int i = 0; i <= KVS_COPIED_NAMES; i++)
+        fprintf(f, "node n%d\n", i);
+    fclose(f);
+    CHECK_EQ(kvs_copied_read_names(path, &c), KVS_EINVAL);
+    unlink(path);
+    CHECK_EQ(kvs_copied_read_names(path, &c), -ENOENT);
+}
+
 KVS_TEST_MAIN(KVS_CASE(sent_copies_are_read_with_their_checksums), KVS_CASE(a_file_without_names),
+              KVS_CASE(an_unbound_rows_file_needs_no_head),
               KVS_CASE(names_count_once_and_odd_lines_are_skipped),
               KVS_CASE(a_line_cut_short_is_no_name), KVS_CASE(what_kvs_did_not_write_is_refused),
               KVS_CASE(the_file_is_read_whole))

@@ -10,11 +10,17 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-static char dir[64], file[96];
+static char dir[64], file[96], rows[96], text_of_rows[4096];
 
 static void remove_dir(void)
 {
+    char path[128];
+    snprintf(path, sizeof(path), "%s/withdrawn", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/withdrawn.taking", dir);
+    unlink(path);
     unlink(file);
+    unlink(rows);
     rmdir(dir);
 }
 
@@ -22,6 +28,7 @@ static void fresh_dir(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/kvs-test-handoff-%d", (int)getpid());
     snprintf(file, sizeof(file), "%s/copied-out", dir);
+    snprintf(rows, sizeof(rows), "%s/unbound-rows", dir);
     remove_dir();
     CHECK_EQ(mkdir(dir, 0700), 0);
     atexit(remove_dir);
@@ -49,7 +56,7 @@ static kvs_config_t *config(const char *nodes)
 static node_handoff_t *open_at(const kvs_config_t *cfg)
 {
     node_handoff_t *h = NULL;
-    CHECK_EQ(node_handoff_open(dir, 1, cfg, &h), 0);
+    CHECK_EQ(node_handoff_open(dir, 1, cfg, 0, &h), 0);
     return h;
 }
 
@@ -152,6 +159,34 @@ KVS_TEST(a_map_with_several_replicas_lifts_it)
     kvs_config_free(both);
 }
 
+/* A map of several replicas, one of them a node that installed a copy
+ * from here: that node may have held the shard alone since and taken
+ * writes this copy lacks, so the fence stays. One that names other
+ * nodes lifts it. */
+KVS_TEST(a_map_with_a_node_that_copied_keeps_it)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    kvs_config_t *c_too =
+        config(A_ALONE B_NONE "    - {name: c, address: \"127.0.0.1:3000\", shards: [1]}\n");
+    node_handoff_t *h = open_at(alone);
+    fence(h, "peer", alone, 1);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    node_handoff_update(h, both);
+    CHECK(node_handoff_why(h) != NULL);
+    CHECK(access(file, F_OK) == 0);
+    node_handoff_free(h);
+    h = open_at(both); /* at a start too */
+    CHECK(node_handoff_why(h) != NULL);
+    node_handoff_update(h, c_too); /* b is not among them */
+    CHECK(node_handoff_why(h) == NULL);
+    CHECK(access(file, F_OK) != 0);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+    kvs_config_free(c_too);
+}
+
 KVS_TEST(a_damaged_file_keeps_the_fence_until_removed)
 {
     fresh_dir();
@@ -190,13 +225,283 @@ KVS_TEST(a_file_that_cannot_be_written_refuses_the_snapshot)
     kvs_config_free(cfg);
 }
 
-static void read_file(char *text, size_t cap)
+static void read_path(const char *path, char *text, size_t cap)
 {
-    FILE *f = fopen(file, "r");
+    FILE *f = fopen(path, "r");
     CHECK(f != NULL);
     size_t n = fread(text, 1, cap - 1, f);
     fclose(f);
     text[n] = '\0';
+}
+
+static void read_file(char *text, size_t cap)
+{
+    read_path(file, text, cap);
+}
+
+/* The nodes unbound-rows names, "" when none; "-" when there is no file. */
+static const char *rows_names(void)
+{
+    static char names[512];
+    kvs_copied_t c;
+    int rc = kvs_copied_read_names(rows, &c);
+    if (rc == -ENOENT)
+        return "-";
+    CHECK_EQ(rc, 0);
+    names[0] = '\0';
+    for (size_t i = 0; i < c.n_names; i++)
+        snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? " " : "",
+                 c.names[i]);
+    return names;
+}
+
+#define CHECK_ROWS(want) CHECK_EQ(strcmp(rows_names(), want), 0)
+
+/* unbound-rows: written (naming no node) before the first write to an
+ * unbound table, and only then; a copy taken while no such write is
+ * taken (fenced, or a map of several replicas) and acknowledged while
+ * none was taken since names its node; one acknowledged after writes
+ * could be taken again does not; the next write names nobody again. */
+KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = open_at(alone);
+    CHECK_ROWS("-"); /* no rows of unbound tables: no file */
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_ROWS("");
+    char text[4096];
+    read_path(rows, text, sizeof(text));
+    CHECK(strstr(text, "# kvs: shard 1 may hold rows") == text);
+    CHECK_EQ(unlink(rows), 0);
+    CHECK_EQ(node_handoff_writing(h), 0); /* written once: the next write costs nothing */
+    CHECK_ROWS("-");
+    CHECK_EQ(node_handoff_writing(NULL), 0);
+
+    node_handoff_free(h);
+    h = open_at(alone);
+    CHECK_EQ(node_handoff_writing(h), 0);
+    fence(h, "peer", alone, 1); /* a copy under the fence: both files name x */
+    node_handoff_mark_t m = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_copied(h, "x", m), 0);
+    CHECK_ROWS("x");
+    read_file(text, sizeof(text));
+    CHECK_CONTAINS(text, "\nnode x\n");
+    node_handoff_update(h, both); /* lifted (x keeps nothing), writes still not taken */
+    CHECK(access(file, F_OK) != 0);
+    CHECK_EQ(node_handoff_copied(h, "c", m), 0); /* a late one of the fence's: rows still hold */
+    node_handoff_mark_t m2 = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_copied(h, "d", m2), 0); /* a copy with no fence, several replicas */
+    CHECK_ROWS("x c d");
+    node_handoff_update(h, both); /* the same map again: nothing changes */
+    CHECK_EQ(node_handoff_copied(h, "e", m2), 0);
+    CHECK_ROWS("x c d e");
+    node_handoff_update(h, alone); /* writes may be taken again: the copies are forgotten */
+    CHECK_ROWS("");
+    CHECK_EQ(node_handoff_copied(h, "f", m2), 0);
+    node_handoff_update(h, both);
+    CHECK_EQ(node_handoff_copied(h, "g", m2), 0);
+    CHECK_ROWS(""); /* f and g: copies taken before writes could be taken again */
+    CHECK_EQ(node_handoff_copied(h, "h", node_handoff_mark(h)), 0);
+    CHECK_ROWS("h");
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0); /* a restart with rows: kept */
+    CHECK_ROWS("h");
+    node_handoff_update(h, alone);
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* A copy taken while writes are taken (a snapshot asked for with the
+ * fence failing, or none raised) is never recorded, and a fence lowered
+ * for a copy not delivered lets writes in again. */
+KVS_TEST(unbound_rows_take_no_copy_of_a_time_writes_were_taken)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(alone);
+    CHECK_EQ(node_handoff_writing(h), 0);
+    node_handoff_mark_t open = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_copied(h, "b", open), 0);
+    CHECK_ROWS("");
+    fence(h, "peer", alone, 1);
+    node_handoff_mark_t m = node_handoff_mark(h);
+    node_handoff_unfence(h); /* not delivered: writes are taken again */
+    CHECK(node_handoff_why(h) == NULL);
+    CHECK_EQ(node_handoff_copied(h, "c", m), 0);
+    fence(h, "peer", alone, 1);
+    CHECK_EQ(node_handoff_copied(h, "d", m), 0); /* another fence since */
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+}
+
+/* A node the master notes as withdrawn from the shard (its copy may be
+ * gone) is dropped from both files at the next reload, and the note is
+ * removed; one the worker could not finish taking (".taking", a crash)
+ * is taken at the next. */
+static void note(const char *name, const char *text)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+KVS_TEST(a_node_the_master_notes_withdrawn_is_named_no_more)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    char w[128], t[128];
+    snprintf(w, sizeof(w), "%s/withdrawn", dir);
+    snprintf(t, sizeof(t), "%s/withdrawn.taking", dir);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b c");
+    note("withdrawn", "# kvs\nnode c\nnode x\n");
+    node_handoff_update(h, both);
+    CHECK_ROWS("b");
+    CHECK(access(w, F_OK) != 0 && access(t, F_OK) != 0);
+    uint8_t d[KVS_HASH_LEN];
+    memset(d, 0xa5, sizeof(d));
+    node_handoff_update(h, alone);
+    fence(h, "peer", alone, 1); /* b copies again, under the fence */
+    node_handoff_mark_t m = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_sent(h, "b", d, m), 0);
+    CHECK_EQ(node_handoff_copied(h, "b", m), 0);
+    CHECK_ROWS("b");
+    node_handoff_free(h);
+    note("withdrawn.taking", "node b\n"); /* a crash while taking it */
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    CHECK_ROWS("");
+    char text[4096];
+    read_file(text, sizeof(text));
+    CHECK(strstr(text, "node b") == NULL && strstr(text, "sent b") == NULL);
+    CHECK(strstr(text, "# kvs: shard 1 was copied") == text);
+    CHECK(node_handoff_why(h) != NULL);               /* still fenced */
+    CHECK_EQ(node_handoff_reack(h, "b", d), -ENOENT); /* its copy counts no more */
+    CHECK(access(t, F_OK) != 0);
+    char many[2048] = "";
+    for (int i = 0; i <= KVS_COPIED_NAMES; i++) /* more names than one kvs wrote */
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "node n%d\n", i);
+    note("withdrawn", many); /* not understood: kept, retried */
+    node_handoff_update(h, alone);
+    CHECK(access(t, F_OK) == 0);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* Writes may be taken again (the fence removed, the map down to this
+ * node): the copies named are of an abandoned move, or withdrawn, and are
+ * forgotten at once, before any write. */
+KVS_TEST(unbound_rows_forget_copies_when_writes_may_be_taken_again)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    fence(h, "peer", alone, 1);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b");
+    node_handoff_update(h, alone);
+    CHECK_ROWS("b");           /* fenced: writes are refused, the copy holds every row */
+    CHECK_EQ(unlink(file), 0); /* the move is abandoned */
+    node_handoff_update(h, alone);
+    CHECK(node_handoff_why(h) == NULL);
+    CHECK_ROWS("");
+    node_handoff_update(h, both);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("c");
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0); /* a start alone, unfenced */
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* unbound-rows removed (the refusal's way out) and the map reloaded: the
+ * next write writes it again. */
+KVS_TEST(unbound_rows_removed_is_written_again_by_the_next_write)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(alone);
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(unlink(rows), 0);
+    node_handoff_update(h, alone);
+    CHECK_ROWS("-");
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+}
+
+/* A FIFO in unbound-rows' place: never waited for; writes are refused
+ * and no copy is recorded. */
+KVS_TEST(a_fifo_for_unbound_rows_holds_nothing_up)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    CHECK_EQ(mkfifo(rows, 0600), 0);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    CHECK(node_handoff_writing(h) < 0);
+    node_handoff_update(h, both);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
+    struct stat st;
+    CHECK_EQ(lstat(rows, &st), 0);
+    CHECK(S_ISFIFO(st.st_mode));
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* A start writes unbound-rows when the shard holds rows of unbound tables
+ * and it is missing (a copy installed, or a directory older than the
+ * file), keeps the names it has, and removes it when there are none. */
+KVS_TEST(a_start_writes_or_removes_unbound_rows_by_what_the_shard_holds)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, both, 2, &h), 0);
+    CHECK_ROWS("");
+    node_handoff_mark_t m = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_copied(h, "b", m), 0);
+    CHECK_ROWS("b");
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, both, 2, &h), 0);
+    CHECK_ROWS("b"); /* kept */
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 2, &h), 0);
+    CHECK_ROWS(""); /* alone and unfenced: forgotten */
+    node_handoff_free(h);
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 0, &h), 0);
+    CHECK_ROWS("-"); /* no rows of unbound tables left */
+    node_handoff_free(h);
+    int fd = open(rows, O_WRONLY | O_CREAT | O_TRUNC, 0600); /* one cut short */
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, "# kvs\nnode b", 12), 12);
+    close(fd);
+    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
+    CHECK_ROWS(""); /* "node b" was cut short: no name */
+    node_handoff_update(h, both);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("c"); /* on a line of its own */
+    read_path(rows, text_of_rows, sizeof(text_of_rows));
+    CHECK_CONTAINS(text_of_rows, "\nnode b (cut off)\nnode c\n");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
 }
 
 /* The file names each node of the map that acknowledged it installed a
@@ -209,13 +514,13 @@ KVS_TEST(the_file_names_each_node_that_installed_a_copy)
     kvs_config_t *cfg = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(cfg);
     fence(h, "127.0.0.1:5555", cfg, 1);
-    uint64_t epoch = node_handoff_epoch(h);
+    node_handoff_mark_t epoch = node_handoff_mark(h);
     char text[4096];
     read_file(text, sizeof(text));
     CHECK(strstr(text, "node ") == NULL); /* sent, not yet installed */
     CHECK_EQ(node_handoff_copied(h, "d", epoch), 0);
     fence(h, "127.0.0.1:6666", cfg, 0); /* a second copy, for e */
-    CHECK_EQ(node_handoff_epoch(h), epoch);
+    CHECK_EQ(node_handoff_mark(h).fence, epoch.fence);
     CHECK_EQ(node_handoff_copied(h, "e", epoch), 0);
     CHECK_EQ(node_handoff_copied(h, "d", epoch), 0); /* d again: named once */
     CHECK_EQ(node_handoff_copied(h, "x y\nnode z", epoch), 0);
@@ -236,18 +541,18 @@ KVS_TEST(a_copy_from_another_fences_time_is_not_recorded)
     kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
     node_handoff_t *h = open_at(alone);
     fence(h, "peer", alone, 1);
-    uint64_t first = node_handoff_epoch(h);
+    node_handoff_mark_t first = node_handoff_mark(h);
     node_handoff_update(h, both); /* lifted: writes taken since are in no copy of then */
-    CHECK(node_handoff_epoch(h) != first);
+    CHECK(node_handoff_mark(h).fence != first.fence);
     node_handoff_update(h, alone);
     fence(h, "peer", alone, 1);
-    CHECK(node_handoff_epoch(h) != first);
+    CHECK(node_handoff_mark(h).fence != first.fence);
     CHECK_EQ(node_handoff_copied(h, "d", first), 0); /* its acknowledgement comes late */
     char text[4096];
     read_file(text, sizeof(text));
     CHECK(strstr(text, "node d") == NULL);
     node_handoff_unfence(h);
-    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_epoch(h)), 0); /* no fence, no file */
+    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_mark(h)), 0); /* no fence, no file */
     CHECK(access(file, F_OK) != 0);
     node_handoff_free(h);
     kvs_config_free(alone);
@@ -267,7 +572,7 @@ KVS_TEST(a_torn_line_names_nobody_and_the_next_starts_afresh)
     close(fd);
     node_handoff_t *h = open_at(cfg);
     CHECK(node_handoff_why(h) != NULL && strstr(node_handoff_why(h), "5555") != NULL);
-    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_epoch(h)), 0);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
     char text[4096];
     read_file(text, sizeof(text));
     CHECK_CONTAINS(text, "\nnode ab (cut off)\nnode c\n");
@@ -293,12 +598,13 @@ KVS_TEST(a_sent_copy_is_acknowledged_later_on_its_checksum)
     memset(d2, 0x5a, sizeof(d2));
     CHECK_EQ(node_handoff_reack(h, "d", d1), -ENOENT); /* no fence: nothing was sent */
     fence(h, "peer", alone, 1);
-    uint64_t epoch = node_handoff_epoch(h);
+    node_handoff_mark_t epoch = node_handoff_mark(h);
     CHECK_EQ(node_handoff_reack(h, "d", d1), -ENOENT); /* fenced, nothing sent to d */
     CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0);
     CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0); /* once */
     CHECK_EQ(node_handoff_sent(h, "x y", d1, epoch), 0);
-    CHECK_EQ(node_handoff_sent(h, "e", d2, epoch + 1), 0); /* another fence's copy */
+    node_handoff_mark_t other_fence = {epoch.fence + 1, epoch.writes};
+    CHECK_EQ(node_handoff_sent(h, "e", d2, other_fence), 0); /* another fence's copy */
     char text[4096];
     read_file(text, sizeof(text));
     CHECK_CONTAINS(text, "\nsent d a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5\n");
@@ -342,7 +648,7 @@ KVS_TEST(a_node_that_copies_again_and_again_never_fills_the_file)
     kvs_config_t *alone = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(alone);
     fence(h, "peer", alone, 1);
-    uint64_t epoch = node_handoff_epoch(h);
+    node_handoff_mark_t epoch = node_handoff_mark(h);
     uint8_t d[KVS_HASH_LEN], first[KVS_HASH_LEN], other[KVS_HASH_LEN];
     memset(other, 0x77, sizeof(other));
     CHECK_EQ(node_handoff_sent(h, "c", other, epoch), 0);
@@ -379,7 +685,7 @@ KVS_TEST(a_node_that_copies_again_and_again_never_fills_the_file)
     CHECK_EQ(node_handoff_reack(h, "d", d), 0); /* the latest */
     read_file(text, sizeof(text));
     CHECK_CONTAINS(text, "\nnode d\n");
-    epoch = node_handoff_epoch(h);
+    epoch = node_handoff_mark(h);
     char name[16];
     for (int i = 3; i < KVS_COPIED_SENT; i++) { /* c, d, e and 61 more: as many as it keeps */
         snprintf(name, sizeof(name), "n%d", i);
@@ -392,7 +698,15 @@ KVS_TEST(a_node_that_copies_again_and_again_never_fills_the_file)
     kvs_config_free(alone);
 }
 
-KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(the_file_names_each_node_that_installed_a_copy),
+KVS_TEST_MAIN(KVS_CASE(no_file_no_fence),
+              KVS_CASE(unbound_rows_names_the_copies_taken_since_the_last_write),
+              KVS_CASE(unbound_rows_take_no_copy_of_a_time_writes_were_taken),
+              KVS_CASE(a_start_writes_or_removes_unbound_rows_by_what_the_shard_holds),
+              KVS_CASE(a_node_the_master_notes_withdrawn_is_named_no_more),
+              KVS_CASE(unbound_rows_removed_is_written_again_by_the_next_write),
+              KVS_CASE(a_fifo_for_unbound_rows_holds_nothing_up),
+              KVS_CASE(unbound_rows_forget_copies_when_writes_may_be_taken_again),
+              KVS_CASE(the_file_names_each_node_that_installed_a_copy),
               KVS_CASE(a_sent_copy_is_acknowledged_later_on_its_checksum),
               KVS_CASE(a_node_that_copies_again_and_again_never_fills_the_file),
               KVS_CASE(a_copy_from_another_fences_time_is_not_recorded),
@@ -401,5 +715,6 @@ KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(the_file_names_each_node_that
               KVS_CASE(a_snapshot_not_delivered_lowers_it),
               KVS_CASE(several_replicas_need_no_fence), KVS_CASE(a_map_without_this_node_keeps_it),
               KVS_CASE(a_map_with_several_replicas_lifts_it),
+              KVS_CASE(a_map_with_a_node_that_copied_keeps_it),
               KVS_CASE(a_damaged_file_keeps_the_fence_until_removed),
               KVS_CASE(a_file_that_cannot_be_written_refuses_the_snapshot))

@@ -1060,7 +1060,8 @@ KVS_TEST(a_batch_that_churns_tables_at_the_limit_and_fails)
 
 /* A table a binding names is never dropped, also when Kafka is off (the
  * worker then names no tables to create): found empty at open it stays,
- * while an unbound one found empty goes with the first commit. */
+ * while an unbound one found empty goes with the first commit. Only
+ * unbound tables that hold rows count as such at open. */
 KVS_TEST(an_empty_table_a_binding_names_stays_with_kafka_off)
 {
     fresh_dir();
@@ -1092,12 +1093,18 @@ KVS_TEST(an_empty_table_a_binding_names_stays_with_kafka_off)
     o.n_tables = 0;
     s = open_ok(o);
     CHECK_EQ(node_store_table_count(s), 2); /* kb and u, both empty */
+    CHECK_EQ(node_store_unbound_at_open(s), 0);
     put_str(s, "w", "k", "v");
     CHECK_EQ(node_store_end_turn(s), 0);
     CHECK_EQ(node_store_table_count(s), 2); /* kb and w */
     node_store_view_t *kb = NULL;
     CHECK_EQ(node_store_view_open(s, "kb", &kb), 0);
     node_store_view_close(kb);
+    put_str(s, "kb", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+    s = open_ok(o);
+    CHECK_EQ(node_store_unbound_at_open(s), 1); /* w holds rows; kb is its topic's */
     node_store_close(s);
     kvs_config_free(cfg);
 }
