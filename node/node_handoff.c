@@ -41,24 +41,18 @@ struct node_handoff_s {
     char why[600];
 };
 
-/* Nodes a map withdrew from the shard (the master's KVS_WITHDRAWN_FILE). */
-typedef struct {
-    size_t n;
-    const char *names[KVS_COPIED_NAMES];
-} gone_t;
-
-static int is_gone(const gone_t *g, const char *node)
-{
-    for (size_t i = 0; g != NULL && i < g->n; i++)
-        if (strcmp(g->names[i], node) == 0)
-            return 1;
-    return 0;
-}
-
 /* A mark's `writes` while writes are taken: no copy is recorded by it. */
 #define WRITES_OPEN UINT64_MAX
 
 static int write_rows(node_handoff_t *h, const char *since);
+
+/* The shard directory's lock: the master changes copied-out and
+ * unbound-rows too (kvs_copied_drop), so each change here is made under
+ * it. A negative errno when it cannot be taken (the change is not made). */
+static int lock(const node_handoff_t *h)
+{
+    return kvs_copied_lock(h->dir, KVS_COPIED_LOCK_MS);
+}
 
 /* `open` follows the fence and the map; each time it begins, a copy taken
  * before may lack rows written since, and the copies unbound-rows names
@@ -109,7 +103,9 @@ static int write_rows(node_handoff_t *h, const char *since)
     char when[32], text[700];
     now_text(when, sizeof(when));
     size_t n = rows_head(h, since, when, text, sizeof(text));
-    return kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
+    int fd = lock(h), rc = fd < 0 ? fd : kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
+    kvs_copied_unlock(fd);
+    return rc;
 }
 
 /* At the start: unbound-rows as `unbound` (tables bound to no topic that
@@ -128,7 +124,9 @@ static void rows_open(node_handoff_t *h, uint32_t unbound)
     } else if (rc == -ENOENT) {
         h->rows = ROWS_NONE;
     } else if (unbound == 0 && rc != -ENOMEM) {
-        rc = unlink(h->rows_path) == 0 ? kvs_fs_sync_dir(h->dir) : -errno;
+        int fd = lock(h);
+        rc = fd < 0 ? fd : unlink(h->rows_path) == 0 ? kvs_fs_sync_dir(h->dir) : -errno;
+        kvs_copied_unlock(fd);
         h->rows = rc == 0 ? ROWS_NONE : ROWS_NAMED;
         if (rc == 0)
             kvs_info("shard %u holds no rows of tables bound to no topic: %s removed", h->shard,
@@ -194,7 +192,11 @@ int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t 
  * the fence stays). */
 static int lift(node_handoff_t *h)
 {
-    int rc = unlink(h->path) == 0 || errno == ENOENT ? kvs_fs_sync_dir(h->dir) : -errno;
+    int fd = lock(h);
+    int rc = fd < 0                                    ? fd
+             : unlink(h->path) == 0 || errno == ENOENT ? kvs_fs_sync_dir(h->dir)
+                                                       : -errno;
+    kvs_copied_unlock(fd);
     if (rc != 0)
         kvs_error("%s: cannot remove: %s; writes to tables bound to no topic stay refused", h->path,
                   strerror(-rc));
@@ -227,10 +229,12 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
     char when[32], text[800];
     now_text(when, sizeof(when));
     size_t n = head(h, peer, when, text, sizeof(text));
-    int rc = kvs_fs_write_synced(h->path, h->dir, text, n, 0);
+    int fd = lock(h), rc = fd < 0 ? fd : kvs_fs_write_synced(h->path, h->dir, text, n, 0);
+    if (rc != 0 && fd >= 0)
+        unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
+    kvs_copied_unlock(fd);
     if (rc != 0) {
         kvs_error("%s: cannot write: %s; the snapshot is not sent", h->path, strerror(-rc));
-        unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
         return rc;
     }
     h->fenced = 1;
@@ -266,38 +270,33 @@ int node_handoff_writing(node_handoff_t *h)
     return rc;
 }
 
-/* Writes `path` (copied-out or unbound-rows) afresh from what `c` (its
- * parse) records, without the nodes `drop` names, and (copied-out, `node`
- * set) with `node`'s latest copy now the one ending with `digest`: one
- * sent line per node, so that a node copying again and again under one
- * fence never fills it. Through a synced file renamed over it: a crash
- * leaves the old file or the new one. 0 or a negative errno. */
-static int rewrite(node_handoff_t *h, const char *path, const kvs_copied_t *c, const gone_t *drop,
-                   const char *node, const uint8_t *digest)
+/* Writes copied-out afresh from what `c` (its parse) records, with
+ * `node`'s latest copy now the one ending with `digest`: one sent line
+ * per node, so that a node copying again and again under one fence never
+ * fills it. Through a synced file renamed over it: a crash leaves the old
+ * file or the new one, and the fence up either way. 0 or a negative
+ * errno. */
+static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
+                   const uint8_t *digest)
 {
+    const char *path = h->path;
     const size_t sent_line = KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 8;
     size_t cap =
         1024 + KVS_COPIED_NAMES * (KVS_NODE_NAME_MAX + 8) + (KVS_COPIED_SENT + 1) * sent_line;
     size_t tlen = strlen(path) + sizeof(".new");
     char *text = malloc(cap), *tmp = malloc(tlen), hex[2 * KVS_HASH_LEN + 1];
     int rc = text == NULL || tmp == NULL ? -ENOMEM : 0;
-    int rows = path == h->rows_path;
     if (rc == 0) {
-        size_t n = rows ? rows_head(h, "nodes a map withdrew since dropped", c->time, text, cap)
-                        : head(h, c->peer, c->time, text, cap);
+        size_t n = head(h, c->peer, c->time, text, cap);
         for (size_t i = 0; i < c->n_names; i++)
-            if (!is_gone(drop, c->names[i]))
-                n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
-        for (size_t i = 0; !rows && i < c->n_sent; i++)
-            if ((node == NULL || strcmp(c->sent[i].node, node) != 0) &&
-                !is_gone(drop, c->sent[i].node)) {
+            n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
+        for (size_t i = 0; i < c->n_sent; i++)
+            if (strcmp(c->sent[i].node, node) != 0) {
                 kvs_hash_hex(c->sent[i].digest, hex);
                 n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", c->sent[i].node, hex);
             }
-        if (node != NULL) {
-            kvs_hash_hex(digest, hex);
-            n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
-        }
+        kvs_hash_hex(digest, hex);
+        n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
         snprintf(tmp, tlen, "%s.new", path);
         rc = kvs_fs_write_synced(tmp, h->dir, text, n, 0);
         if (rc == 0 && rename(tmp, path) != 0)
@@ -320,8 +319,8 @@ static int rewrite(node_handoff_t *h, const char *path, const kvs_copied_t *c, c
  * it (nothing written), -ENOENT for no such copy, KVS_EINVAL (the file
  * cannot be understood, or has no room for another node), or a negative
  * errno. */
-static int append_to(node_handoff_t *h, const char *path, const char *node, const uint8_t *digest,
-                     const uint8_t *only_if_sent)
+static int append_locked(node_handoff_t *h, const char *path, const char *node,
+                         const uint8_t *digest, const uint8_t *only_if_sent)
 {
     kvs_copied_t *c = malloc(sizeof(*c));
     char line[KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 40], hex[2 * KVS_HASH_LEN + 1];
@@ -341,7 +340,7 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
                        : c->n_names == KVS_COPIED_NAMES)
         rc = KVS_EINVAL;
     else if (digest != NULL && c->sent_lines >= KVS_COPIED_SENT)
-        rc = rewrite(h, path, c, NULL, node, digest);
+        rc = rewrite(h, c, node, digest);
     else {
         /* After a line a crash cut short, first end it as no name at all
          * (a cut "node abc" must not read as node "ab"). */
@@ -355,6 +354,14 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
         rc = kvs_fs_write_synced(path, h->dir, line, (size_t)n, 1);
     }
     free(c);
+    return rc;
+}
+
+static int append_to(node_handoff_t *h, const char *path, const char *node, const uint8_t *digest,
+                     const uint8_t *only_if_sent)
+{
+    int fd = lock(h), rc = fd < 0 ? fd : append_locked(h, path, node, digest, only_if_sent);
+    kvs_copied_unlock(fd);
     return rc;
 }
 
@@ -491,76 +498,8 @@ static void refence(node_handoff_t *h, const kvs_config_t *cfg)
                  h->shard, h->replicas);
 }
 
-/* Drops the nodes `g` names from `path` (see take_withdrawn). Returns 0
- * (done, or none of them named), or a negative errno (logged). */
-static int drop_from(node_handoff_t *h, const char *path, const gone_t *g)
-{
-    kvs_copied_t *c = malloc(sizeof(*c));
-    int rc = c == NULL              ? -ENOMEM
-             : path == h->rows_path ? kvs_copied_read_names(path, c)
-                                    : kvs_copied_read(path, c);
-    int named = 0;
-    for (size_t i = 0; rc == 0 && i < g->n; i++)
-        named |= kvs_copied_names(c, g->names[i]) || kvs_copied_sent_any(c, g->names[i]);
-    if (named && (rc = rewrite(h, path, c, g, NULL, NULL)) == 0)
-        kvs_info("shard %u: a map withdrew node %s%s from it, whose copy may be gone: %s no "
-                 "longer names %s",
-                 h->shard, g->names[0], g->n > 1 ? " and others" : "", path,
-                 g->n > 1 ? "them" : "it");
-    else if (rc == -ENOENT || rc == KVS_EINVAL)
-        rc = 0; /* no file, or one that names nobody the master trusts */
-    else if (rc != 0)
-        kvs_error("%s: cannot drop node %s, which a map withdrew from shard %u: %s; retried at "
-                  "the next reload",
-                  path, g->names[0], h->shard, append_error(rc));
-    free(c);
-    return rc;
-}
-
-/* A node the files name installed a copy from here; a map that withdraws
- * it from the shard may have had it retire that copy, so it no longer
- * counts (README, "Moving a shard": a node that copied and was withdrawn
- * again holds nothing). The master notes such nodes in KVS_WITHDRAWN_FILE
- * at each map it takes (this worker may take only the last of several
- * quick reloads), and does not count them while the file holds them;
- * here they are dropped from both files, and the note removed once done
- * (renamed aside first, so that a note written meanwhile waits for the
- * next reload). */
-static void take_withdrawn(node_handoff_t *h)
-{
-    size_t n = strlen(h->dir) + sizeof("/" KVS_WITHDRAWN_FILE ".taking");
-    char *note = malloc(n), *taking = malloc(n);
-    kvs_copied_t *c = malloc(sizeof(*c));
-    if (note == NULL || taking == NULL || c == NULL)
-        goto out;
-    snprintf(note, n, "%s/" KVS_WITHDRAWN_FILE, h->dir);
-    snprintf(taking, n, "%s/" KVS_WITHDRAWN_FILE ".taking", h->dir);
-    if (rename(note, taking) != 0 && errno != ENOENT) /* else one a crash left may be there */
-        kvs_error("%s: cannot take: %s", note, strerror(errno));
-    int rc = kvs_copied_read_names(taking, c);
-    if (rc == -ENOENT)
-        goto out;
-    gone_t g = {0};
-    for (size_t i = 0; rc == 0 && i < c->n_names; i++)
-        g.names[g.n++] = c->names[i];
-    if (rc == 0 && g.n > 0 && h->fenced)
-        rc = drop_from(h, h->path, &g);
-    if (rc == 0 && g.n > 0 && h->rows != ROWS_NONE)
-        rc = drop_from(h, h->rows_path, &g);
-    if (rc == 0 && unlink(taking) == 0)
-        kvs_fs_sync_dir(h->dir);
-    else if (rc != 0)
-        kvs_error("%s: %s; kept, retried at the next reload", taking,
-                  rc == KVS_EINVAL ? "cannot be understood" : kvs_strerror(rc));
-out:
-    free(note);
-    free(taking);
-    free(c);
-}
-
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
 {
-    take_withdrawn(h);
     h->replicas = kvs_config_replica_count(cfg, h->shard);
     if (h->fenced)
         refence(h, cfg);

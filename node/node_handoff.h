@@ -49,11 +49,11 @@
  * taken since (node_handoff_mark); the next write empties the list
  * first, as does the start of a time when such writes are taken (this
  * node alone, unfenced: the copies named are of a move abandoned, or of
- * nodes withdrawn). A node that a map withdrew from the shard (the
- * master's note, kvs_copied.h's withdrawn file) is dropped from both
- * files at the next reload. The master gives the shard up only to a node
- * named there or in copied-out, and not withdrawn since, whatever its map
- * says of other holders.
+ * nodes withdrawn). A node that a map withdraws from the shard is
+ * dropped from both files by the master as it takes that map
+ * (kvs_copied_drop; each change here is made under the directory's lock,
+ * kvs_copied_lock). The master gives the shard up only to a node named
+ * there or in copied-out, whatever its map says of other holders.
  */
 #ifndef NODE_HANDOFF_H
 #define NODE_HANDOFF_H
@@ -131,10 +131,9 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
  * delivered: lowers it again. */
 void node_handoff_unfence(node_handoff_t *h);
 
-/* The worker took `cfg` (a reload): takes the master's note of nodes
- * withdrawn, lifts the fence if the map gives the shard several
- * replicas, none of them a node the file names, or if the file was
- * removed (see above). */
+/* The worker took `cfg` (a reload): lifts the fence if the map gives the
+ * shard several replicas, none of them a node the file names, or if the
+ * file was removed (see above). */
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg);
 
 /* NULL when writes are taken; else why not, for the refusal's message. */

@@ -47,6 +47,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -333,6 +334,8 @@ static void warn_empty_moved_shards(const kvs_config_t *cfg)
     }
 }
 
+static int drop_withdrawn(const kvs_config_t *cur, const kvs_config_t *next, char *err, size_t len);
+
 /* Checks, then starts everything. Returns 0 (running: the loop decides),
  * or the exit status when nothing could start. */
 int router_master_prepare(master_t *m, const char *argv0)
@@ -352,6 +355,11 @@ int router_master_prepare(master_t *m, const char *argv0)
         return rc;
     if (router_master_foreign_listener(m) != 0)
         return 1; /* logged; becoming ready checks again, once the routers listen */
+    char err[1024];
+    if (drop_withdrawn(NULL, m->cfg, err, sizeof(err)) != 0) {
+        kvs_error("%s; not started", err);
+        return 1;
+    }
     router_master_remove_next_paths(m->cfg);
     warn_unserved_data(m->cfg);
     warn_empty_moved_shards(m->cfg);
@@ -395,22 +403,6 @@ static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, u
     return 0;
 }
 
-/* Whether the master's note in shard directory `dir` (or the one its
- * worker is taking) names `node` (note_withdrawn). */
-static int withdrawn(const char *dir, const char *node)
-{
-    static const char *const notes[] = {KVS_WITHDRAWN_FILE, KVS_WITHDRAWN_FILE ".taking"};
-    char file[4400];
-    kvs_copied_t c;
-    for (size_t i = 0; i < sizeof(notes) / sizeof(notes[0]); i++) {
-        snprintf(file, sizeof(file), "%s/%s", dir, notes[i]);
-        int rc = kvs_copied_read_names(file, &c);
-        if (rc == KVS_EINVAL || (rc == 0 && kvs_copied_names(&c, node)))
-            return 1; /* (one that cannot be read may name it) */
-    }
-    return 0;
-}
-
 /* Shard s's copied-out file (`name` KVS_COPIED_FILE) or unbound-rows
  * (KVS_UNBOUND_FILE) in this node's directory (node_handoff, kvs_copied):
  * whether one of the nodes it names as having installed a copy holds the
@@ -434,11 +426,9 @@ static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next,
     size_t used = 0;
     for (size_t i = 0; i < c.n_names; i++) {
         const kvs_node_t *n = kvs_config_node(next, c.names[i]);
-        int gone = withdrawn(dir, c.names[i]); /* its copy may be gone (note_withdrawn) */
-        if (!gone && n != NULL && kvs_node_serves(n, s))
+        if (n != NULL && kvs_node_serves(n, s))
             kept = 1;
-        int w = snprintf(named + used, len - used, "%s%s%s", used > 0 ? ", " : "", c.names[i],
-                         gone ? " (withdrawn from the shard by a map since)" : "");
+        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", c.names[i]);
         if (w > 0 && (size_t)w < len - used)
             used += (size_t)w;
     }
@@ -538,65 +528,83 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
     return 0;
 }
 
-/* A map `next` that withdraws nodes from a shard this node keeps: the
- * names of those nodes in the shard's copied-out and unbound-rows count no
- * more, since a withdrawn node may retire its copy (a node that copied and
- * was withdrawn again holds nothing). Noted in the shard's directory
- * (KVS_WITHDRAWN_FILE), which its worker reads at its next reload
- * (node_handoff drops them, and removes the note): it may take only the
- * last of several quick reloads, and this master takes each map. A note
- * that cannot be written is logged: the names then count until the worker
- * sees a map without them. */
-static void note_withdrawn(const kvs_config_t *cur, const kvs_config_t *next)
+/* The nodes `map` gives shard s, into names[] (pointers into `map`):
+ * how many. */
+static size_t holders_of(const kvs_config_t *map, uint32_t s, const char **names)
 {
-    for (uint32_t s = 0; s < cur->shards; s++) {
-        char dir[4200], file[4400], tmp[4500], text[1024 + KVS_COPIED_NAMES * 80];
-        if (!kvs_config_local(cur, s) || !kvs_config_local(next, s) ||
-            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0 ||
-            router_master_shard_file(cur, s, "data.mdb") != 1)
+    size_t n = 0;
+    for (size_t i = 0; map != NULL && i < map->n_nodes; i++)
+        if (kvs_node_serves(&map->nodes[i], s) && n < KVS_COPIED_NAMES)
+            names[n++] = map->nodes[i].name;
+    return n;
+}
+
+/* A node named in a shard's copied-out or unbound-rows installed a copy
+ * from here; once a map withdraws it from the shard it may retire that
+ * copy, so it counts no more (a node that copied and was withdrawn again
+ * holds nothing). As it takes map `next` (at a reload, or at its start:
+ * `cur` NULL), for every shard `next` gives this node, the master drops
+ * from those files the nodes that held the shard before and not in
+ * `next`: before is the shard's holders file (the map it last ran with
+ * the shard, also before a restart) and `cur`; a holders file it cannot
+ * read drops every name. Then the holders file says `next`. Under the directory's lock
+ * (the worker changes those files too). Returns 0, or nonzero with
+ * err[] said: nothing of `next` may be taken. */
+static int drop_withdrawn(const kvs_config_t *cur, const kvs_config_t *next, char *err, size_t len)
+{
+    for (uint32_t s = 0; s < next->shards; s++) {
+        char dir[4200], file[4400];
+        if (!kvs_config_local(next, s) ||
+            kvs_schema_shard_dir(dir, sizeof(dir), next->data_dir, s) != 0 ||
+            router_master_shard_file(next, s, "data.mdb") != 1)
             continue;
-        snprintf(file, sizeof(file), "%s/" KVS_WITHDRAWN_FILE, dir);
-        kvs_copied_t c;
-        int rc = kvs_copied_read_names(file, &c);
-        if (rc != 0 && rc != -ENOENT) { /* kept: unread, it withdraws every name */
-            kvs_error("%s: cannot be read (%s): kept as it is (the master counts none of the "
-                      "nodes copied-out and unbound-rows name); remove it once they hold copies",
-                      file, kvs_strerror(rc));
-            continue;
+        const char *before[2 * KVS_COPIED_NAMES], *after[KVS_COPIED_NAMES];
+        const char *gone[2 * KVS_COPIED_NAMES];
+        size_t n_after = holders_of(next, s, after), n_before = holders_of(cur, s, before);
+        size_t n_gone = 0, dropped = 0;
+        int lock = kvs_copied_lock(dir, KVS_COPIED_LOCK_MS), rc = lock < 0 ? lock : 0;
+        kvs_copied_t *c = malloc(sizeof(*c));
+        snprintf(file, sizeof(file), "%s/" KVS_HOLDERS_FILE, dir);
+        int read = rc != 0 ? rc : c == NULL ? -ENOMEM : kvs_copied_read_names(file, c);
+        for (size_t i = 0; read == 0 && i < c->n_names; i++)
+            before[n_before++] = c->names[i];
+        for (size_t i = 0; i < n_before; i++) {
+            int kept = 0;
+            for (size_t j = 0; j < n_after && !kept; j++)
+                kept = strcmp(before[i], after[j]) == 0;
+            for (size_t j = 0; j < n_gone && !kept; j++)
+                kept = strcmp(before[i], gone[j]) == 0; /* (named twice: once is enough) */
+            if (!kept)
+                gone[n_gone++] = before[i];
         }
-        if (rc == -ENOENT)
-            c.n_names = 0;
-        size_t n = (size_t)snprintf(text, sizeof(text),
-                                    "# kvs: nodes a map withdrew from shard %u, whose copies may "
-                                    "be gone: its worker drops them from copied-out and "
-                                    "unbound-rows at its next reload, and removes this file\n",
-                                    s);
-        int added = 0;
-        for (size_t i = 0; i < c.n_names; i++)
-            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", c.names[i]);
-        for (size_t i = 0; i < cur->n_nodes; i++) {
-            const kvs_node_t *was = &cur->nodes[i], *now = kvs_config_node(next, was->name);
-            if (!kvs_node_serves(was, s) || (now != NULL && kvs_node_serves(now, s)) ||
-                kvs_copied_names(&c, was->name) || c.n_names + (size_t)added >= KVS_COPIED_NAMES)
-                continue;
-            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", was->name);
-            added++;
-        }
-        if (added == 0)
-            continue;
-        snprintf(tmp, sizeof(tmp), "%s.new", file);
-        rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
-        if (rc == 0 && rename(tmp, file) != 0)
-            rc = -errno;
+        int all = read != 0 && read != -ENOENT;
+        if (rc == 0 && (n_gone > 0 || all))
+            rc = kvs_copied_drop(dir, gone, n_gone, all, &dropped);
         if (rc == 0)
-            rc = kvs_fs_sync_dir(dir);
+            rc = kvs_copied_write_holders(dir, after, n_after);
+        if (rc == 0 && dropped > 0 && all)
+            kvs_info("shard %u: %s cannot be read: copied-out and unbound-rows name no node any "
+                     "more (%zu lines dropped)",
+                     s, file, dropped);
+        else if (rc == 0 && dropped > 0)
+            kvs_info(
+                "shard %u: copied-out and unbound-rows no longer name node %s%s, which the map "
+                "withdraws from the shard: its copy may be gone (%zu lines dropped)",
+                s, gone[0], n_gone > 1 ? " and the others it withdraws" : "", dropped);
+        free(c);
+        kvs_copied_unlock(lock);
         if (rc != 0) {
-            unlink(tmp);
-            kvs_error("%s: cannot write: %s; the nodes this map withdraws from shard %u count as "
-                      "holding a copy from here until its worker takes a map without them",
-                      file, strerror(-rc), s);
+            snprintf(err, len,
+                     "cannot drop the nodes the map withdraws from shard %u from the records of "
+                     "its copies in %.300s (copied-out, unbound-rows, holders), which a move "
+                     "of the shard trusts: %s",
+                     s, dir,
+                     rc == -ETIMEDOUT ? "its lock (" KVS_COPIED_LOCK ") is held"
+                                      : kvs_strerror(rc));
+            return rc;
         }
     }
+    return 0;
 }
 
 /* The file, read and checked (see the file comment). Returns 0 when its
@@ -634,6 +642,10 @@ int router_master_reload_config(master_t *m, int *map)
                   "it is over)",
                   busy);
         m->reloads[2]++;
+    } else if (*map && drop_withdrawn(m->cfg, next, err, sizeof(err)) != 0) {
+        rc = KVS_ECONFIG;
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
+        m->reloads[2]++;
     } else if (!*map && dup2(fd, m->config_fd) < 0) { /* same number: the supervisor passes it */
         rc = -errno;
         kvs_error("reload: cannot replace the config snapshot: %s; the running configuration is "
@@ -651,7 +663,6 @@ int router_master_reload_config(master_t *m, int *map)
              * workers' snapshot too), or not at all if the change fails:
              * prev_cfg holds the previous map and the new live keys until
              * the change is over. */
-            note_withdrawn(m->cfg, next);
             kvs_config_apply_map(m->cfg, next);
             m->prev_cfg = next;
             next = NULL;

@@ -706,13 +706,6 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.reload(a, 1)  # a copies shard 2 from b
         self.assertTrue(wait_until(lambda: "\nnode a\n" in (self.unbound_rows(b, 2) or ""), 10),
                         self.unbound_rows(b, 2))
-        # A note of the master's that a map withdrew a, which b's worker
-        # has not taken yet: a's name counts no more.
-        note = os.path.join(b.data_dir, "shard-2", "withdrawn")
-        with open(note, "w") as f:
-            f.write("node a\n")
-        self.refused_for_rows(b, 2, "a (withdrawn from the shard by a map since)")
-        os.unlink(note)
         self.reload(b, 2)
         self.assertIn("membership change complete", b.stderr())
         self.read_all(a, rows, "kept")
@@ -815,9 +808,44 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.reload(b, 2)
         self.assertTrue(wait_until(lambda: "node a" not in self.unbound_rows(b, 2), 10),
                         self.unbound_rows(b, 2))
-        self.assertIn("shard 2: a map withdrew node a from it, whose copy may be gone", b.stderr())
+        self.assertIn("shard 2: copied-out and unbound-rows no longer name node a, which the map "
+                      "withdraws from the shard", b.stderr())
         set_map(b, beside, bases)
         self.reload(b, 3)
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_node_withdrawn_by_the_map_a_node_starts_with_is_no_copy_either(self):
+        # As above, but b takes the map that withdraws a by a restart
+        # (its file changed while it was down): its start compares the
+        # map with the one it ran before (shard-2/holders) and drops a.
+        start = {"a": [0, 1], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        moved = {"a": [0, 1, 2], "b": [3]}
+        _, bases, _, a, b = self.a_and_b(start)
+        rows = self.keys_on(2, b"s", 10)
+        self.write_all(b, rows, "kept")
+        set_map(a, beside, bases)
+        self.reload(a, 1)
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        self.assertIn("\nnode a\n", self.unbound_rows(b, 2))
+        self.assertEqual(a.stop(), 0)
+        shutil.rmtree(os.path.join(a.data_dir, "shard-2"))
+        set_map(a, start, bases)
+        a.start()
+        self.assertEqual(b.stop(), 0)
+        set_map(b, start, bases)
+        b.start()
+        self.wait_workers(a)
+        self.wait_workers(b)
+        self.assertNotIn("node a", self.unbound_rows(b, 2))
+        self.assertNotIn("node a", self.copied_out(b))
+        set_map(b, beside, bases)
+        self.reload(b, changes_over(b) + 1)
         set_map(b, moved, bases)
         self.refused_for_rows(b, 2)
         self.read_all(b, rows, "kept")

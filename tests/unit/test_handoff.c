@@ -15,9 +15,9 @@ static char dir[64], file[96], rows[96], text_of_rows[4096];
 static void remove_dir(void)
 {
     char path[128];
-    snprintf(path, sizeof(path), "%s/withdrawn", dir);
+    snprintf(path, sizeof(path), "%s/handoff.lock", dir);
     unlink(path);
-    snprintf(path, sizeof(path), "%s/withdrawn.taking", dir);
+    snprintf(path, sizeof(path), "%s/holders", dir);
     unlink(path);
     unlink(file);
     unlink(rows);
@@ -339,61 +339,47 @@ KVS_TEST(unbound_rows_take_no_copy_of_a_time_writes_were_taken)
     kvs_config_free(alone);
 }
 
-/* A node the master notes as withdrawn from the shard (its copy may be
- * gone) is dropped from both files at the next reload, and the note is
- * removed; one the worker could not finish taking (".taking", a crash)
- * is taken at the next. */
-static void note(const char *name, const char *text)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    fputs(text, f);
-    fclose(f);
-}
-
-KVS_TEST(a_node_the_master_notes_withdrawn_is_named_no_more)
+/* The master drops a withdrawn node from both files (kvs_copied_drop,
+ * under the directory's lock) while the worker runs: the worker's records
+ * go on from what the files say then. While the master holds the lock,
+ * the worker's changes wait, and fail when it is held too long. */
+KVS_TEST(the_masters_drop_and_the_workers_records_take_turns)
 {
     fresh_dir();
     kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
-    char w[128], t[128];
-    snprintf(w, sizeof(w), "%s/withdrawn", dir);
-    snprintf(t, sizeof(t), "%s/withdrawn.taking", dir);
     node_handoff_t *h = NULL;
     CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0);
     CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
     CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
     CHECK_ROWS("b c");
-    note("withdrawn", "# kvs\nnode c\nnode x\n");
-    node_handoff_update(h, both);
+    int fd = kvs_copied_lock(dir, 100);
+    CHECK(fd >= 0);
+    const char *gone[] = {"c"};
+    size_t dropped = 0;
+    CHECK_EQ(kvs_copied_drop(dir, gone, 1, 0, &dropped), 0);
+    CHECK_EQ(dropped, 1);
+    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_mark(h)), 0); /* waited 2 s: not recorded */
     CHECK_ROWS("b");
-    CHECK(access(w, F_OK) != 0 && access(t, F_OK) != 0);
+    kvs_copied_unlock(fd);
+    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b d");
+    node_handoff_update(h, alone);
     uint8_t d[KVS_HASH_LEN];
     memset(d, 0xa5, sizeof(d));
-    node_handoff_update(h, alone);
-    fence(h, "peer", alone, 1); /* b copies again, under the fence */
+    fence(h, "peer", alone, 1);
     node_handoff_mark_t m = node_handoff_mark(h);
     CHECK_EQ(node_handoff_sent(h, "b", d, m), 0);
     CHECK_EQ(node_handoff_copied(h, "b", m), 0);
-    CHECK_ROWS("b");
-    node_handoff_free(h);
-    note("withdrawn.taking", "node b\n"); /* a crash while taking it */
-    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
-    CHECK_ROWS("");
+    const char *b[] = {"b"};
+    CHECK_EQ(kvs_copied_drop(dir, b, 1, 0, NULL), 0);
     char text[4096];
     read_file(text, sizeof(text));
     CHECK(strstr(text, "node b") == NULL && strstr(text, "sent b") == NULL);
     CHECK(strstr(text, "# kvs: shard 1 was copied") == text);
+    CHECK(strstr(text, "\npeer peer\n") != NULL);
     CHECK(node_handoff_why(h) != NULL);               /* still fenced */
     CHECK_EQ(node_handoff_reack(h, "b", d), -ENOENT); /* its copy counts no more */
-    CHECK(access(t, F_OK) != 0);
-    char many[2048] = "";
-    for (int i = 0; i <= KVS_COPIED_NAMES; i++) /* more names than one kvs wrote */
-        snprintf(many + strlen(many), sizeof(many) - strlen(many), "node n%d\n", i);
-    note("withdrawn", many); /* not understood: kept, retried */
-    node_handoff_update(h, alone);
-    CHECK(access(t, F_OK) == 0);
+    CHECK_ROWS("");
     node_handoff_free(h);
     kvs_config_free(alone);
     kvs_config_free(both);
@@ -702,7 +688,7 @@ KVS_TEST_MAIN(KVS_CASE(no_file_no_fence),
               KVS_CASE(unbound_rows_names_the_copies_taken_since_the_last_write),
               KVS_CASE(unbound_rows_take_no_copy_of_a_time_writes_were_taken),
               KVS_CASE(a_start_writes_or_removes_unbound_rows_by_what_the_shard_holds),
-              KVS_CASE(a_node_the_master_notes_withdrawn_is_named_no_more),
+              KVS_CASE(the_masters_drop_and_the_workers_records_take_turns),
               KVS_CASE(unbound_rows_removed_is_written_again_by_the_next_write),
               KVS_CASE(a_fifo_for_unbound_rows_holds_nothing_up),
               KVS_CASE(unbound_rows_forget_copies_when_writes_may_be_taken_again),
