@@ -118,32 +118,42 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
     return rc != 0 || (out->peer[0] != '\0' && out->time[0] != '\0') ? rc : KVS_EINVAL;
 }
 
-static int read_file(const char *path, kvs_copied_t *out, int head)
+/* Reads `path` whole (not following a symlink, never waiting on a FIFO)
+ * into a new *text of *got bytes. Returns 0, -ENOENT, KVS_EINVAL (not a
+ * regular file, or larger than KVS_COPIED_MAX: not one kvs wrote) or
+ * another negative errno; *text is the caller's to free either way. */
+static int slurp(const char *path, char **text, size_t *got)
 {
+    *got = 0;
+    *text = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return -errno;
-    char *text = malloc(KVS_COPIED_MAX + 1);
-    size_t got = 0;
     struct stat st;
-    int rc = text == NULL           ? -ENOMEM
-             : fstat(fd, &st) != 0  ? -errno
-             : !S_ISREG(st.st_mode) ? KVS_EINVAL /* a FIFO, a device: not one kvs wrote */
-                                    : 0;
-    while (rc == 0 && got <= KVS_COPIED_MAX) {
-        ssize_t r = read(fd, text + got, KVS_COPIED_MAX + 1 - got);
+    int rc = (*text = malloc(KVS_COPIED_MAX + 1)) == NULL ? -ENOMEM
+             : fstat(fd, &st) != 0                        ? -errno
+             : !S_ISREG(st.st_mode)                       ? KVS_EINVAL
+                                                          : 0;
+    while (rc == 0 && *got <= KVS_COPIED_MAX) {
+        ssize_t r = read(fd, *text + *got, KVS_COPIED_MAX + 1 - *got);
         if (r < 0 && errno != EINTR)
             rc = -errno;
         else if (r == 0)
             break;
         else if (r > 0)
-            got += (size_t)r;
+            *got += (size_t)r;
     }
     close(fd);
+    return rc == 0 && *got > KVS_COPIED_MAX ? KVS_EINVAL : rc;
+}
+
+static int read_file(const char *path, kvs_copied_t *out, int head)
+{
+    char *text;
+    size_t got;
+    int rc = slurp(path, &text, &got);
     if (rc == 0)
-        rc = got > KVS_COPIED_MAX ? KVS_EINVAL
-             : head               ? kvs_copied_parse(text, got, out)
-                                  : parse_lines(text, got, out);
+        rc = head ? kvs_copied_parse(text, got, out) : parse_lines(text, got, out);
     free(text);
     return rc;
 }
@@ -232,28 +242,16 @@ static int drop_in(const char *dir, const char *file, const char *const *names, 
     char path[4400];
     if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, file) >= sizeof(path))
         return -ENAMETOOLONG;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -errno;
-    char *text = malloc(KVS_COPIED_MAX + 1), *out = malloc(KVS_COPIED_MAX + 1);
-    size_t got = 0, n = 0, gone = 0;
-    struct stat st;
-    int rc = text == NULL || out == NULL ? -ENOMEM
-             : fstat(fd, &st) != 0       ? -errno
-             : !S_ISREG(st.st_mode)      ? KVS_EINVAL
-                                         : 0;
-    while (rc == 0 && got <= KVS_COPIED_MAX) {
-        ssize_t r = read(fd, text + got, KVS_COPIED_MAX + 1 - got);
-        if (r < 0 && errno != EINTR)
-            rc = -errno;
-        else if (r == 0)
-            break;
-        else if (r > 0)
-            got += (size_t)r;
+    char *text, *out = malloc(KVS_COPIED_MAX + 1);
+    size_t got, n = 0, gone = 0;
+    int rc = slurp(path, &text, &got);
+    if (rc == -ENOENT) {
+        free(out);
+        free(text);
+        return 0;
     }
-    close(fd);
-    if (rc == 0 && (got > KVS_COPIED_MAX || memchr(text, '\0', got) != NULL))
-        rc = KVS_EINVAL;
+    if (rc == 0 && (out == NULL || memchr(text, '\0', got) != NULL))
+        rc = out == NULL ? -ENOMEM : KVS_EINVAL;
     for (size_t at = 0; rc == 0 && at < got;) {
         const char *line = text + at, *end = memchr(line, '\n', got - at);
         size_t len = end != NULL ? (size_t)(end - line) : got - at;
