@@ -91,6 +91,10 @@ static int parse_lines(const char *text, size_t len, kvs_copied_t *out)
             continue;
         if (out->time[0] == '\0' && value_of(line, n, "time", out->time, sizeof(out->time)))
             continue;
+        if (value_of(line, n, "withdrawals", value, sizeof(value))) {
+            out->withdrawals = strtoull(value, NULL, 10);
+            continue;
+        }
         if (value_of(line, n, "sent", value, sizeof(value))) {
             kvs_copied_sent_t *had;
             out->sent_lines++;
@@ -278,7 +282,8 @@ int kvs_copied_drop(const char *dir, const char *const *names, size_t n, int all
     return rc != 0 ? rc : drop_in(dir, KVS_UNBOUND_FILE, names, n, all, dropped);
 }
 
-int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n)
+int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n,
+                             uint64_t withdrawals)
 {
     size_t cap = 256 + n * (KVS_NODE_NAME_MAX + 8), len;
     char *text = malloc(cap), path[4400];
@@ -286,7 +291,9 @@ int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n
         return -ENOMEM;
     len = (size_t)snprintf(text, cap,
                            "# kvs: this shard's nodes in the map kvs-router last ran; a node "
-                           "that leaves them is dropped from copied-out and unbound-rows\n");
+                           "that leaves them is dropped from copied-out and unbound-rows\n"
+                           "withdrawals %llu\n",
+                           (unsigned long long)withdrawals);
     for (size_t i = 0; i < n && len < cap; i++)
         len += (size_t)snprintf(text + len, cap - len, "node %s\n", names[i]);
     int rc = (size_t)snprintf(path, sizeof(path), "%s/" KVS_HOLDERS_FILE, dir) >= sizeof(path)

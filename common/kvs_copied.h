@@ -68,6 +68,7 @@ typedef struct {
     kvs_copied_sent_t sent[KVS_COPIED_SENT];
     size_t sent_lines; /* whole sent lines in the text, repeats and odd ones included */
     int whole;         /* the text ends with a newline (or is empty): an append needs none first */
+    uint64_t withdrawals; /* holders: its "withdrawals N" line (0 without one) */
 } kvs_copied_t;
 
 /* Parses text[0..len). Returns 0 with *out filled, or KVS_EINVAL when it
@@ -101,8 +102,12 @@ void kvs_copied_unlock(int fd);
 int kvs_copied_drop(const char *dir, const char *const *names, size_t n, int all, size_t *dropped);
 
 /* Writes dir's holders file afresh (synced, renamed over) naming
- * names[0..n), under the caller's lock. 0 or a negative errno. */
-int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n);
+ * names[0..n), with the line "withdrawals N" (how many times a map
+ * withdrew nodes from the shard: a copy whose acknowledgement comes after
+ * that count moved is recorded by no one), under the caller's lock. 0 or
+ * a negative errno. */
+int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n,
+                             uint64_t withdrawals);
 
 /* Whether `node` is one of the names. */
 int kvs_copied_names(const kvs_copied_t *c, const char *node);

@@ -12,6 +12,7 @@
 #include "kvs_log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,9 @@ struct node_handoff_s {
     int open;          /* writes to unbound tables are taken: unfenced, replicas < 2 */
     uint64_t writes;   /* counts the times `open` began (node_handoff_mark) */
     int rows;          /* ROWS_* */
+    int rows_fd;       /* unbound-rows as ROWS_CLEAN found it, or -1: removed when unlinked */
     int rows_failed;   /* the last attempt to write unbound-rows failed (logged) */
+    char node[KVS_NODE_NAME_MAX + 1]; /* node.name */
     char why[600];
 };
 
@@ -45,6 +48,7 @@ struct node_handoff_s {
 #define WRITES_OPEN UINT64_MAX
 
 static int write_rows(node_handoff_t *h, const char *since);
+static void rows_clean(node_handoff_t *h);
 
 /* The shard directory's lock: the master changes copied-out and
  * unbound-rows too (kvs_copied_drop), so each change here is made under
@@ -66,7 +70,7 @@ static void settle(node_handoff_t *h)
         h->writes++;
         int rc = h->rows == ROWS_NAMED ? write_rows(h, "the copies it named are forgotten") : 0;
         if (h->rows == ROWS_NAMED && rc == 0)
-            h->rows = ROWS_CLEAN;
+            rows_clean(h);
         else if (rc != 0)
             kvs_error("%s: cannot write: %s; it may name nodes whose copies are gone until the "
                       "next write to a table bound to no topic",
@@ -97,15 +101,53 @@ static size_t rows_head(const node_handoff_t *h, const char *since, const char *
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-/* unbound-rows afresh, naming no node (synced); 0 or a negative errno. */
-static int write_rows(node_handoff_t *h, const char *since)
+/* unbound-rows afresh, naming no node (synced), under the caller's lock;
+ * 0 or a negative errno. */
+static int write_rows_locked(node_handoff_t *h, const char *since)
 {
     char when[32], text[700];
     now_text(when, sizeof(when));
     size_t n = rows_head(h, since, when, text, sizeof(text));
-    int fd = lock(h), rc = fd < 0 ? fd : kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
+    return kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
+}
+
+static int write_rows(node_handoff_t *h, const char *since)
+{
+    int fd = lock(h), rc = fd < 0 ? fd : write_rows_locked(h, since);
     kvs_copied_unlock(fd);
     return rc;
+}
+
+/* The rows file as it is now, ROWS_CLEAN: kept open, so that a write sees
+ * at the cost of one fstat(2) whether it is still there. */
+static void rows_clean(node_handoff_t *h)
+{
+    if (h->rows_fd >= 0)
+        close(h->rows_fd);
+    h->rows_fd = open(h->rows_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    h->rows = h->rows_fd >= 0 ? ROWS_CLEAN : ROWS_NAMED;
+}
+
+/* The master's holders file (kvs_copied_write_holders): 0 and *c, or a
+ * negative errno (-ENOENT: none; no master wrote one). */
+static int holders(const node_handoff_t *h, kvs_copied_t *c)
+{
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/" KVS_HOLDERS_FILE, h->dir);
+    return kvs_copied_read_names(path, c);
+}
+
+/* Whether the master's holders file gives the shard to this node alone
+ * (or there is none): the map it takes, which this worker may not have
+ * taken yet. */
+static int holders_alone(const node_handoff_t *h)
+{
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL ? -ENOMEM : holders(h, c);
+    int alone = rc == -ENOENT || (rc == 0 && (c->n_names == 0 || /* no map: no moves */
+                                              (c->n_names == 1 && kvs_copied_names(c, h->node))));
+    free(c);
+    return alone;
 }
 
 /* At the start: unbound-rows as `unbound` (tables bound to no topic that
@@ -116,7 +158,9 @@ static void rows_open(node_handoff_t *h, uint32_t unbound)
     int rc = c == NULL ? -ENOMEM : kvs_copied_read_names(h->rows_path, c);
     if (rc == -ENOENT && unbound > 0) {
         rc = write_rows(h, "found at a start");
-        h->rows = rc == 0 ? ROWS_CLEAN : ROWS_NONE;
+        h->rows = ROWS_NONE;
+        if (rc == 0)
+            rows_clean(h);
         if (rc != 0)
             kvs_error("%s: cannot write: %s; until a write to a table bound to no topic writes "
                       "it, a reload may give shard %u up to a node that holds an older copy",
@@ -131,8 +175,10 @@ static void rows_open(node_handoff_t *h, uint32_t unbound)
         if (rc == 0)
             kvs_info("shard %u holds no rows of tables bound to no topic: %s removed", h->shard,
                      h->rows_path);
+    } else if (rc == 0 && c->n_names == 0) {
+        rows_clean(h);
     } else {
-        h->rows = rc == 0 && c->n_names == 0 ? ROWS_CLEAN : ROWS_NAMED;
+        h->rows = ROWS_NAMED;
     }
     free(c);
 }
@@ -176,6 +222,8 @@ int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t 
         return -ENOMEM;
     }
     h->shard = shard;
+    h->rows_fd = -1;
+    snprintf(h->node, sizeof(h->node), "%s", cfg->node_name != NULL ? cfg->node_name : "");
     snprintf(h->path, n, "%s/" KVS_COPIED_FILE, shard_dir);
     snprintf(h->rows_path, r, "%s/" KVS_UNBOUND_FILE, shard_dir);
     load(h);
@@ -248,18 +296,34 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
 
 node_handoff_mark_t node_handoff_mark(const node_handoff_t *h)
 {
-    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes};
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL ? -ENOMEM : holders(h, c);
+    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes,
+                             rc == 0         ? c->withdrawals
+                             : rc == -ENOENT ? 0
+                                             : UINT64_MAX};
+    free(c);
     return m;
 }
 
 int node_handoff_writing(node_handoff_t *h)
 {
-    if (h == NULL || h->rows == ROWS_CLEAN)
+    struct stat st;
+    if (h == NULL)
         return 0;
-    int rc = write_rows(h, h->rows == ROWS_NONE ? "written since this worker started"
-                                                : "written since the copies it named");
+    if (h->rows == ROWS_CLEAN && fstat(h->rows_fd, &st) == 0 && st.st_nlink > 0)
+        return 0;
+    /* Removed (the refusal's way out), or renamed over by the master's
+     * drop: written afresh below, as a write makes every copy named old. */
+    const char *since = h->rows == ROWS_NONE ? "written since this worker started"
+                                             : "written since the copies it named";
+    int fd = lock(h), rc = fd < 0 ? fd : holders_alone(h) ? write_rows_locked(h, since) : -EAGAIN;
+    if (rc == 0)
+        rows_clean(h); /* (under the lock: what it opens is what was written) */
+    kvs_copied_unlock(fd);
+    if (rc == -EAGAIN)
+        return rc; /* the map being taken: the caller says so, nothing to log */
     if (rc == 0) {
-        h->rows = ROWS_CLEAN;
         h->rows_failed = 0;
     } else if (!h->rows_failed) {
         h->rows_failed = 1;
@@ -357,18 +421,40 @@ static int append_locked(node_handoff_t *h, const char *path, const char *node,
     return rc;
 }
 
+/* append_locked under the lock; with `withdrawals`, only while the
+ * master's count of withdrawals is still that (else -ESTALE: a map
+ * withdrew nodes from the shard since the copy began, its receiver maybe
+ * among them). */
 static int append_to(node_handoff_t *h, const char *path, const char *node, const uint8_t *digest,
-                     const uint8_t *only_if_sent)
+                     const uint8_t *only_if_sent, const uint64_t *withdrawals)
 {
-    int fd = lock(h), rc = fd < 0 ? fd : append_locked(h, path, node, digest, only_if_sent);
+    int fd = lock(h), rc = fd < 0 ? fd : 0;
+    if (rc == 0 && withdrawals != NULL) {
+        kvs_copied_t *c = malloc(sizeof(*c));
+        int read = c == NULL ? -ENOMEM : holders(h, c);
+        uint64_t now = read == 0 ? c->withdrawals : read == -ENOENT ? 0 : UINT64_MAX;
+        rc = now == *withdrawals && now != UINT64_MAX ? 0 : -ESTALE;
+        free(c);
+    }
+    if (rc == 0)
+        rc = append_locked(h, path, node, digest, only_if_sent);
     kvs_copied_unlock(fd);
     return rc;
 }
 
 static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
-                  const uint8_t *only_if_sent)
+                  const uint8_t *only_if_sent, const uint64_t *withdrawals)
 {
-    return append_to(h, h->path, node, digest, only_if_sent);
+    return append_to(h, h->path, node, digest, only_if_sent, withdrawals);
+}
+
+/* Says that `node` was not recorded for the master's withdrawal since its
+ * copy began (append_to's -ESTALE). */
+static void stale(const node_handoff_t *h, const char *node, const char *path)
+{
+    kvs_info("shard %u: node %s's copy is not recorded in %s: a map withdrew nodes from the "
+             "shard since it began (it may have withdrawn that node)",
+             h->shard, node, path);
 }
 
 static const char *append_error(int rc)
@@ -379,13 +465,15 @@ static const char *append_error(int rc)
 
 /* Node `node` installed a copy holding every unbound row this shard
  * acknowledged: unbound-rows names it (when there is such a file). */
-static void cover(node_handoff_t *h, const char *node)
+static void cover(node_handoff_t *h, const char *node, const uint64_t *withdrawals)
 {
     if (h->rows == ROWS_NONE)
         return; /* no rows of unbound tables here that another copy lacks */
-    int rc = append_to(h, h->rows_path, node, NULL, NULL);
+    int rc = append_to(h, h->rows_path, node, NULL, NULL, withdrawals);
     if (rc == 0 || rc == 1)
         h->rows = ROWS_NAMED;
+    else if (rc == -ESTALE)
+        stale(h, node, h->rows_path);
     else
         kvs_error("%s: cannot record that node %s installed a copy of shard %u: %s; a reload "
                   "giving the shard up to it is refused until it copies again",
@@ -394,12 +482,15 @@ static void cover(node_handoff_t *h, const char *node)
 
 /* Records `node` (see append), and says so; a failure of a request's
  * (only_if_sent) is said in its answer instead, not logged per request. */
-static int record_node(node_handoff_t *h, const char *node, const uint8_t *only_if_sent)
+static int record_node(node_handoff_t *h, const char *node, const uint8_t *only_if_sent,
+                       const uint64_t *withdrawals)
 {
-    int rc = append(h, node, NULL, only_if_sent);
+    int rc = append(h, node, NULL, only_if_sent, withdrawals);
     if (rc == 1 || rc == -ENOENT || (rc != 0 && only_if_sent != NULL))
         return rc == 1 ? 0 : rc;
-    if (rc != 0)
+    if (rc == -ESTALE)
+        stale(h, node, h->path);
+    else if (rc != 0)
         kvs_error("%s: cannot record that node %s installed its copy of shard %u: %s; a reload "
                   "giving the shard to %s alone is refused until it copies again",
                   h->path, node, h->shard, append_error(rc), node);
@@ -415,10 +506,11 @@ int node_handoff_copied(node_handoff_t *h, const char *node, node_handoff_mark_t
     /* A copy of another fence's time, or of none, proves nothing for
      * copied-out now; one taken while no write was taken since does for
      * unbound-rows. */
-    int rc = h->fenced && h->epoch == mark.fence ? record_node(h, node, NULL) : 0;
+    int rc =
+        h->fenced && h->epoch == mark.fence ? record_node(h, node, NULL, &mark.withdrawals) : 0;
     if (!h->open && h->writes == mark.writes)
-        cover(h, node);
-    return rc;
+        cover(h, node, &mark.withdrawals);
+    return rc == -ESTALE ? 0 : rc;
 }
 
 int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
@@ -426,9 +518,9 @@ int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[
 {
     if (!h->fenced || h->epoch != mark.fence || !kvs_copied_name_ok(node))
         return 0;
-    int rc = append(h, node, digest, NULL);
-    if (rc == 1)
-        return 0;
+    int rc = append(h, node, digest, NULL, &mark.withdrawals);
+    if (rc == 1 || rc == -ESTALE)
+        return 0; /* (-ESTALE: nor is its acknowledgement taken later) */
     if (rc != 0)
         kvs_error("%s: cannot record the copy of shard %u sent to node %s: %s; its "
                   "acknowledgement is taken on the stream's connection only",
@@ -440,9 +532,11 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
 {
     if (!h->fenced || !kvs_copied_name_ok(node))
         return -ENOENT;
-    int rc = record_node(h, node, digest); /* named before (the stream's acknowledgement came): 0 */
+    /* A sent line is dropped with its node when a map withdraws it: one
+     * that is still there was not withdrawn since. */
+    int rc = record_node(h, node, digest, NULL); /* named before (the stream's ack came): 0 */
     if (rc == 0)
-        cover(h, node); /* the fence stood since the copy: no write was taken */
+        cover(h, node, NULL); /* the fence stood since the copy: no write was taken */
     return rc;
 }
 
@@ -506,6 +600,9 @@ void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
     struct stat st;
     if (h->rows != ROWS_NONE && lstat(h->rows_path, &st) != 0 && errno == ENOENT) {
         h->rows = ROWS_NONE; /* removed (README's way out): the next such write writes it again */
+        if (h->rows_fd >= 0)
+            close(h->rows_fd);
+        h->rows_fd = -1;
         kvs_info("shard %u: %s was removed; the next write to a table bound to no topic writes "
                  "it again",
                  h->shard, h->rows_path);
@@ -522,6 +619,8 @@ void node_handoff_free(node_handoff_t *h)
 {
     if (h == NULL)
         return;
+    if (h->rows_fd >= 0)
+        close(h->rows_fd);
     free(h->path);
     free(h->rows_path);
     free(h->dir);

@@ -89,6 +89,8 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
  * none were, at W, holds every such row while it is still W). */
 typedef struct {
     uint64_t fence, writes;
+    uint64_t withdrawals; /* the master's count when the copy was taken (kvs_copied.h: holders):
+                             a map that withdrew nodes since may have withdrawn its receiver */
 } node_handoff_mark_t;
 
 node_handoff_mark_t node_handoff_mark(const node_handoff_t *h);

@@ -334,7 +334,8 @@ static void warn_empty_moved_shards(const kvs_config_t *cfg)
     }
 }
 
-static int drop_withdrawn(const kvs_config_t *cur, const kvs_config_t *next, char *err, size_t len);
+static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int restore, char *err,
+                        size_t len);
 
 /* Checks, then starts everything. Returns 0 (running: the loop decides),
  * or the exit status when nothing could start. */
@@ -356,7 +357,7 @@ int router_master_prepare(master_t *m, const char *argv0)
     if (router_master_foreign_listener(m) != 0)
         return 1; /* logged; becoming ready checks again, once the routers listen */
     char err[1024];
-    if (drop_withdrawn(NULL, m->cfg, err, sizeof(err)) != 0) {
+    if (take_records(NULL, m->cfg, 0, err, sizeof(err)) != 0) {
         kvs_error("%s; not started", err);
         return 1;
     }
@@ -539,31 +540,43 @@ static size_t holders_of(const kvs_config_t *map, uint32_t s, const char **names
     return n;
 }
 
-/* A node named in a shard's copied-out or unbound-rows installed a copy
- * from here; once a map withdraws it from the shard it may retire that
- * copy, so it counts no more (a node that copied and was withdrawn again
- * holds nothing). As it takes map `next` (at a reload, or at its start:
- * `cur` NULL), for every shard `next` gives this node, the master drops
- * from those files the nodes that held the shard before and not in
- * `next`: before is the shard's holders file (the map it last ran with
- * the shard, also before a restart) and `cur`; a holders file it cannot
- * read drops every name. Then the holders file says `next`. Under the directory's lock
- * (the worker changes those files too). Returns 0, or nonzero with
- * err[] said: nothing of `next` may be taken. */
-static int drop_withdrawn(const kvs_config_t *cur, const kvs_config_t *next, char *err, size_t len)
+/* Records of a shard's copies that a map `next` changes, for every shard
+ * `next` or `cur` gives this node whose directory exists (at a reload,
+ * before the check that may refuse it; at the master's start: `cur`
+ * NULL). Under the directory's lock, which the worker takes for each
+ * change of those files:
+ *   - a node named in copied-out or unbound-rows installed a copy from
+ *     here; once a map withdraws it from the shard it may retire that
+ *     copy, so it counts no more (a node that copied and was withdrawn
+ *     again holds nothing): dropped (kvs_copied_drop). "Before" is the
+ *     shard's holders file (the map last taken, also before a restart)
+ *     and `cur`; at a start without a holders file (a directory from
+ *     before it, or added by a reload before it had data), or with one
+ *     that cannot be read, every name is dropped;
+ *   - the holders file then says `next` (the worker refuses to begin
+ *     writing unbound rows while it lists other nodes or not this one:
+ *     its own map may still be the previous one), with its count of
+ *     withdrawals moved when nodes were withdrawn (an acknowledgement of
+ *     a copy that began before is recorded by no one).
+ * With `restore`, only the holders file is written (`next` is the map
+ * that stays: the reload was refused). Returns 0, or nonzero with err[]
+ * said: nothing of `next` may be taken. */
+static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int restore, char *err,
+                        size_t len)
 {
-    for (uint32_t s = 0; s < next->shards; s++) {
+    for (uint32_t s = 0; next->n_nodes > 0 && s < next->shards; s++) { /* (no map: no moves) */
         char dir[4200], file[4400];
-        if (!kvs_config_local(next, s) ||
+        struct stat st;
+        if ((!kvs_config_local(next, s) && (cur == NULL || !kvs_config_local(cur, s))) ||
             kvs_schema_shard_dir(dir, sizeof(dir), next->data_dir, s) != 0 ||
-            router_master_shard_file(next, s, "data.mdb") != 1)
+            lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
             continue;
         const char *before[2 * KVS_COPIED_NAMES], *after[KVS_COPIED_NAMES];
         const char *gone[2 * KVS_COPIED_NAMES];
         size_t n_after = holders_of(next, s, after), n_before = holders_of(cur, s, before);
         size_t n_gone = 0, dropped = 0;
         int lock = kvs_copied_lock(dir, KVS_COPIED_LOCK_MS), rc = lock < 0 ? lock : 0;
-        kvs_copied_t *c = malloc(sizeof(*c));
+        kvs_copied_t *c = calloc(1, sizeof(*c));
         snprintf(file, sizeof(file), "%s/" KVS_HOLDERS_FILE, dir);
         int read = rc != 0 ? rc : c == NULL ? -ENOMEM : kvs_copied_read_names(file, c);
         for (size_t i = 0; read == 0 && i < c->n_names; i++)
@@ -577,15 +590,17 @@ static int drop_withdrawn(const kvs_config_t *cur, const kvs_config_t *next, cha
             if (!kept)
                 gone[n_gone++] = before[i];
         }
-        int all = read != 0 && read != -ENOENT;
-        if (rc == 0 && (n_gone > 0 || all))
+        int all = !restore && (read == -ENOENT ? cur == NULL : read != 0);
+        if (rc == 0 && !restore && (n_gone > 0 || all))
             rc = kvs_copied_drop(dir, gone, n_gone, all, &dropped);
+        uint64_t count = read == 0 ? c->withdrawals : 0;
         if (rc == 0)
-            rc = kvs_copied_write_holders(dir, after, n_after);
+            rc = kvs_copied_write_holders(dir, after, n_after,
+                                          count + (!restore && (n_gone > 0 || all)));
         if (rc == 0 && dropped > 0 && all)
-            kvs_info("shard %u: %s cannot be read: copied-out and unbound-rows name no node any "
-                     "more (%zu lines dropped)",
-                     s, file, dropped);
+            kvs_info("shard %u: %s %s: copied-out and unbound-rows name no node any more (%zu "
+                     "lines dropped)",
+                     s, file, read == -ENOENT ? "is missing" : "cannot be read", dropped);
         else if (rc == 0 && dropped > 0)
             kvs_info(
                 "shard %u: copied-out and unbound-rows no longer name node %s%s, which the map "
@@ -595,9 +610,8 @@ static int drop_withdrawn(const kvs_config_t *cur, const kvs_config_t *next, cha
         kvs_copied_unlock(lock);
         if (rc != 0) {
             snprintf(err, len,
-                     "cannot drop the nodes the map withdraws from shard %u from the records of "
-                     "its copies in %.300s (copied-out, unbound-rows, holders), which a move "
-                     "of the shard trusts: %s",
+                     "cannot update the records of shard %u's copies in %.300s (copied-out, "
+                     "unbound-rows, holders), which a move of the shard trusts: %s",
                      s, dir,
                      rc == -ETIMEDOUT ? "its lock (" KVS_COPIED_LOCK ") is held"
                                       : kvs_strerror(rc));
@@ -632,17 +646,22 @@ int router_master_reload_config(master_t *m, int *map)
         kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
-    } else if (*map && last_copy_leaving(m->cfg, next, err, sizeof(err))) {
-        rc = KVS_ECONFIG;
-        kvs_error("reload refused: %s; the running configuration is unchanged", err);
-        m->reloads[2]++;
     } else if ((busy = reload_busy(m, *map)) != NULL) {
         rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged (reload again once "
                   "it is over)",
                   busy);
         m->reloads[2]++;
-    } else if (*map && drop_withdrawn(m->cfg, next, err, sizeof(err)) != 0) {
+    } else if (*map && take_records(m->cfg, next, 0, err, sizeof(err)) != 0) {
+        rc = KVS_ECONFIG;
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
+        m->reloads[2]++;
+    } else if (*map && last_copy_leaving(m->cfg, next, err, sizeof(err))) {
+        /* After take_records: a write its worker takes from now on sees
+         * the new holders (and refuses), one taken before left its record. */
+        char undo[1024];
+        if (take_records(next, m->cfg, 1, undo, sizeof(undo)) != 0)
+            kvs_error("%s", undo);
         rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;

@@ -852,6 +852,43 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_copy_acknowledged_after_its_node_was_withdrawn_is_not_recorded(self):
+        # Node a copies shard 2 from b (both hold it in b's map), and
+        # acknowledges the copy only after b took a map that withdrew a
+        # (the acknowledgement may come up to 30 s after the stream): it
+        # named a again, and a map giving the shard to a took it as a
+        # copy. Now a copy that began before a withdrawal is recorded by
+        # no one.
+        start = {"a": [0, 1], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        without = {"a": [0, 1], "b": [2, 3], "d": [2]}
+        moved = {"a": [0, 1, 2], "b": [3], "d": [2]}
+        _, bases, _, a, b = self.a_and_b(start, ("a", "b", "d"))
+        rows = self.keys_on(2, b"q", 10)
+        self.write_all(b, rows, "kept")
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        c = Client(b.socket_path(2), timeout=10)
+        try:
+            c.send(snapshot_req(node="a"))
+            resp, _ = c.recv_stream()
+            self.assertEqual(resp.status, 200, resp.message)
+            digest = resp.values[1].binary_value
+            set_map(b, without, bases)
+            self.reload(b, 2)
+            c.send(snapshot_req(digest, node="a"))
+            self.assertTrue(wait_until(
+                lambda: "shard 2: node a's copy is not recorded in" in b.stderr(), 10),
+                b.stderr()[-3000:])
+        finally:
+            c.close()
+        self.assertNotIn("node a", self.unbound_rows(b, 2))
+        set_map(b, moved, bases)
+        self.refused_for_rows(b, 2)
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_copy_of_an_abandoned_change_is_no_copy_to_give_the_shard_to(self):
         # a's change copied shard 2 from b (b's records name a), then was
         # abandoned (shard 3's port taken): a's copy retired. The README's

@@ -273,9 +273,14 @@ KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
     char text[4096];
     read_path(rows, text, sizeof(text));
     CHECK(strstr(text, "# kvs: shard 1 may hold rows") == text);
+    struct stat st1, st2;
+    CHECK_EQ(lstat(rows, &st1), 0);
+    CHECK_EQ(node_handoff_writing(h), 0); /* written once: the next write only looks */
+    CHECK_EQ(lstat(rows, &st2), 0);
+    CHECK(st1.st_ino == st2.st_ino && st1.st_mtime == st2.st_mtime);
     CHECK_EQ(unlink(rows), 0);
-    CHECK_EQ(node_handoff_writing(h), 0); /* written once: the next write costs nothing */
-    CHECK_ROWS("-");
+    CHECK_EQ(node_handoff_writing(h), 0); /* removed (no reload since): written again */
+    CHECK_ROWS("");
     CHECK_EQ(node_handoff_writing(NULL), 0);
 
     node_handoff_free(h);
@@ -380,6 +385,41 @@ KVS_TEST(the_masters_drop_and_the_workers_records_take_turns)
     CHECK(node_handoff_why(h) != NULL);               /* still fenced */
     CHECK_EQ(node_handoff_reack(h, "b", d), -ENOENT); /* its copy counts no more */
     CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* The master's holders file is the map it takes, which this worker may
+ * not have taken yet: while it gives the shard to other nodes too, or not
+ * to this one, no write to an unbound table begins here (-EAGAIN); and a
+ * copy acknowledged after the master counted a withdrawal is recorded by
+ * no one (its receiver may be the node withdrawn). */
+KVS_TEST(the_map_the_master_takes_holds_the_worker_back)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = open_at(alone);
+    const char *a[] = {"a"}, *ab[] = {"a", "b"}, *b[] = {"b"};
+    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0), 0);
+    CHECK_EQ(node_handoff_writing(h), -EAGAIN);
+    CHECK_ROWS("-");
+    CHECK_EQ(kvs_copied_write_holders(dir, b, 1, 0), 0);
+    CHECK_EQ(node_handoff_writing(h), -EAGAIN);
+    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 0), 0);
+    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_ROWS("");
+    node_handoff_update(h, both);
+    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0), 0);
+    node_handoff_mark_t m = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_copied(h, "b", m), 0);
+    CHECK_ROWS("b");
+    node_handoff_mark_t m2 = node_handoff_mark(h);
+    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 1), 0); /* a map withdrew b */
+    CHECK_EQ(node_handoff_copied(h, "c", m2), 0);        /* began before: not recorded */
+    CHECK_ROWS("b");
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b c");
     node_handoff_free(h);
     kvs_config_free(alone);
     kvs_config_free(both);
@@ -589,7 +629,7 @@ KVS_TEST(a_sent_copy_is_acknowledged_later_on_its_checksum)
     CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0);
     CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0); /* once */
     CHECK_EQ(node_handoff_sent(h, "x y", d1, epoch), 0);
-    node_handoff_mark_t other_fence = {epoch.fence + 1, epoch.writes};
+    node_handoff_mark_t other_fence = {epoch.fence + 1, epoch.writes, epoch.withdrawals};
     CHECK_EQ(node_handoff_sent(h, "e", d2, other_fence), 0); /* another fence's copy */
     char text[4096];
     read_file(text, sizeof(text));
@@ -691,6 +731,7 @@ KVS_TEST_MAIN(KVS_CASE(no_file_no_fence),
               KVS_CASE(the_masters_drop_and_the_workers_records_take_turns),
               KVS_CASE(unbound_rows_removed_is_written_again_by_the_next_write),
               KVS_CASE(a_fifo_for_unbound_rows_holds_nothing_up),
+              KVS_CASE(the_map_the_master_takes_holds_the_worker_back),
               KVS_CASE(unbound_rows_forget_copies_when_writes_may_be_taken_again),
               KVS_CASE(the_file_names_each_node_that_installed_a_copy),
               KVS_CASE(a_sent_copy_is_acknowledged_later_on_its_checksum),
