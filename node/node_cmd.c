@@ -809,7 +809,8 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     int rc;
     if (ctx->replicas < 2 && copied == NULL) {
         /* Taken here: recorded first as rows no other copy holds. */
-        if ((rc = node_handoff_writing(ctx->handoff)) == 0)
+        uint64_t batch = ctx->store != NULL ? node_store_batch_gen(ctx->store) : 0;
+        if ((rc = node_handoff_writing(ctx->handoff, batch)) == 0)
             return 0;
         if (rc == -EAGAIN)
             rc = kvs_msg_append_status(

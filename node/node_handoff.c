@@ -29,17 +29,18 @@ enum {
 
 struct node_handoff_s {
     uint32_t shard;
-    char *path;        /* <shard_dir>/copied-out */
-    char *rows_path;   /* <shard_dir>/unbound-rows */
-    char *dir;         /* <shard_dir> */
-    int fenced;        /* writes to unbound tables are refused */
-    uint64_t epoch;    /* counts raises and lifts (node_handoff_mark) */
-    uint32_t replicas; /* the shard's in the map last taken (0: none) */
-    int open;          /* writes to unbound tables are taken: unfenced, replicas < 2 */
-    uint64_t writes;   /* counts the times `open` began (node_handoff_mark) */
-    int rows;          /* ROWS_* */
-    int rows_fd;       /* unbound-rows as ROWS_CLEAN found it, or -1: removed when unlinked */
-    int rows_failed;   /* the last attempt to write unbound-rows failed (logged) */
+    char *path;         /* <shard_dir>/copied-out */
+    char *rows_path;    /* <shard_dir>/unbound-rows */
+    char *dir;          /* <shard_dir> */
+    int fenced;         /* writes to unbound tables are refused */
+    uint64_t epoch;     /* counts raises and lifts (node_handoff_mark) */
+    uint32_t replicas;  /* the shard's in the map last taken (0: none) */
+    int open;           /* writes to unbound tables are taken: unfenced, replicas < 2 */
+    uint64_t writes;    /* counts the times `open` began (node_handoff_mark) */
+    int rows;           /* ROWS_* */
+    int rows_fd;        /* unbound-rows as ROWS_CLEAN found it, or -1: removed when unlinked */
+    uint64_t rows_turn; /* the write batch node_handoff_writing last looked at it in */
+    int rows_failed;    /* the last attempt to write unbound-rows failed (logged) */
     char node[KVS_NODE_NAME_MAX + 1]; /* node.name */
     char why[600];
 };
@@ -306,11 +307,12 @@ node_handoff_mark_t node_handoff_mark(const node_handoff_t *h)
     return m;
 }
 
-int node_handoff_writing(node_handoff_t *h)
+int node_handoff_writing(node_handoff_t *h, uint64_t batch)
 {
     struct stat st;
-    if (h == NULL)
-        return 0;
+    if (h == NULL || (h->rows == ROWS_CLEAN && batch != 0 && batch == h->rows_turn))
+        return 0; /* looked at in this batch already */
+    h->rows_turn = batch;
     if (h->rows == ROWS_CLEAN && fstat(h->rows_fd, &st) == 0 && st.st_nlink > 0)
         return 0;
     /* Removed (the refusal's way out), or renamed over by the master's

@@ -97,9 +97,14 @@ node_handoff_mark_t node_handoff_mark(const node_handoff_t *h);
 
 /* A write to a table bound to no topic is about to be taken (the shard is
  * this node's alone, unfenced): makes sure unbound-rows exists and names
- * no node (synced). Cheap once it does. Returns 0, or a negative errno
- * (logged once until it succeeds): the write must be refused. NULL: 0. */
-int node_handoff_writing(node_handoff_t *h);
+ * no node (synced), writing it only while the master's holders file
+ * gives the shard to this node alone. Cheap once it does: one fstat(2) per
+ * write batch `batch` (node_store_batch_gen; 0, no batch open: each
+ * time) sees whether it was removed or replaced since. Returns 0,
+ * -EAGAIN (the map the master takes gives the shard to others), or
+ * another negative errno (logged once until it succeeds): the write must
+ * be refused. NULL: 0. */
+int node_handoff_writing(node_handoff_t *h, uint64_t batch);
 
 /* Node `node` of the map acknowledged that it installed a copy taken at
  * `mark` (synced, in place: kvs.proto's Snapshot.installed). While that

@@ -268,24 +268,30 @@ KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
     kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
     node_handoff_t *h = open_at(alone);
     CHECK_ROWS("-"); /* no rows of unbound tables: no file */
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     char text[4096];
     read_path(rows, text, sizeof(text));
     CHECK(strstr(text, "# kvs: shard 1 may hold rows") == text);
     struct stat st1, st2;
     CHECK_EQ(lstat(rows, &st1), 0);
-    CHECK_EQ(node_handoff_writing(h), 0); /* written once: the next write only looks */
+    CHECK_EQ(node_handoff_writing(h, 0), 0); /* written once: the next write only looks */
     CHECK_EQ(lstat(rows, &st2), 0);
     CHECK(st1.st_ino == st2.st_ino && st1.st_mtime == st2.st_mtime);
     CHECK_EQ(unlink(rows), 0);
-    CHECK_EQ(node_handoff_writing(h), 0); /* removed (no reload since): written again */
+    CHECK_EQ(node_handoff_writing(h, 0), 0); /* removed (no reload since): written again */
     CHECK_ROWS("");
-    CHECK_EQ(node_handoff_writing(NULL), 0);
+    CHECK_EQ(node_handoff_writing(h, 7), 0);
+    CHECK_EQ(unlink(rows), 0);
+    CHECK_EQ(node_handoff_writing(h, 7), 0); /* looked at once per write batch */
+    CHECK_ROWS("-");
+    CHECK_EQ(node_handoff_writing(h, 8), 0);
+    CHECK_ROWS("");
+    CHECK_EQ(node_handoff_writing(NULL, 0), 0);
 
     node_handoff_free(h);
     h = open_at(alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     fence(h, "peer", alone, 1); /* a copy under the fence: both files name x */
     node_handoff_mark_t m = node_handoff_mark(h);
     CHECK_EQ(node_handoff_copied(h, "x", m), 0);
@@ -313,7 +319,7 @@ KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
     CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0); /* a restart with rows: kept */
     CHECK_ROWS("h");
     node_handoff_update(h, alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     node_handoff_free(h);
     kvs_config_free(alone);
@@ -328,7 +334,7 @@ KVS_TEST(unbound_rows_take_no_copy_of_a_time_writes_were_taken)
     fresh_dir();
     kvs_config_t *alone = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     node_handoff_mark_t open = node_handoff_mark(h);
     CHECK_EQ(node_handoff_copied(h, "b", open), 0);
     CHECK_ROWS("");
@@ -402,12 +408,12 @@ KVS_TEST(the_map_the_master_takes_holds_the_worker_back)
     node_handoff_t *h = open_at(alone);
     const char *a[] = {"a"}, *ab[] = {"a", "b"}, *b[] = {"b"};
     CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0), 0);
-    CHECK_EQ(node_handoff_writing(h), -EAGAIN);
+    CHECK_EQ(node_handoff_writing(h, 0), -EAGAIN);
     CHECK_ROWS("-");
     CHECK_EQ(kvs_copied_write_holders(dir, b, 1, 0), 0);
-    CHECK_EQ(node_handoff_writing(h), -EAGAIN);
+    CHECK_EQ(node_handoff_writing(h, 0), -EAGAIN);
     CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 0), 0);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     node_handoff_update(h, both);
     CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0), 0);
@@ -461,11 +467,11 @@ KVS_TEST(unbound_rows_removed_is_written_again_by_the_next_write)
     fresh_dir();
     kvs_config_t *alone = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_EQ(unlink(rows), 0);
     node_handoff_update(h, alone);
     CHECK_ROWS("-");
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     node_handoff_free(h);
     kvs_config_free(alone);
@@ -480,7 +486,7 @@ KVS_TEST(a_fifo_for_unbound_rows_holds_nothing_up)
     CHECK_EQ(mkfifo(rows, 0600), 0);
     node_handoff_t *h = NULL;
     CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
-    CHECK(node_handoff_writing(h) < 0);
+    CHECK(node_handoff_writing(h, 0) < 0);
     node_handoff_update(h, both);
     CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
     struct stat st;
