@@ -20,6 +20,14 @@ int kvs_copied_name_ok(const char *node)
     return node != NULL && kvs_config_node_name_problem(node) == NULL;
 }
 
+int kvs_copied_gone(const kvs_copied_t *c, const char *node)
+{
+    for (size_t i = 0; i < c->n_gone; i++)
+        if (strcmp(c->gone[i], node) == 0)
+            return 1;
+    return 0;
+}
+
 int kvs_copied_names(const kvs_copied_t *c, const char *node)
 {
     for (size_t i = 0; i < c->n_names; i++)
@@ -93,6 +101,12 @@ static int parse_lines(const char *text, size_t len, kvs_copied_t *out)
             continue;
         if (value_of(line, n, "withdrawals", value, sizeof(value))) {
             out->withdrawals = strtoull(value, NULL, 10);
+            continue;
+        }
+        if (value_of(line, n, "withdrawn", name, sizeof(name))) {
+            if (kvs_copied_name_ok(name) && !kvs_copied_gone(out, name) &&
+                out->n_gone < KVS_COPIED_NAMES)
+                memcpy(out->gone[out->n_gone++], name, sizeof(name));
             continue;
         }
         if (value_of(line, n, "sent", value, sizeof(value))) {
@@ -283,9 +297,9 @@ int kvs_copied_drop(const char *dir, const char *const *names, size_t n, int all
 }
 
 int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n,
-                             uint64_t withdrawals)
+                             uint64_t withdrawals, const char *const *gone, size_t n_gone)
 {
-    size_t cap = 256 + n * (KVS_NODE_NAME_MAX + 8), len;
+    size_t cap = 256 + (n + n_gone) * (KVS_NODE_NAME_MAX + 16), len;
     char *text = malloc(cap), path[4400];
     if (text == NULL)
         return -ENOMEM;
@@ -296,6 +310,8 @@ int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n
                            (unsigned long long)withdrawals);
     for (size_t i = 0; i < n && len < cap; i++)
         len += (size_t)snprintf(text + len, cap - len, "node %s\n", names[i]);
+    for (size_t i = 0; i < n_gone && len < cap; i++)
+        len += (size_t)snprintf(text + len, cap - len, "withdrawn %s\n", gone[i]);
     int rc = (size_t)snprintf(path, sizeof(path), "%s/" KVS_HOLDERS_FILE, dir) >= sizeof(path)
                  ? -ENAMETOOLONG
                  : replace_file(dir, path, text, len < cap ? len : cap - 1);

@@ -69,6 +69,8 @@ typedef struct {
     size_t sent_lines; /* whole sent lines in the text, repeats and odd ones included */
     int whole;         /* the text ends with a newline (or is empty): an append needs none first */
     uint64_t withdrawals; /* holders: its "withdrawals N" line (0 without one) */
+    size_t n_gone;        /* holders: its "withdrawn NAME" lines */
+    char gone[KVS_COPIED_NAMES][KVS_NODE_NAME_MAX + 1];
 } kvs_copied_t;
 
 /* Parses text[0..len). Returns 0 with *out filled, or KVS_EINVAL when it
@@ -104,10 +106,16 @@ int kvs_copied_drop(const char *dir, const char *const *names, size_t n, int all
 /* Writes dir's holders file afresh (synced, renamed over) naming
  * names[0..n), with the line "withdrawals N" (how many times a map
  * withdrew nodes from the shard: a copy whose acknowledgement comes after
- * that count moved is recorded by no one), under the caller's lock. 0 or
- * a negative errno. */
+ * that count moved is recorded by no one) and a line "withdrawn NAME" for
+ * each of gone[0..n_gone), under the caller's lock. 0 or a negative
+ * errno. */
 int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n,
-                             uint64_t withdrawals);
+                             uint64_t withdrawals, const char *const *gone, size_t n_gone);
+
+/* Whether holders says `node` was withdrawn ("withdrawn NAME": a map
+ * withdrew it from the shard and none gave it back since; a copy it asks
+ * for is recorded by no one). */
+int kvs_copied_gone(const kvs_copied_t *c, const char *node);
 
 /* Whether `node` is one of the names. */
 int kvs_copied_names(const kvs_copied_t *c, const char *node);

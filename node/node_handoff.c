@@ -435,7 +435,9 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
         kvs_copied_t *c = malloc(sizeof(*c));
         int read = c == NULL ? -ENOMEM : holders(h, c);
         uint64_t now = read == 0 ? c->withdrawals : read == -ENOENT ? 0 : UINT64_MAX;
-        rc = now == *withdrawals && now != UINT64_MAX ? 0 : -ESTALE;
+        rc = now == *withdrawals && now != UINT64_MAX && (read != 0 || !kvs_copied_gone(c, node))
+                 ? 0
+                 : -ESTALE;
         free(c);
     }
     if (rc == 0)

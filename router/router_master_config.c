@@ -334,7 +334,14 @@ static void warn_empty_moved_shards(const kvs_config_t *cfg)
     }
 }
 
-static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int restore, char *err,
+/* What take_records does. */
+enum {
+    RECORDS_HOLDERS = 1, /* holders says `next`; the nodes it withdraws are noted withdrawn */
+    RECORDS_DROP = 2,    /* the nodes noted withdrawn are dropped from the records of copies */
+    RECORDS_RESTORE = 4, /* holders says `next` again: the map that stays (a refused reload) */
+};
+
+static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int mode, char *err,
                         size_t len);
 
 /* Checks, then starts everything. Returns 0 (running: the loop decides),
@@ -357,7 +364,7 @@ int router_master_prepare(master_t *m, const char *argv0)
     if (router_master_foreign_listener(m) != 0)
         return 1; /* logged; becoming ready checks again, once the routers listen */
     char err[1024];
-    if (take_records(NULL, m->cfg, 0, err, sizeof(err)) != 0) {
+    if (take_records(NULL, m->cfg, RECORDS_HOLDERS | RECORDS_DROP, err, sizeof(err)) != 0) {
         kvs_error("%s; not started", err);
         return 1;
     }
@@ -540,28 +547,41 @@ static size_t holders_of(const kvs_config_t *map, uint32_t s, const char **names
     return n;
 }
 
-/* Records of a shard's copies that a map `next` changes, for every shard
- * `next` or `cur` gives this node whose directory exists (at a reload,
- * before the check that may refuse it; at the master's start: `cur`
- * NULL). Under the directory's lock, which the worker takes for each
- * change of those files:
- *   - a node named in copied-out or unbound-rows installed a copy from
- *     here; once a map withdraws it from the shard it may retire that
- *     copy, so it counts no more (a node that copied and was withdrawn
- *     again holds nothing): dropped (kvs_copied_drop). "Before" is the
- *     shard's holders file (the map last taken, also before a restart)
- *     and `cur`; at a start without a holders file (a directory from
- *     before it, or added by a reload before it had data), or with one
- *     that cannot be read, every name is dropped;
- *   - the holders file then says `next` (the worker refuses to begin
- *     writing unbound rows while it lists other nodes or not this one:
- *     its own map may still be the previous one), with its count of
- *     withdrawals moved when nodes were withdrawn (an acknowledgement of
- *     a copy that began before is recorded by no one).
- * With `restore`, only the holders file is written (`next` is the map
- * that stays: the reload was refused). Returns 0, or nonzero with err[]
- * said: nothing of `next` may be taken. */
-static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int restore, char *err,
+/* Names dir's holders file notes withdrawn ("withdrawn NAME"), into
+ * names[] (pointers into c): how many. */
+static size_t noted(const kvs_copied_t *c, int read, const char **names)
+{
+    size_t n = 0;
+    for (size_t i = 0; read == 0 && i < c->n_gone; i++)
+        names[n++] = c->gone[i];
+    return n;
+}
+
+/* Records of a shard's copies that a map changes, for every shard `next`
+ * or `cur` gives this node whose directory exists; under the directory's
+ * lock, which the worker takes for each change of those files:
+ *   - RECORDS_HOLDERS (at a reload, before the check that may refuse it;
+ *     at the master's start: `cur` NULL): the holders file says `next`
+ *     (the worker refuses to begin writing unbound rows while it lists
+ *     other nodes or not this one: its own map may still be the previous
+ *     one); the nodes that held the shard before (the holders file: the
+ *     map last taken, also before a restart; and `cur`) and not in `next`
+ *     are noted withdrawn there, and its count of withdrawals moves: a
+ *     copy a withdrawn node asks for, or one acknowledged after the count
+ *     moved, is recorded by no one. A start without a holders file (a
+ *     directory from before it, or added by a reload before it had data)
+ *     or with one it cannot read drops every name;
+ *   - RECORDS_DROP (once the map is taken): the nodes noted withdrawn
+ *     count no more in copied-out and unbound-rows (a node that copied
+ *     and was withdrawn again may have retired its copy): dropped
+ *     (kvs_copied_drop). After the check, so that a refused reload keeps
+ *     every name (the check counts no node `next` does not give the
+ *     shard, withdrawn or not);
+ *   - RECORDS_RESTORE (a reload refused: `next` is the map that stays):
+ *     holders says `next` again; a node it gives the shard is withdrawn
+ *     no more.
+ * Returns 0, or nonzero with err[] said: nothing of the map may be taken. */
+static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int mode, char *err,
                         size_t len)
 {
     for (uint32_t s = 0; next->n_nodes > 0 && s < next->shards; s++) { /* (no map: no moves) */
@@ -572,40 +592,59 @@ static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int r
             lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
             continue;
         const char *before[2 * KVS_COPIED_NAMES], *after[KVS_COPIED_NAMES];
-        const char *gone[2 * KVS_COPIED_NAMES];
+        const char *gone[3 * KVS_COPIED_NAMES], *out[KVS_COPIED_NAMES];
         size_t n_after = holders_of(next, s, after), n_before = holders_of(cur, s, before);
-        size_t n_gone = 0, dropped = 0;
+        size_t n_gone = 0, n_out = 0, dropped = 0;
         int lock = kvs_copied_lock(dir, KVS_COPIED_LOCK_MS), rc = lock < 0 ? lock : 0;
         kvs_copied_t *c = calloc(1, sizeof(*c));
         snprintf(file, sizeof(file), "%s/" KVS_HOLDERS_FILE, dir);
         int read = rc != 0 ? rc : c == NULL ? -ENOMEM : kvs_copied_read_names(file, c);
-        for (size_t i = 0; read == 0 && i < c->n_names; i++)
-            before[n_before++] = c->names[i];
-        for (size_t i = 0; i < n_before; i++) {
-            int kept = 0;
-            for (size_t j = 0; j < n_after && !kept; j++)
-                kept = strcmp(before[i], after[j]) == 0;
-            for (size_t j = 0; j < n_gone && !kept; j++)
-                kept = strcmp(before[i], gone[j]) == 0; /* (named twice: once is enough) */
-            if (!kept)
-                gone[n_gone++] = before[i];
+        int all = (mode & RECORDS_HOLDERS) && (read == -ENOENT ? cur == NULL : read != 0);
+        if (mode & RECORDS_HOLDERS) {
+            for (size_t i = 0; read == 0 && i < c->n_names; i++)
+                before[n_before++] = c->names[i];
+            for (size_t i = 0; i < n_before; i++) {
+                int kept = 0;
+                for (size_t j = 0; j < n_after && !kept; j++)
+                    kept = strcmp(before[i], after[j]) == 0;
+                for (size_t j = 0; j < n_gone && !kept; j++)
+                    kept = strcmp(before[i], gone[j]) == 0; /* (named twice: once is enough) */
+                if (!kept)
+                    gone[n_gone++] = before[i];
+            }
         }
-        int all = !restore && (read == -ENOENT ? cur == NULL : read != 0);
-        if (rc == 0 && !restore && (n_gone > 0 || all))
-            rc = kvs_copied_drop(dir, gone, n_gone, all, &dropped);
-        uint64_t count = read == 0 ? c->withdrawals : 0;
-        if (rc == 0)
-            rc = kvs_copied_write_holders(dir, after, n_after,
-                                          count + (!restore && (n_gone > 0 || all)));
+        if (rc == 0 && all)
+            rc = kvs_copied_drop(dir, NULL, 0, 1, &dropped);
+        if (rc == 0 && (mode & (RECORDS_HOLDERS | RECORDS_RESTORE))) {
+            /* Noted withdrawn: the file's and this map's, less the nodes it
+             * gives the shard. */
+            size_t n_all = noted(c, read, gone + n_gone) + n_gone;
+            for (size_t i = 0; i < n_all; i++) {
+                int skip = n_out == KVS_COPIED_NAMES;
+                for (size_t j = 0; j < n_after && !skip; j++)
+                    skip = strcmp(gone[i], after[j]) == 0;
+                for (size_t j = 0; j < n_out && !skip; j++)
+                    skip = strcmp(gone[i], out[j]) == 0;
+                if (!skip)
+                    out[n_out++] = gone[i];
+            }
+            uint64_t count = (read == 0 ? c->withdrawals : 0) + (n_gone > 0 || all);
+            rc = kvs_copied_write_holders(dir, after, n_after, count, out, n_out);
+        }
+        if (rc == 0 && (mode & RECORDS_DROP)) {
+            read = kvs_copied_read_names(file, c);
+            size_t n = noted(c, read, gone);
+            rc = read != 0 ? read : n > 0 ? kvs_copied_drop(dir, gone, n, 0, &dropped) : 0;
+            n_gone = n;
+        }
         if (rc == 0 && dropped > 0 && all)
             kvs_info("shard %u: %s %s: copied-out and unbound-rows name no node any more (%zu "
                      "lines dropped)",
                      s, file, read == -ENOENT ? "is missing" : "cannot be read", dropped);
         else if (rc == 0 && dropped > 0)
-            kvs_info(
-                "shard %u: copied-out and unbound-rows no longer name node %s%s, which the map "
-                "withdraws from the shard: its copy may be gone (%zu lines dropped)",
-                s, gone[0], n_gone > 1 ? " and the others it withdraws" : "", dropped);
+            kvs_info("shard %u: copied-out and unbound-rows no longer name node %s%s, which a map "
+                     "withdrew from the shard: its copy may be gone (%zu lines dropped)",
+                     s, gone[0], n_gone > 1 ? " and the others withdrawn" : "", dropped);
         free(c);
         kvs_copied_unlock(lock);
         if (rc != 0) {
@@ -652,15 +691,16 @@ int router_master_reload_config(master_t *m, int *map)
                   "it is over)",
                   busy);
         m->reloads[2]++;
-    } else if (*map && take_records(m->cfg, next, 0, err, sizeof(err)) != 0) {
+    } else if (*map && take_records(m->cfg, next, RECORDS_HOLDERS, err, sizeof(err)) != 0) {
         rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
-    } else if (*map && last_copy_leaving(m->cfg, next, err, sizeof(err))) {
-        /* After take_records: a write its worker takes from now on sees
+    } else if (*map && (last_copy_leaving(m->cfg, next, err, sizeof(err)) ||
+                        take_records(m->cfg, next, RECORDS_DROP, err, sizeof(err)) != 0)) {
+        /* After RECORDS_HOLDERS: a write its worker takes from now on sees
          * the new holders (and refuses), one taken before left its record. */
         char undo[1024];
-        if (take_records(next, m->cfg, 1, undo, sizeof(undo)) != 0)
+        if (take_records(next, m->cfg, RECORDS_RESTORE, undo, sizeof(undo)) != 0)
             kvs_error("%s", undo);
         rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged", err);

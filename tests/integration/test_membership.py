@@ -808,8 +808,8 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.reload(b, 2)
         self.assertTrue(wait_until(lambda: "node a" not in self.unbound_rows(b, 2), 10),
                         self.unbound_rows(b, 2))
-        self.assertIn("shard 2: copied-out and unbound-rows no longer name node a, which the map "
-                      "withdraws from the shard", b.stderr())
+        self.assertIn("shard 2: copied-out and unbound-rows no longer name node a, which a map "
+                      "withdrew from the shard", b.stderr())
         set_map(b, beside, bases)
         self.reload(b, 3)
         set_map(b, moved, bases)
@@ -886,6 +886,39 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(b, moved, bases)
         self.refused_for_rows(b, 2)
         self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_refused_reload_drops_no_copy(self):
+        # A reload refused (here for shard 3, whose only copy it would
+        # give up) dropped from shard 2's records the node its map
+        # withdrew, a, although that map was never taken: the next map,
+        # giving shard 2 to a (which copied it), was refused. Now names
+        # are dropped only once a map is taken.
+        start = {"a": [0, 1], "b": [2, 3]}
+        beside = {"a": [0, 1, 2], "b": [2, 3]}
+        bad = {"a": [0, 1, 3], "b": [2]}
+        moved = {"a": [0, 1, 2], "b": [3]}
+        _, bases, _, a, b = self.a_and_b(start)
+        rows, others = self.keys_on(2, b"r", 10), self.keys_on(3, b"r", 5)
+        self.write_all(b, rows, "kept")
+        self.write_all(b, others, "kept")
+        set_map(b, beside, bases)
+        self.reload(b, 1)
+        set_map(a, beside, bases)
+        self.reload(a, 1)  # a copies shard 2 from b
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in (self.unbound_rows(b, 2) or ""), 10),
+                        self.unbound_rows(b, 2))
+        set_map(b, bad, bases)
+        b.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(
+            lambda: "reload refused: cluster.nodes takes shard 3 from this node" in b.stderr(), 10),
+            b.stderr()[-3000:])
+        self.assertIn("\nnode a\n", self.unbound_rows(b, 2))
+        set_map(b, moved, bases)
+        self.reload(b, 2)
+        self.assertIn("membership change complete", b.stderr())
+        self.read_all(a, rows, "kept")
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 

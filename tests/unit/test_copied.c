@@ -223,10 +223,12 @@ KVS_TEST(names_are_dropped_under_the_lock)
     unlink(rows);
     CHECK_EQ(kvs_copied_drop(dir, gone, 2, 0, NULL), 0); /* no file: nothing to drop */
     const char *names[] = {"a", "b"};
-    CHECK_EQ(kvs_copied_write_holders(dir, names, 2, 7), 0);
+    const char *away[] = {"x"};
+    CHECK_EQ(kvs_copied_write_holders(dir, names, 2, 7, away, 1), 0);
     CHECK_EQ(kvs_copied_read_names(holders, &c), 0);
     CHECK_EQ(c.n_names, 2);
     CHECK_EQ(c.withdrawals, 7);
+    CHECK(kvs_copied_gone(&c, "x") && !kvs_copied_gone(&c, "a") && !kvs_copied_names(&c, "x"));
     int fd = kvs_copied_lock(dir, 0);
     CHECK(fd >= 0);
     CHECK_EQ(kvs_copied_lock(dir, 20), -ETIMEDOUT);

@@ -407,25 +407,29 @@ KVS_TEST(the_map_the_master_takes_holds_the_worker_back)
     kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
     node_handoff_t *h = open_at(alone);
     const char *a[] = {"a"}, *ab[] = {"a", "b"}, *b[] = {"b"};
-    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0), 0);
+    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0, NULL, 0), 0);
     CHECK_EQ(node_handoff_writing(h, 0), -EAGAIN);
     CHECK_ROWS("-");
-    CHECK_EQ(kvs_copied_write_holders(dir, b, 1, 0), 0);
+    CHECK_EQ(kvs_copied_write_holders(dir, b, 1, 0, NULL, 0), 0);
     CHECK_EQ(node_handoff_writing(h, 0), -EAGAIN);
-    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 0), 0);
+    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 0, NULL, 0), 0);
     CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     node_handoff_update(h, both);
-    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0), 0);
+    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0, NULL, 0), 0);
     node_handoff_mark_t m = node_handoff_mark(h);
     CHECK_EQ(node_handoff_copied(h, "b", m), 0);
     CHECK_ROWS("b");
     node_handoff_mark_t m2 = node_handoff_mark(h);
-    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 1), 0); /* a map withdrew b */
-    CHECK_EQ(node_handoff_copied(h, "c", m2), 0);        /* began before: not recorded */
+    const char *gone[] = {"b"};
+    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 1, gone, 1), 0); /* a map withdrew b */
+    CHECK_EQ(node_handoff_copied(h, "c", m2), 0);                 /* began before: not recorded */
     CHECK_ROWS("b");
     CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
     CHECK_ROWS("b c");
+    CHECK_EQ(kvs_copied_drop(dir, gone, 1, 0, NULL), 0);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0); /* began after: b is gone */
+    CHECK_ROWS("c");
     node_handoff_free(h);
     kvs_config_free(alone);
     kvs_config_free(both);
