@@ -3,18 +3,29 @@
  */
 #include "kvs_copied.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 int kvs_copied_name_ok(const char *node)
 {
     return node != NULL && kvs_config_node_name_problem(node) == NULL;
+}
+
+int kvs_copied_gone(const kvs_copied_t *c, const char *node)
+{
+    for (size_t i = 0; i < c->n_gone; i++)
+        if (strcmp(c->gone[i], node) == 0)
+            return 1;
+    return 0;
 }
 
 int kvs_copied_names(const kvs_copied_t *c, const char *node)
@@ -88,6 +99,16 @@ static int parse_lines(const char *text, size_t len, kvs_copied_t *out)
             continue;
         if (out->time[0] == '\0' && value_of(line, n, "time", out->time, sizeof(out->time)))
             continue;
+        if (value_of(line, n, "withdrawals", value, sizeof(value))) {
+            out->withdrawals = strtoull(value, NULL, 10);
+            continue;
+        }
+        if (value_of(line, n, "withdrawn", name, sizeof(name))) {
+            if (kvs_copied_name_ok(name) && !kvs_copied_gone(out, name) &&
+                out->n_gone < KVS_COPIED_NAMES)
+                memcpy(out->gone[out->n_gone++], name, sizeof(name));
+            continue;
+        }
         if (value_of(line, n, "sent", value, sizeof(value))) {
             kvs_copied_sent_t *had;
             out->sent_lines++;
@@ -115,32 +136,42 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
     return rc != 0 || (out->peer[0] != '\0' && out->time[0] != '\0') ? rc : KVS_EINVAL;
 }
 
-static int read_file(const char *path, kvs_copied_t *out, int head)
+/* Reads `path` whole (not following a symlink, never waiting on a FIFO)
+ * into a new *text of *got bytes. Returns 0, -ENOENT, KVS_EINVAL (not a
+ * regular file, or larger than KVS_COPIED_MAX: not one kvs wrote) or
+ * another negative errno; *text is the caller's to free either way. */
+static int slurp(const char *path, char **text, size_t *got)
 {
+    *got = 0;
+    *text = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return -errno;
-    char *text = malloc(KVS_COPIED_MAX + 1);
-    size_t got = 0;
     struct stat st;
-    int rc = text == NULL           ? -ENOMEM
-             : fstat(fd, &st) != 0  ? -errno
-             : !S_ISREG(st.st_mode) ? KVS_EINVAL /* a FIFO, a device: not one kvs wrote */
-                                    : 0;
-    while (rc == 0 && got <= KVS_COPIED_MAX) {
-        ssize_t r = read(fd, text + got, KVS_COPIED_MAX + 1 - got);
+    int rc = (*text = malloc(KVS_COPIED_MAX + 1)) == NULL ? -ENOMEM
+             : fstat(fd, &st) != 0                        ? -errno
+             : !S_ISREG(st.st_mode)                       ? KVS_EINVAL
+                                                          : 0;
+    while (rc == 0 && *got <= KVS_COPIED_MAX) {
+        ssize_t r = read(fd, *text + *got, KVS_COPIED_MAX + 1 - *got);
         if (r < 0 && errno != EINTR)
             rc = -errno;
         else if (r == 0)
             break;
         else if (r > 0)
-            got += (size_t)r;
+            *got += (size_t)r;
     }
     close(fd);
+    return rc == 0 && *got > KVS_COPIED_MAX ? KVS_EINVAL : rc;
+}
+
+static int read_file(const char *path, kvs_copied_t *out, int head)
+{
+    char *text;
+    size_t got;
+    int rc = slurp(path, &text, &got);
     if (rc == 0)
-        rc = got > KVS_COPIED_MAX ? KVS_EINVAL
-             : head               ? kvs_copied_parse(text, got, out)
-                                  : parse_lines(text, got, out);
+        rc = head ? kvs_copied_parse(text, got, out) : parse_lines(text, got, out);
     free(text);
     return rc;
 }
@@ -153,4 +184,137 @@ int kvs_copied_read(const char *path, kvs_copied_t *out)
 int kvs_copied_read_names(const char *path, kvs_copied_t *out)
 {
     return read_file(path, out, 0);
+}
+
+int kvs_copied_lock(const char *dir, unsigned wait_ms)
+{
+    char path[4400];
+    if ((size_t)snprintf(path, sizeof(path), "%s/" KVS_COPIED_LOCK, dir) >= sizeof(path))
+        return -ENAMETOOLONG;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    for (unsigned waited = 0;; waited++) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return fd;
+        int e = errno;
+        if ((e != EWOULDBLOCK && e != EINTR) || waited >= wait_ms) {
+            close(fd);
+            return e == EWOULDBLOCK ? -ETIMEDOUT : -e;
+        }
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
+void kvs_copied_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* releases the flock */
+}
+
+/* Writes text[0..n) to `path` through `path`.new, synced and renamed over
+ * it, and syncs `dir`. */
+static int replace_file(const char *dir, const char *path, const char *text, size_t n)
+{
+    char tmp[4500];
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.new", path) >= sizeof(tmp))
+        return -ENAMETOOLONG;
+    int rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc == 0)
+        return kvs_fs_sync_dir(dir);
+    if (rc != -ELOOP && rc != -EINVAL) /* (not a file of ours to remove) */
+        unlink(tmp);
+    return rc;
+}
+
+/* Whether line[0..n) is "node NAME" or "sent NAME ..." for NAME in
+ * names[0..k) (or any NAME, with `all`). */
+static int names_one(const char *line, size_t n, const char *const *names, size_t k, int all)
+{
+    size_t skip = n > 5 && memcmp(line, "node ", 5) == 0   ? 5
+                  : n > 5 && memcmp(line, "sent ", 5) == 0 ? 5
+                                                           : 0;
+    if (skip == 0)
+        return 0;
+    if (all)
+        return 1;
+    const char *name = line + skip, *end = memchr(name, ' ', n - skip);
+    size_t len = end != NULL ? (size_t)(end - name) : n - skip;
+    for (size_t i = 0; i < k; i++)
+        if (strlen(names[i]) == len && memcmp(names[i], name, len) == 0)
+            return 1;
+    return 0;
+}
+
+static int drop_in(const char *dir, const char *file, const char *const *names, size_t k, int all,
+                   size_t *dropped)
+{
+    char path[4400];
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, file) >= sizeof(path))
+        return -ENAMETOOLONG;
+    char *text, *out = malloc(KVS_COPIED_MAX + 1);
+    size_t got, n = 0, gone = 0;
+    int rc = slurp(path, &text, &got);
+    if (rc == -ENOENT) {
+        free(out);
+        free(text);
+        return 0;
+    }
+    if (rc == 0 && (out == NULL || memchr(text, '\0', got) != NULL))
+        rc = out == NULL ? -ENOMEM : KVS_EINVAL;
+    for (size_t at = 0; rc == 0 && at < got;) {
+        const char *line = text + at, *end = memchr(line, '\n', got - at);
+        size_t len = end != NULL ? (size_t)(end - line) : got - at;
+        at += len + (end != NULL);
+        if (end == NULL || names_one(line, len, names, k, all)) {
+            gone++; /* named, or cut short by a crash: no name either way */
+            continue;
+        }
+        memcpy(out + n, line, len + 1);
+        n += len + 1;
+    }
+    if (rc == 0 && gone > 0)
+        rc = replace_file(dir, path, out, n);
+    if (rc == 0 && dropped != NULL)
+        *dropped += gone;
+    free(text);
+    free(out);
+    return rc;
+}
+
+int kvs_copied_drop(const char *dir, const char *const *names, size_t n, int all, size_t *dropped)
+{
+    int rc = drop_in(dir, KVS_COPIED_FILE, names, n, all, dropped);
+    return rc != 0 ? rc : drop_in(dir, KVS_UNBOUND_FILE, names, n, all, dropped);
+}
+
+int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n,
+                             uint64_t withdrawals, const char *const *gone, size_t n_gone)
+{
+    size_t cap = 256 + (n + n_gone) * (KVS_NODE_NAME_MAX + 16), len;
+    char *text = malloc(cap), path[4400];
+    if (text == NULL)
+        return -ENOMEM;
+    len = (size_t)snprintf(text, cap,
+                           "# kvs: this shard's nodes in the map kvs-router last ran; a node "
+                           "that leaves them is dropped from copied-out and unbound-rows\n"
+                           "withdrawals %llu\n",
+                           (unsigned long long)withdrawals);
+    for (size_t i = 0; i < n && len < cap; i++)
+        len += (size_t)snprintf(text + len, cap - len, "node %s\n", names[i]);
+    for (size_t i = 0; i < n_gone && len < cap; i++)
+        len += (size_t)snprintf(text + len, cap - len, "withdrawn %s\n", gone[i]);
+    int rc = (size_t)snprintf(path, sizeof(path), "%s/" KVS_HOLDERS_FILE, dir) >= sizeof(path)
+                 ? -ENAMETOOLONG
+                 : replace_file(dir, path, text, len < cap ? len : cap - 1);
+    free(text);
+    return rc;
 }

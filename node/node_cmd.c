@@ -809,14 +809,25 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     int rc;
     if (ctx->replicas < 2 && copied == NULL) {
         /* Taken here: recorded first as rows no other copy holds. */
-        if ((rc = node_handoff_writing(ctx->handoff)) == 0)
+        uint64_t batch = ctx->store != NULL ? node_store_batch_gen(ctx->store) : 0;
+        if ((rc = node_handoff_writing(ctx->handoff, batch)) == 0)
             return 0;
-        rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
-                                   "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u "
-                                   "cannot record that it holds rows of such tables, which a move "
-                                   "of the shard must know (%s); nothing was written",
-                                   kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len),
-                                   (const char *)table, ctx->shard, kvs_strerror(rc));
+        if (rc == -EAGAIN)
+            rc = kvs_msg_append_status(
+                out, KVS_STATUS_UNAVAILABLE,
+                "%s: table \"%.*s\" is bound to no Kafka topic, and the cluster.nodes being taken "
+                "gives shard %u to other nodes too, or not to this one; nothing was written (send "
+                "it again once the change is over)",
+                kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table,
+                ctx->shard);
+        else
+            rc = kvs_msg_append_status(
+                out, KVS_STATUS_UNAVAILABLE,
+                "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u "
+                "cannot record that it holds rows of such tables, which a move "
+                "of the shard must know (%s); nothing was written",
+                kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table,
+                ctx->shard, kvs_strerror(rc));
         return rc == 0 ? 1 : rc;
     }
     size_t klen, vlen;

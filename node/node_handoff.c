@@ -12,6 +12,7 @@
 #include "kvs_log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,37 +29,35 @@ enum {
 
 struct node_handoff_s {
     uint32_t shard;
-    char *path;        /* <shard_dir>/copied-out */
-    char *rows_path;   /* <shard_dir>/unbound-rows */
-    char *dir;         /* <shard_dir> */
-    int fenced;        /* writes to unbound tables are refused */
-    uint64_t epoch;    /* counts raises and lifts (node_handoff_mark) */
-    uint32_t replicas; /* the shard's in the map last taken (0: none) */
-    int open;          /* writes to unbound tables are taken: unfenced, replicas < 2 */
-    uint64_t writes;   /* counts the times `open` began (node_handoff_mark) */
-    int rows;          /* ROWS_* */
-    int rows_failed;   /* the last attempt to write unbound-rows failed (logged) */
+    char *path;         /* <shard_dir>/copied-out */
+    char *rows_path;    /* <shard_dir>/unbound-rows */
+    char *dir;          /* <shard_dir> */
+    int fenced;         /* writes to unbound tables are refused */
+    uint64_t epoch;     /* counts raises and lifts (node_handoff_mark) */
+    uint32_t replicas;  /* the shard's in the map last taken (0: none) */
+    int open;           /* writes to unbound tables are taken: unfenced, replicas < 2 */
+    uint64_t writes;    /* counts the times `open` began (node_handoff_mark) */
+    int rows;           /* ROWS_* */
+    int rows_fd;        /* unbound-rows as ROWS_CLEAN found it, or -1: removed when unlinked */
+    uint64_t rows_turn; /* the write batch node_handoff_writing last looked at it in */
+    int rows_failed;    /* the last attempt to write unbound-rows failed (logged) */
+    char node[KVS_NODE_NAME_MAX + 1]; /* node.name */
     char why[600];
 };
-
-/* Nodes a map withdrew from the shard (the master's KVS_WITHDRAWN_FILE). */
-typedef struct {
-    size_t n;
-    const char *names[KVS_COPIED_NAMES];
-} gone_t;
-
-static int is_gone(const gone_t *g, const char *node)
-{
-    for (size_t i = 0; g != NULL && i < g->n; i++)
-        if (strcmp(g->names[i], node) == 0)
-            return 1;
-    return 0;
-}
 
 /* A mark's `writes` while writes are taken: no copy is recorded by it. */
 #define WRITES_OPEN UINT64_MAX
 
 static int write_rows(node_handoff_t *h, const char *since);
+static void rows_clean(node_handoff_t *h);
+
+/* The shard directory's lock: the master changes copied-out and
+ * unbound-rows too (kvs_copied_drop), so each change here is made under
+ * it. A negative errno when it cannot be taken (the change is not made). */
+static int lock(const node_handoff_t *h)
+{
+    return kvs_copied_lock(h->dir, KVS_COPIED_LOCK_MS);
+}
 
 /* `open` follows the fence and the map; each time it begins, a copy taken
  * before may lack rows written since, and the copies unbound-rows names
@@ -72,7 +71,7 @@ static void settle(node_handoff_t *h)
         h->writes++;
         int rc = h->rows == ROWS_NAMED ? write_rows(h, "the copies it named are forgotten") : 0;
         if (h->rows == ROWS_NAMED && rc == 0)
-            h->rows = ROWS_CLEAN;
+            rows_clean(h);
         else if (rc != 0)
             kvs_error("%s: cannot write: %s; it may name nodes whose copies are gone until the "
                       "next write to a table bound to no topic",
@@ -103,13 +102,53 @@ static size_t rows_head(const node_handoff_t *h, const char *since, const char *
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-/* unbound-rows afresh, naming no node (synced); 0 or a negative errno. */
-static int write_rows(node_handoff_t *h, const char *since)
+/* unbound-rows afresh, naming no node (synced), under the caller's lock;
+ * 0 or a negative errno. */
+static int write_rows_locked(node_handoff_t *h, const char *since)
 {
     char when[32], text[700];
     now_text(when, sizeof(when));
     size_t n = rows_head(h, since, when, text, sizeof(text));
     return kvs_fs_write_synced(h->rows_path, h->dir, text, n, 0);
+}
+
+static int write_rows(node_handoff_t *h, const char *since)
+{
+    int fd = lock(h), rc = fd < 0 ? fd : write_rows_locked(h, since);
+    kvs_copied_unlock(fd);
+    return rc;
+}
+
+/* The rows file as it is now, ROWS_CLEAN: kept open, so that a write sees
+ * at the cost of one fstat(2) whether it is still there. */
+static void rows_clean(node_handoff_t *h)
+{
+    if (h->rows_fd >= 0)
+        close(h->rows_fd);
+    h->rows_fd = open(h->rows_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    h->rows = h->rows_fd >= 0 ? ROWS_CLEAN : ROWS_NAMED;
+}
+
+/* The master's holders file (kvs_copied_write_holders): 0 and *c, or a
+ * negative errno (-ENOENT: none; no master wrote one). */
+static int holders(const node_handoff_t *h, kvs_copied_t *c)
+{
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/" KVS_HOLDERS_FILE, h->dir);
+    return kvs_copied_read_names(path, c);
+}
+
+/* Whether the master's holders file gives the shard to this node alone
+ * (or there is none): the map it takes, which this worker may not have
+ * taken yet. */
+static int holders_alone(const node_handoff_t *h)
+{
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL ? -ENOMEM : holders(h, c);
+    int alone = rc == -ENOENT || (rc == 0 && (c->n_names == 0 || /* no map: no moves */
+                                              (c->n_names == 1 && kvs_copied_names(c, h->node))));
+    free(c);
+    return alone;
 }
 
 /* At the start: unbound-rows as `unbound` (tables bound to no topic that
@@ -120,7 +159,9 @@ static void rows_open(node_handoff_t *h, uint32_t unbound)
     int rc = c == NULL ? -ENOMEM : kvs_copied_read_names(h->rows_path, c);
     if (rc == -ENOENT && unbound > 0) {
         rc = write_rows(h, "found at a start");
-        h->rows = rc == 0 ? ROWS_CLEAN : ROWS_NONE;
+        h->rows = ROWS_NONE;
+        if (rc == 0)
+            rows_clean(h);
         if (rc != 0)
             kvs_error("%s: cannot write: %s; until a write to a table bound to no topic writes "
                       "it, a reload may give shard %u up to a node that holds an older copy",
@@ -128,13 +169,17 @@ static void rows_open(node_handoff_t *h, uint32_t unbound)
     } else if (rc == -ENOENT) {
         h->rows = ROWS_NONE;
     } else if (unbound == 0 && rc != -ENOMEM) {
-        rc = unlink(h->rows_path) == 0 ? kvs_fs_sync_dir(h->dir) : -errno;
+        int fd = lock(h);
+        rc = fd < 0 ? fd : unlink(h->rows_path) == 0 ? kvs_fs_sync_dir(h->dir) : -errno;
+        kvs_copied_unlock(fd);
         h->rows = rc == 0 ? ROWS_NONE : ROWS_NAMED;
         if (rc == 0)
             kvs_info("shard %u holds no rows of tables bound to no topic: %s removed", h->shard,
                      h->rows_path);
+    } else if (rc == 0 && c->n_names == 0) {
+        rows_clean(h);
     } else {
-        h->rows = rc == 0 && c->n_names == 0 ? ROWS_CLEAN : ROWS_NAMED;
+        h->rows = ROWS_NAMED;
     }
     free(c);
 }
@@ -178,6 +223,8 @@ int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t 
         return -ENOMEM;
     }
     h->shard = shard;
+    h->rows_fd = -1;
+    snprintf(h->node, sizeof(h->node), "%s", cfg->node_name != NULL ? cfg->node_name : "");
     snprintf(h->path, n, "%s/" KVS_COPIED_FILE, shard_dir);
     snprintf(h->rows_path, r, "%s/" KVS_UNBOUND_FILE, shard_dir);
     load(h);
@@ -194,7 +241,11 @@ int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t 
  * the fence stays). */
 static int lift(node_handoff_t *h)
 {
-    int rc = unlink(h->path) == 0 || errno == ENOENT ? kvs_fs_sync_dir(h->dir) : -errno;
+    int fd = lock(h);
+    int rc = fd < 0                                    ? fd
+             : unlink(h->path) == 0 || errno == ENOENT ? kvs_fs_sync_dir(h->dir)
+                                                       : -errno;
+    kvs_copied_unlock(fd);
     if (rc != 0)
         kvs_error("%s: cannot remove: %s; writes to tables bound to no topic stay refused", h->path,
                   strerror(-rc));
@@ -227,10 +278,12 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
     char when[32], text[800];
     now_text(when, sizeof(when));
     size_t n = head(h, peer, when, text, sizeof(text));
-    int rc = kvs_fs_write_synced(h->path, h->dir, text, n, 0);
+    int fd = lock(h), rc = fd < 0 ? fd : kvs_fs_write_synced(h->path, h->dir, text, n, 0);
+    if (rc != 0 && fd >= 0)
+        unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
+    kvs_copied_unlock(fd);
     if (rc != 0) {
         kvs_error("%s: cannot write: %s; the snapshot is not sent", h->path, strerror(-rc));
-        unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
         return rc;
     }
     h->fenced = 1;
@@ -244,18 +297,35 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
 
 node_handoff_mark_t node_handoff_mark(const node_handoff_t *h)
 {
-    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes};
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL ? -ENOMEM : holders(h, c);
+    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes,
+                             rc == 0         ? c->withdrawals
+                             : rc == -ENOENT ? 0
+                                             : UINT64_MAX};
+    free(c);
     return m;
 }
 
-int node_handoff_writing(node_handoff_t *h)
+int node_handoff_writing(node_handoff_t *h, uint64_t batch)
 {
-    if (h == NULL || h->rows == ROWS_CLEAN)
+    struct stat st;
+    if (h == NULL || (h->rows == ROWS_CLEAN && batch != 0 && batch == h->rows_turn))
+        return 0; /* looked at in this batch already */
+    h->rows_turn = batch;
+    if (h->rows == ROWS_CLEAN && fstat(h->rows_fd, &st) == 0 && st.st_nlink > 0)
         return 0;
-    int rc = write_rows(h, h->rows == ROWS_NONE ? "written since this worker started"
-                                                : "written since the copies it named");
+    /* Removed (the refusal's way out), or renamed over by the master's
+     * drop: written afresh below, as a write makes every copy named old. */
+    const char *since = h->rows == ROWS_NONE ? "written since this worker started"
+                                             : "written since the copies it named";
+    int fd = lock(h), rc = fd < 0 ? fd : holders_alone(h) ? write_rows_locked(h, since) : -EAGAIN;
+    if (rc == 0)
+        rows_clean(h); /* (under the lock: what it opens is what was written) */
+    kvs_copied_unlock(fd);
+    if (rc == -EAGAIN)
+        return rc; /* the map being taken: the caller says so, nothing to log */
     if (rc == 0) {
-        h->rows = ROWS_CLEAN;
         h->rows_failed = 0;
     } else if (!h->rows_failed) {
         h->rows_failed = 1;
@@ -266,38 +336,33 @@ int node_handoff_writing(node_handoff_t *h)
     return rc;
 }
 
-/* Writes `path` (copied-out or unbound-rows) afresh from what `c` (its
- * parse) records, without the nodes `drop` names, and (copied-out, `node`
- * set) with `node`'s latest copy now the one ending with `digest`: one
- * sent line per node, so that a node copying again and again under one
- * fence never fills it. Through a synced file renamed over it: a crash
- * leaves the old file or the new one. 0 or a negative errno. */
-static int rewrite(node_handoff_t *h, const char *path, const kvs_copied_t *c, const gone_t *drop,
-                   const char *node, const uint8_t *digest)
+/* Writes copied-out afresh from what `c` (its parse) records, with
+ * `node`'s latest copy now the one ending with `digest`: one sent line
+ * per node, so that a node copying again and again under one fence never
+ * fills it. Through a synced file renamed over it: a crash leaves the old
+ * file or the new one, and the fence up either way. 0 or a negative
+ * errno. */
+static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
+                   const uint8_t *digest)
 {
+    const char *path = h->path;
     const size_t sent_line = KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 8;
     size_t cap =
         1024 + KVS_COPIED_NAMES * (KVS_NODE_NAME_MAX + 8) + (KVS_COPIED_SENT + 1) * sent_line;
     size_t tlen = strlen(path) + sizeof(".new");
     char *text = malloc(cap), *tmp = malloc(tlen), hex[2 * KVS_HASH_LEN + 1];
     int rc = text == NULL || tmp == NULL ? -ENOMEM : 0;
-    int rows = path == h->rows_path;
     if (rc == 0) {
-        size_t n = rows ? rows_head(h, "nodes a map withdrew since dropped", c->time, text, cap)
-                        : head(h, c->peer, c->time, text, cap);
+        size_t n = head(h, c->peer, c->time, text, cap);
         for (size_t i = 0; i < c->n_names; i++)
-            if (!is_gone(drop, c->names[i]))
-                n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
-        for (size_t i = 0; !rows && i < c->n_sent; i++)
-            if ((node == NULL || strcmp(c->sent[i].node, node) != 0) &&
-                !is_gone(drop, c->sent[i].node)) {
+            n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
+        for (size_t i = 0; i < c->n_sent; i++)
+            if (strcmp(c->sent[i].node, node) != 0) {
                 kvs_hash_hex(c->sent[i].digest, hex);
                 n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", c->sent[i].node, hex);
             }
-        if (node != NULL) {
-            kvs_hash_hex(digest, hex);
-            n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
-        }
+        kvs_hash_hex(digest, hex);
+        n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
         snprintf(tmp, tlen, "%s.new", path);
         rc = kvs_fs_write_synced(tmp, h->dir, text, n, 0);
         if (rc == 0 && rename(tmp, path) != 0)
@@ -320,8 +385,8 @@ static int rewrite(node_handoff_t *h, const char *path, const kvs_copied_t *c, c
  * it (nothing written), -ENOENT for no such copy, KVS_EINVAL (the file
  * cannot be understood, or has no room for another node), or a negative
  * errno. */
-static int append_to(node_handoff_t *h, const char *path, const char *node, const uint8_t *digest,
-                     const uint8_t *only_if_sent)
+static int append_locked(node_handoff_t *h, const char *path, const char *node,
+                         const uint8_t *digest, const uint8_t *only_if_sent)
 {
     kvs_copied_t *c = malloc(sizeof(*c));
     char line[KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 40], hex[2 * KVS_HASH_LEN + 1];
@@ -341,7 +406,7 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
                        : c->n_names == KVS_COPIED_NAMES)
         rc = KVS_EINVAL;
     else if (digest != NULL && c->sent_lines >= KVS_COPIED_SENT)
-        rc = rewrite(h, path, c, NULL, node, digest);
+        rc = rewrite(h, c, node, digest);
     else {
         /* After a line a crash cut short, first end it as no name at all
          * (a cut "node abc" must not read as node "ab"). */
@@ -358,10 +423,42 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
     return rc;
 }
 
-static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
-                  const uint8_t *only_if_sent)
+/* append_locked under the lock; with `withdrawals`, only while the
+ * master's count of withdrawals is still that (else -ESTALE: a map
+ * withdrew nodes from the shard since the copy began, its receiver maybe
+ * among them). */
+static int append_to(node_handoff_t *h, const char *path, const char *node, const uint8_t *digest,
+                     const uint8_t *only_if_sent, const uint64_t *withdrawals)
 {
-    return append_to(h, h->path, node, digest, only_if_sent);
+    int fd = lock(h), rc = fd < 0 ? fd : 0;
+    if (rc == 0 && withdrawals != NULL) {
+        kvs_copied_t *c = malloc(sizeof(*c));
+        int read = c == NULL ? -ENOMEM : holders(h, c);
+        uint64_t now = read == 0 ? c->withdrawals : read == -ENOENT ? 0 : UINT64_MAX;
+        rc = now == *withdrawals && now != UINT64_MAX && (read != 0 || !kvs_copied_gone(c, node))
+                 ? 0
+                 : -ESTALE;
+        free(c);
+    }
+    if (rc == 0)
+        rc = append_locked(h, path, node, digest, only_if_sent);
+    kvs_copied_unlock(fd);
+    return rc;
+}
+
+static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
+                  const uint8_t *only_if_sent, const uint64_t *withdrawals)
+{
+    return append_to(h, h->path, node, digest, only_if_sent, withdrawals);
+}
+
+/* Says that `node` was not recorded for the master's withdrawal since its
+ * copy began (append_to's -ESTALE). */
+static void stale(const node_handoff_t *h, const char *node, const char *path)
+{
+    kvs_info("shard %u: node %s's copy is not recorded in %s: a map withdrew nodes from the "
+             "shard since it began (it may have withdrawn that node)",
+             h->shard, node, path);
 }
 
 static const char *append_error(int rc)
@@ -372,13 +469,15 @@ static const char *append_error(int rc)
 
 /* Node `node` installed a copy holding every unbound row this shard
  * acknowledged: unbound-rows names it (when there is such a file). */
-static void cover(node_handoff_t *h, const char *node)
+static void cover(node_handoff_t *h, const char *node, const uint64_t *withdrawals)
 {
     if (h->rows == ROWS_NONE)
         return; /* no rows of unbound tables here that another copy lacks */
-    int rc = append_to(h, h->rows_path, node, NULL, NULL);
+    int rc = append_to(h, h->rows_path, node, NULL, NULL, withdrawals);
     if (rc == 0 || rc == 1)
         h->rows = ROWS_NAMED;
+    else if (rc == -ESTALE)
+        stale(h, node, h->rows_path);
     else
         kvs_error("%s: cannot record that node %s installed a copy of shard %u: %s; a reload "
                   "giving the shard up to it is refused until it copies again",
@@ -387,12 +486,15 @@ static void cover(node_handoff_t *h, const char *node)
 
 /* Records `node` (see append), and says so; a failure of a request's
  * (only_if_sent) is said in its answer instead, not logged per request. */
-static int record_node(node_handoff_t *h, const char *node, const uint8_t *only_if_sent)
+static int record_node(node_handoff_t *h, const char *node, const uint8_t *only_if_sent,
+                       const uint64_t *withdrawals)
 {
-    int rc = append(h, node, NULL, only_if_sent);
+    int rc = append(h, node, NULL, only_if_sent, withdrawals);
     if (rc == 1 || rc == -ENOENT || (rc != 0 && only_if_sent != NULL))
         return rc == 1 ? 0 : rc;
-    if (rc != 0)
+    if (rc == -ESTALE)
+        stale(h, node, h->path);
+    else if (rc != 0)
         kvs_error("%s: cannot record that node %s installed its copy of shard %u: %s; a reload "
                   "giving the shard to %s alone is refused until it copies again",
                   h->path, node, h->shard, append_error(rc), node);
@@ -408,10 +510,11 @@ int node_handoff_copied(node_handoff_t *h, const char *node, node_handoff_mark_t
     /* A copy of another fence's time, or of none, proves nothing for
      * copied-out now; one taken while no write was taken since does for
      * unbound-rows. */
-    int rc = h->fenced && h->epoch == mark.fence ? record_node(h, node, NULL) : 0;
+    int rc =
+        h->fenced && h->epoch == mark.fence ? record_node(h, node, NULL, &mark.withdrawals) : 0;
     if (!h->open && h->writes == mark.writes)
-        cover(h, node);
-    return rc;
+        cover(h, node, &mark.withdrawals);
+    return rc == -ESTALE ? 0 : rc;
 }
 
 int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
@@ -419,9 +522,9 @@ int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[
 {
     if (!h->fenced || h->epoch != mark.fence || !kvs_copied_name_ok(node))
         return 0;
-    int rc = append(h, node, digest, NULL);
-    if (rc == 1)
-        return 0;
+    int rc = append(h, node, digest, NULL, &mark.withdrawals);
+    if (rc == 1 || rc == -ESTALE)
+        return 0; /* (-ESTALE: nor is its acknowledgement taken later) */
     if (rc != 0)
         kvs_error("%s: cannot record the copy of shard %u sent to node %s: %s; its "
                   "acknowledgement is taken on the stream's connection only",
@@ -433,9 +536,11 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
 {
     if (!h->fenced || !kvs_copied_name_ok(node))
         return -ENOENT;
-    int rc = record_node(h, node, digest); /* named before (the stream's acknowledgement came): 0 */
+    /* A sent line is dropped with its node when a map withdraws it: one
+     * that is still there was not withdrawn since. */
+    int rc = record_node(h, node, digest, NULL); /* named before (the stream's ack came): 0 */
     if (rc == 0)
-        cover(h, node); /* the fence stood since the copy: no write was taken */
+        cover(h, node, NULL); /* the fence stood since the copy: no write was taken */
     return rc;
 }
 
@@ -491,82 +596,17 @@ static void refence(node_handoff_t *h, const kvs_config_t *cfg)
                  h->shard, h->replicas);
 }
 
-/* Drops the nodes `g` names from `path` (see take_withdrawn). Returns 0
- * (done, or none of them named), or a negative errno (logged). */
-static int drop_from(node_handoff_t *h, const char *path, const gone_t *g)
-{
-    kvs_copied_t *c = malloc(sizeof(*c));
-    int rc = c == NULL              ? -ENOMEM
-             : path == h->rows_path ? kvs_copied_read_names(path, c)
-                                    : kvs_copied_read(path, c);
-    int named = 0;
-    for (size_t i = 0; rc == 0 && i < g->n; i++)
-        named |= kvs_copied_names(c, g->names[i]) || kvs_copied_sent_any(c, g->names[i]);
-    if (named && (rc = rewrite(h, path, c, g, NULL, NULL)) == 0)
-        kvs_info("shard %u: a map withdrew node %s%s from it, whose copy may be gone: %s no "
-                 "longer names %s",
-                 h->shard, g->names[0], g->n > 1 ? " and others" : "", path,
-                 g->n > 1 ? "them" : "it");
-    else if (rc == -ENOENT || rc == KVS_EINVAL)
-        rc = 0; /* no file, or one that names nobody the master trusts */
-    else if (rc != 0)
-        kvs_error("%s: cannot drop node %s, which a map withdrew from shard %u: %s; retried at "
-                  "the next reload",
-                  path, g->names[0], h->shard, append_error(rc));
-    free(c);
-    return rc;
-}
-
-/* A node the files name installed a copy from here; a map that withdraws
- * it from the shard may have had it retire that copy, so it no longer
- * counts (README, "Moving a shard": a node that copied and was withdrawn
- * again holds nothing). The master notes such nodes in KVS_WITHDRAWN_FILE
- * at each map it takes (this worker may take only the last of several
- * quick reloads), and does not count them while the file holds them;
- * here they are dropped from both files, and the note removed once done
- * (renamed aside first, so that a note written meanwhile waits for the
- * next reload). */
-static void take_withdrawn(node_handoff_t *h)
-{
-    size_t n = strlen(h->dir) + sizeof("/" KVS_WITHDRAWN_FILE ".taking");
-    char *note = malloc(n), *taking = malloc(n);
-    kvs_copied_t *c = malloc(sizeof(*c));
-    if (note == NULL || taking == NULL || c == NULL)
-        goto out;
-    snprintf(note, n, "%s/" KVS_WITHDRAWN_FILE, h->dir);
-    snprintf(taking, n, "%s/" KVS_WITHDRAWN_FILE ".taking", h->dir);
-    if (rename(note, taking) != 0 && errno != ENOENT) /* else one a crash left may be there */
-        kvs_error("%s: cannot take: %s", note, strerror(errno));
-    int rc = kvs_copied_read_names(taking, c);
-    if (rc == -ENOENT)
-        goto out;
-    gone_t g = {0};
-    for (size_t i = 0; rc == 0 && i < c->n_names; i++)
-        g.names[g.n++] = c->names[i];
-    if (rc == 0 && g.n > 0 && h->fenced)
-        rc = drop_from(h, h->path, &g);
-    if (rc == 0 && g.n > 0 && h->rows != ROWS_NONE)
-        rc = drop_from(h, h->rows_path, &g);
-    if (rc == 0 && unlink(taking) == 0)
-        kvs_fs_sync_dir(h->dir);
-    else if (rc != 0)
-        kvs_error("%s: %s; kept, retried at the next reload", taking,
-                  rc == KVS_EINVAL ? "cannot be understood" : kvs_strerror(rc));
-out:
-    free(note);
-    free(taking);
-    free(c);
-}
-
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
 {
-    take_withdrawn(h);
     h->replicas = kvs_config_replica_count(cfg, h->shard);
     if (h->fenced)
         refence(h, cfg);
     struct stat st;
     if (h->rows != ROWS_NONE && lstat(h->rows_path, &st) != 0 && errno == ENOENT) {
         h->rows = ROWS_NONE; /* removed (README's way out): the next such write writes it again */
+        if (h->rows_fd >= 0)
+            close(h->rows_fd);
+        h->rows_fd = -1;
         kvs_info("shard %u: %s was removed; the next write to a table bound to no topic writes "
                  "it again",
                  h->shard, h->rows_path);
@@ -583,6 +623,8 @@ void node_handoff_free(node_handoff_t *h)
 {
     if (h == NULL)
         return;
+    if (h->rows_fd >= 0)
+        close(h->rows_fd);
     free(h->path);
     free(h->rows_path);
     free(h->dir);

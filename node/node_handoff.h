@@ -49,11 +49,11 @@
  * taken since (node_handoff_mark); the next write empties the list
  * first, as does the start of a time when such writes are taken (this
  * node alone, unfenced: the copies named are of a move abandoned, or of
- * nodes withdrawn). A node that a map withdrew from the shard (the
- * master's note, kvs_copied.h's withdrawn file) is dropped from both
- * files at the next reload. The master gives the shard up only to a node
- * named there or in copied-out, and not withdrawn since, whatever its map
- * says of other holders.
+ * nodes withdrawn). A node that a map withdraws from the shard is
+ * dropped from both files by the master as it takes that map
+ * (kvs_copied_drop; each change here is made under the directory's lock,
+ * kvs_copied_lock). The master gives the shard up only to a node named
+ * there or in copied-out, whatever its map says of other holders.
  */
 #ifndef NODE_HANDOFF_H
 #define NODE_HANDOFF_H
@@ -89,15 +89,22 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
  * none were, at W, holds every such row while it is still W). */
 typedef struct {
     uint64_t fence, writes;
+    uint64_t withdrawals; /* the master's count when the copy was taken (kvs_copied.h: holders):
+                             a map that withdrew nodes since may have withdrawn its receiver */
 } node_handoff_mark_t;
 
 node_handoff_mark_t node_handoff_mark(const node_handoff_t *h);
 
 /* A write to a table bound to no topic is about to be taken (the shard is
  * this node's alone, unfenced): makes sure unbound-rows exists and names
- * no node (synced). Cheap once it does. Returns 0, or a negative errno
- * (logged once until it succeeds): the write must be refused. NULL: 0. */
-int node_handoff_writing(node_handoff_t *h);
+ * no node (synced), writing it only while the master's holders file
+ * gives the shard to this node alone. Cheap once it does: one fstat(2) per
+ * write batch `batch` (node_store_batch_gen; 0, no batch open: each
+ * time) sees whether it was removed or replaced since. Returns 0,
+ * -EAGAIN (the map the master takes gives the shard to others), or
+ * another negative errno (logged once until it succeeds): the write must
+ * be refused. NULL: 0. */
+int node_handoff_writing(node_handoff_t *h, uint64_t batch);
 
 /* Node `node` of the map acknowledged that it installed a copy taken at
  * `mark` (synced, in place: kvs.proto's Snapshot.installed). While that
@@ -131,10 +138,9 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
  * delivered: lowers it again. */
 void node_handoff_unfence(node_handoff_t *h);
 
-/* The worker took `cfg` (a reload): takes the master's note of nodes
- * withdrawn, lifts the fence if the map gives the shard several
- * replicas, none of them a node the file names, or if the file was
- * removed (see above). */
+/* The worker took `cfg` (a reload): lifts the fence if the map gives the
+ * shard several replicas, none of them a node the file names, or if the
+ * file was removed (see above). */
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg);
 
 /* NULL when writes are taken; else why not, for the refusal's message. */

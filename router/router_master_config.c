@@ -47,6 +47,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -333,6 +334,16 @@ static void warn_empty_moved_shards(const kvs_config_t *cfg)
     }
 }
 
+/* What take_records does. */
+enum {
+    RECORDS_HOLDERS = 1, /* holders says `next`; the nodes it withdraws are noted withdrawn */
+    RECORDS_DROP = 2,    /* the nodes noted withdrawn are dropped from the records of copies */
+    RECORDS_RESTORE = 4, /* holders says `next` again: the map that stays (a refused reload) */
+};
+
+static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int mode, char *err,
+                        size_t len);
+
 /* Checks, then starts everything. Returns 0 (running: the loop decides),
  * or the exit status when nothing could start. */
 int router_master_prepare(master_t *m, const char *argv0)
@@ -352,6 +363,11 @@ int router_master_prepare(master_t *m, const char *argv0)
         return rc;
     if (router_master_foreign_listener(m) != 0)
         return 1; /* logged; becoming ready checks again, once the routers listen */
+    char err[1024];
+    if (take_records(NULL, m->cfg, RECORDS_HOLDERS | RECORDS_DROP, err, sizeof(err)) != 0) {
+        kvs_error("%s; not started", err);
+        return 1;
+    }
     router_master_remove_next_paths(m->cfg);
     warn_unserved_data(m->cfg);
     warn_empty_moved_shards(m->cfg);
@@ -395,22 +411,6 @@ static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, u
     return 0;
 }
 
-/* Whether the master's note in shard directory `dir` (or the one its
- * worker is taking) names `node` (note_withdrawn). */
-static int withdrawn(const char *dir, const char *node)
-{
-    static const char *const notes[] = {KVS_WITHDRAWN_FILE, KVS_WITHDRAWN_FILE ".taking"};
-    char file[4400];
-    kvs_copied_t c;
-    for (size_t i = 0; i < sizeof(notes) / sizeof(notes[0]); i++) {
-        snprintf(file, sizeof(file), "%s/%s", dir, notes[i]);
-        int rc = kvs_copied_read_names(file, &c);
-        if (rc == KVS_EINVAL || (rc == 0 && kvs_copied_names(&c, node)))
-            return 1; /* (one that cannot be read may name it) */
-    }
-    return 0;
-}
-
 /* Shard s's copied-out file (`name` KVS_COPIED_FILE) or unbound-rows
  * (KVS_UNBOUND_FILE) in this node's directory (node_handoff, kvs_copied):
  * whether one of the nodes it names as having installed a copy holds the
@@ -434,11 +434,9 @@ static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next,
     size_t used = 0;
     for (size_t i = 0; i < c.n_names; i++) {
         const kvs_node_t *n = kvs_config_node(next, c.names[i]);
-        int gone = withdrawn(dir, c.names[i]); /* its copy may be gone (note_withdrawn) */
-        if (!gone && n != NULL && kvs_node_serves(n, s))
+        if (n != NULL && kvs_node_serves(n, s))
             kept = 1;
-        int w = snprintf(named + used, len - used, "%s%s%s", used > 0 ? ", " : "", c.names[i],
-                         gone ? " (withdrawn from the shard by a map since)" : "");
+        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", c.names[i]);
         if (w > 0 && (size_t)w < len - used)
             used += (size_t)w;
     }
@@ -538,65 +536,128 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
     return 0;
 }
 
-/* A map `next` that withdraws nodes from a shard this node keeps: the
- * names of those nodes in the shard's copied-out and unbound-rows count no
- * more, since a withdrawn node may retire its copy (a node that copied and
- * was withdrawn again holds nothing). Noted in the shard's directory
- * (KVS_WITHDRAWN_FILE), which its worker reads at its next reload
- * (node_handoff drops them, and removes the note): it may take only the
- * last of several quick reloads, and this master takes each map. A note
- * that cannot be written is logged: the names then count until the worker
- * sees a map without them. */
-static void note_withdrawn(const kvs_config_t *cur, const kvs_config_t *next)
+/* The nodes `map` gives shard s, into names[] (pointers into `map`):
+ * how many. */
+static size_t holders_of(const kvs_config_t *map, uint32_t s, const char **names)
 {
-    for (uint32_t s = 0; s < cur->shards; s++) {
-        char dir[4200], file[4400], tmp[4500], text[1024 + KVS_COPIED_NAMES * 80];
-        if (!kvs_config_local(cur, s) || !kvs_config_local(next, s) ||
-            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0 ||
-            router_master_shard_file(cur, s, "data.mdb") != 1)
+    size_t n = 0;
+    for (size_t i = 0; map != NULL && i < map->n_nodes; i++)
+        if (kvs_node_serves(&map->nodes[i], s) && n < KVS_COPIED_NAMES)
+            names[n++] = map->nodes[i].name;
+    return n;
+}
+
+/* Names dir's holders file notes withdrawn ("withdrawn NAME"), into
+ * names[] (pointers into c): how many. */
+static size_t noted(const kvs_copied_t *c, int read, const char **names)
+{
+    size_t n = 0;
+    for (size_t i = 0; read == 0 && i < c->n_gone; i++)
+        names[n++] = c->gone[i];
+    return n;
+}
+
+/* Records of a shard's copies that a map changes, for every shard `next`
+ * or `cur` gives this node whose directory exists; under the directory's
+ * lock, which the worker takes for each change of those files:
+ *   - RECORDS_HOLDERS (at a reload, before the check that may refuse it;
+ *     at the master's start: `cur` NULL): the holders file says `next`
+ *     (the worker refuses to begin writing unbound rows while it lists
+ *     other nodes or not this one: its own map may still be the previous
+ *     one); the nodes that held the shard before (the holders file: the
+ *     map last taken, also before a restart; and `cur`) and not in `next`
+ *     are noted withdrawn there, and its count of withdrawals moves: a
+ *     copy a withdrawn node asks for, or one acknowledged after the count
+ *     moved, is recorded by no one. A start without a holders file (a
+ *     directory from before it, or added by a reload before it had data)
+ *     or with one it cannot read drops every name;
+ *   - RECORDS_DROP (once the map is taken): the nodes noted withdrawn
+ *     count no more in copied-out and unbound-rows (a node that copied
+ *     and was withdrawn again may have retired its copy): dropped
+ *     (kvs_copied_drop). After the check, so that a refused reload keeps
+ *     every name (the check counts no node `next` does not give the
+ *     shard, withdrawn or not);
+ *   - RECORDS_RESTORE (a reload refused: `next` is the map that stays):
+ *     holders says `next` again; a node it gives the shard is withdrawn
+ *     no more.
+ * Returns 0, or nonzero with err[] said: nothing of the map may be taken. */
+static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int mode, char *err,
+                        size_t len)
+{
+    for (uint32_t s = 0; next->n_nodes > 0 && s < next->shards; s++) { /* (no map: no moves) */
+        char dir[4200], file[4400];
+        struct stat st;
+        if ((!kvs_config_local(next, s) && (cur == NULL || !kvs_config_local(cur, s))) ||
+            kvs_schema_shard_dir(dir, sizeof(dir), next->data_dir, s) != 0 ||
+            lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
             continue;
-        snprintf(file, sizeof(file), "%s/" KVS_WITHDRAWN_FILE, dir);
-        kvs_copied_t c;
-        int rc = kvs_copied_read_names(file, &c);
-        if (rc != 0 && rc != -ENOENT) { /* kept: unread, it withdraws every name */
-            kvs_error("%s: cannot be read (%s): kept as it is (the master counts none of the "
-                      "nodes copied-out and unbound-rows name); remove it once they hold copies",
-                      file, kvs_strerror(rc));
-            continue;
+        const char *before[2 * KVS_COPIED_NAMES], *after[KVS_COPIED_NAMES];
+        const char *gone[3 * KVS_COPIED_NAMES], *out[KVS_COPIED_NAMES];
+        size_t n_after = holders_of(next, s, after), n_before = holders_of(cur, s, before);
+        size_t n_gone = 0, n_out = 0, dropped = 0;
+        int lock = kvs_copied_lock(dir, KVS_COPIED_LOCK_MS), rc = lock < 0 ? lock : 0;
+        kvs_copied_t *c = calloc(1, sizeof(*c));
+        snprintf(file, sizeof(file), "%s/" KVS_HOLDERS_FILE, dir);
+        int read = rc != 0 ? rc : c == NULL ? -ENOMEM : kvs_copied_read_names(file, c);
+        int all = (mode & RECORDS_HOLDERS) && (read == -ENOENT ? cur == NULL : read != 0);
+        if (mode & RECORDS_HOLDERS) {
+            for (size_t i = 0; read == 0 && i < c->n_names; i++)
+                before[n_before++] = c->names[i];
+            for (size_t i = 0; i < n_before; i++) {
+                int kept = 0;
+                for (size_t j = 0; j < n_after && !kept; j++)
+                    kept = strcmp(before[i], after[j]) == 0;
+                for (size_t j = 0; j < n_gone && !kept; j++)
+                    kept = strcmp(before[i], gone[j]) == 0; /* (named twice: once is enough) */
+                if (!kept)
+                    gone[n_gone++] = before[i];
+            }
         }
-        if (rc == -ENOENT)
-            c.n_names = 0;
-        size_t n = (size_t)snprintf(text, sizeof(text),
-                                    "# kvs: nodes a map withdrew from shard %u, whose copies may "
-                                    "be gone: its worker drops them from copied-out and "
-                                    "unbound-rows at its next reload, and removes this file\n",
-                                    s);
-        int added = 0;
-        for (size_t i = 0; i < c.n_names; i++)
-            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", c.names[i]);
-        for (size_t i = 0; i < cur->n_nodes; i++) {
-            const kvs_node_t *was = &cur->nodes[i], *now = kvs_config_node(next, was->name);
-            if (!kvs_node_serves(was, s) || (now != NULL && kvs_node_serves(now, s)) ||
-                kvs_copied_names(&c, was->name) || c.n_names + (size_t)added >= KVS_COPIED_NAMES)
-                continue;
-            n += (size_t)snprintf(text + n, sizeof(text) - n, "node %s\n", was->name);
-            added++;
+        if (rc == 0 && all)
+            rc = kvs_copied_drop(dir, NULL, 0, 1, &dropped);
+        if (rc == 0 && (mode & (RECORDS_HOLDERS | RECORDS_RESTORE))) {
+            /* Noted withdrawn: the file's and this map's, less the nodes it
+             * gives the shard. */
+            size_t n_all = noted(c, read, gone + n_gone) + n_gone;
+            for (size_t i = 0; i < n_all; i++) {
+                int skip = n_out == KVS_COPIED_NAMES;
+                for (size_t j = 0; j < n_after && !skip; j++)
+                    skip = strcmp(gone[i], after[j]) == 0;
+                for (size_t j = 0; j < n_out && !skip; j++)
+                    skip = strcmp(gone[i], out[j]) == 0;
+                if (!skip)
+                    out[n_out++] = gone[i];
+            }
+            uint64_t count = (read == 0 ? c->withdrawals : 0) + (n_gone > 0 || all);
+            rc = kvs_copied_write_holders(dir, after, n_after, count, out, n_out);
         }
-        if (added == 0)
-            continue;
-        snprintf(tmp, sizeof(tmp), "%s.new", file);
-        rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
-        if (rc == 0 && rename(tmp, file) != 0)
-            rc = -errno;
-        if (rc == 0)
-            rc = kvs_fs_sync_dir(dir);
+        if (rc == 0 && (mode & RECORDS_DROP)) {
+            read = kvs_copied_read_names(file, c);
+            size_t n = noted(c, read, gone);
+            rc = read != 0 ? read : n > 0 ? kvs_copied_drop(dir, gone, n, 0, &dropped) : 0;
+            n_gone = n;
+        }
+        if (rc == 0 && dropped > 0 && all)
+            kvs_info("shard %u: %s %s: copied-out and unbound-rows name no node any more (%zu "
+                     "lines dropped)",
+                     s, file, read == -ENOENT ? "is missing" : "cannot be read", dropped);
+        else if (rc == 0 && dropped > 0)
+            kvs_info("shard %u: copied-out and unbound-rows no longer name node %s%s, which a map "
+                     "withdrew from the shard: its copy may be gone (%zu lines dropped)",
+                     s, gone[0], n_gone > 1 ? " and the others withdrawn" : "", dropped);
+        free(c);
+        kvs_copied_unlock(lock);
         if (rc != 0) {
-            unlink(tmp);
-            kvs_error("%s: cannot write: %s; the nodes this map withdraws from shard %u count as "
-                      "holding a copy from here until its worker takes a map without them",
-                      file, strerror(-rc), s);
+            snprintf(err, len,
+                     "cannot update the records of shard %u's copies in %.300s (copied-out, "
+                     "unbound-rows, holders), which a move of the shard trusts: %s",
+                     s, dir,
+                     rc == -ETIMEDOUT ? "its lock (" KVS_COPIED_LOCK ") is held"
+                                      : kvs_strerror(rc));
+            return rc;
         }
     }
+    return 0;
 }
 
 /* The file, read and checked (see the file comment). Returns 0 when its
@@ -624,15 +685,25 @@ int router_master_reload_config(master_t *m, int *map)
         kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
-    } else if (*map && last_copy_leaving(m->cfg, next, err, sizeof(err))) {
-        rc = KVS_ECONFIG;
-        kvs_error("reload refused: %s; the running configuration is unchanged", err);
-        m->reloads[2]++;
     } else if ((busy = reload_busy(m, *map)) != NULL) {
         rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged (reload again once "
                   "it is over)",
                   busy);
+        m->reloads[2]++;
+    } else if (*map && take_records(m->cfg, next, RECORDS_HOLDERS, err, sizeof(err)) != 0) {
+        rc = KVS_ECONFIG;
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
+        m->reloads[2]++;
+    } else if (*map && (last_copy_leaving(m->cfg, next, err, sizeof(err)) ||
+                        take_records(m->cfg, next, RECORDS_DROP, err, sizeof(err)) != 0)) {
+        /* After RECORDS_HOLDERS: a write its worker takes from now on sees
+         * the new holders (and refuses), one taken before left its record. */
+        char undo[1024];
+        if (take_records(next, m->cfg, RECORDS_RESTORE, undo, sizeof(undo)) != 0)
+            kvs_error("%s", undo);
+        rc = KVS_ECONFIG;
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
     } else if (!*map && dup2(fd, m->config_fd) < 0) { /* same number: the supervisor passes it */
         rc = -errno;
@@ -651,7 +722,6 @@ int router_master_reload_config(master_t *m, int *map)
              * workers' snapshot too), or not at all if the change fails:
              * prev_cfg holds the previous map and the new live keys until
              * the change is over. */
-            note_withdrawn(m->cfg, next);
             kvs_config_apply_map(m->cfg, next);
             m->prev_cfg = next;
             next = NULL;

@@ -163,7 +163,92 @@ KVS_TEST(an_unbound_rows_file_needs_no_head)
     CHECK_EQ(kvs_copied_read_names(path, &c), -ENOENT);
 }
 
+static void put(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void get(const char *path, char *text, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    size_t n = fread(text, 1, cap - 1, f);
+    fclose(f);
+    text[n] = '\0';
+}
+
+/* kvs_copied_drop: the lines naming the nodes dropped (node and sent),
+ * every other line kept as it was, a line cut short dropped; with `all`
+ * every name; a file that is not a regular one refuses (the caller must
+ * not take the names as dropped). The holders file names the nodes given.
+ * The lock is held by one descriptor at a time, and waited for. */
+KVS_TEST(names_are_dropped_under_the_lock)
+{
+    char dir[64], out[96], rows[96], holders[96], text[2048];
+    snprintf(dir, sizeof(dir), "/tmp/kvs-test-drop-%d", (int)getpid());
+    snprintf(out, sizeof(out), "%s/copied-out", dir);
+    snprintf(rows, sizeof(rows), "%s/unbound-rows", dir);
+    snprintf(holders, sizeof(holders), "%s/holders", dir);
+    mkdir(dir, 0700);
+    put(out, HEAD "node a\nnode b\nsent b 00112233445566778899aabbccddeeff\nsent bb "
+                  "00112233445566778899aabbccddeeff\nnode c");
+    put(rows, "# kvs: rows\ntime T\nnode b\nnode a\n");
+    const char *gone[] = {"b", "x"};
+    size_t dropped = 0;
+    CHECK_EQ(kvs_copied_drop(dir, gone, 2, 0, &dropped), 0);
+    CHECK_EQ(dropped, 4); /* node b, sent b, node c cut short; node b in rows */
+    get(out, text, sizeof(text));
+    CHECK_EQ(strcmp(text, HEAD "node a\nsent bb 00112233445566778899aabbccddeeff\n"), 0);
+    CHECK_EQ(kvs_copied_read(out, &c), 0);
+    CHECK(kvs_copied_names(&c, "a") && !kvs_copied_names(&c, "b"));
+    get(rows, text, sizeof(text));
+    CHECK_EQ(strcmp(text, "# kvs: rows\ntime T\nnode a\n"), 0);
+    dropped = 0;
+    CHECK_EQ(kvs_copied_drop(dir, gone, 2, 0, &dropped), 0); /* nothing left to drop */
+    CHECK_EQ(dropped, 0);
+    CHECK_EQ(kvs_copied_drop(dir, NULL, 0, 1, &dropped), 0);
+    get(rows, text, sizeof(text));
+    CHECK_EQ(strcmp(text, "# kvs: rows\ntime T\n"), 0);
+    get(out, text, sizeof(text));
+    CHECK_EQ(strcmp(text, HEAD), 0);
+    unlink(rows);
+    CHECK_EQ(mkfifo(rows, 0600), 0);
+    CHECK_EQ(kvs_copied_drop(dir, gone, 2, 0, NULL), KVS_EINVAL);
+    unlink(rows);
+    CHECK_EQ(symlink(out, rows), 0);
+    CHECK(kvs_copied_drop(dir, gone, 2, 0, NULL) < 0);
+    unlink(rows);
+    CHECK_EQ(kvs_copied_drop(dir, gone, 2, 0, NULL), 0); /* no file: nothing to drop */
+    const char *names[] = {"a", "b"};
+    const char *away[] = {"x"};
+    CHECK_EQ(kvs_copied_write_holders(dir, names, 2, 7, away, 1), 0);
+    CHECK_EQ(kvs_copied_read_names(holders, &c), 0);
+    CHECK_EQ(c.n_names, 2);
+    CHECK_EQ(c.withdrawals, 7);
+    CHECK(kvs_copied_gone(&c, "x") && !kvs_copied_gone(&c, "a") && !kvs_copied_names(&c, "x"));
+    int fd = kvs_copied_lock(dir, 0);
+    CHECK(fd >= 0);
+    CHECK_EQ(kvs_copied_lock(dir, 20), -ETIMEDOUT);
+    kvs_copied_unlock(fd);
+    fd = kvs_copied_lock(dir, 0);
+    CHECK(fd >= 0);
+    kvs_copied_unlock(fd);
+    char lockfile[96];
+    snprintf(lockfile, sizeof(lockfile), "%s/handoff.lock", dir);
+    unlink(lockfile);
+    CHECK_EQ(mkfifo(lockfile, 0600), 0);
+    CHECK_EQ(kvs_copied_lock(dir, 0), -EINVAL);
+    unlink(lockfile);
+    unlink(out);
+    unlink(holders);
+    rmdir(dir);
+}
+
 KVS_TEST_MAIN(KVS_CASE(sent_copies_are_read_with_their_checksums), KVS_CASE(a_file_without_names),
+              KVS_CASE(names_are_dropped_under_the_lock),
               KVS_CASE(an_unbound_rows_file_needs_no_head),
               KVS_CASE(names_count_once_and_odd_lines_are_skipped),
               KVS_CASE(a_line_cut_short_is_no_name), KVS_CASE(what_kvs_did_not_write_is_refused),

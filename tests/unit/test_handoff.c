@@ -15,9 +15,9 @@ static char dir[64], file[96], rows[96], text_of_rows[4096];
 static void remove_dir(void)
 {
     char path[128];
-    snprintf(path, sizeof(path), "%s/withdrawn", dir);
+    snprintf(path, sizeof(path), "%s/handoff.lock", dir);
     unlink(path);
-    snprintf(path, sizeof(path), "%s/withdrawn.taking", dir);
+    snprintf(path, sizeof(path), "%s/holders", dir);
     unlink(path);
     unlink(file);
     unlink(rows);
@@ -268,19 +268,30 @@ KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
     kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
     node_handoff_t *h = open_at(alone);
     CHECK_ROWS("-"); /* no rows of unbound tables: no file */
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     char text[4096];
     read_path(rows, text, sizeof(text));
     CHECK(strstr(text, "# kvs: shard 1 may hold rows") == text);
+    struct stat st1, st2;
+    CHECK_EQ(lstat(rows, &st1), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0); /* written once: the next write only looks */
+    CHECK_EQ(lstat(rows, &st2), 0);
+    CHECK(st1.st_ino == st2.st_ino && st1.st_mtime == st2.st_mtime);
     CHECK_EQ(unlink(rows), 0);
-    CHECK_EQ(node_handoff_writing(h), 0); /* written once: the next write costs nothing */
+    CHECK_EQ(node_handoff_writing(h, 0), 0); /* removed (no reload since): written again */
+    CHECK_ROWS("");
+    CHECK_EQ(node_handoff_writing(h, 7), 0);
+    CHECK_EQ(unlink(rows), 0);
+    CHECK_EQ(node_handoff_writing(h, 7), 0); /* looked at once per write batch */
     CHECK_ROWS("-");
-    CHECK_EQ(node_handoff_writing(NULL), 0);
+    CHECK_EQ(node_handoff_writing(h, 8), 0);
+    CHECK_ROWS("");
+    CHECK_EQ(node_handoff_writing(NULL, 0), 0);
 
     node_handoff_free(h);
     h = open_at(alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     fence(h, "peer", alone, 1); /* a copy under the fence: both files name x */
     node_handoff_mark_t m = node_handoff_mark(h);
     CHECK_EQ(node_handoff_copied(h, "x", m), 0);
@@ -308,7 +319,7 @@ KVS_TEST(unbound_rows_names_the_copies_taken_since_the_last_write)
     CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0); /* a restart with rows: kept */
     CHECK_ROWS("h");
     node_handoff_update(h, alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     node_handoff_free(h);
     kvs_config_free(alone);
@@ -323,7 +334,7 @@ KVS_TEST(unbound_rows_take_no_copy_of_a_time_writes_were_taken)
     fresh_dir();
     kvs_config_t *alone = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     node_handoff_mark_t open = node_handoff_mark(h);
     CHECK_EQ(node_handoff_copied(h, "b", open), 0);
     CHECK_ROWS("");
@@ -339,61 +350,86 @@ KVS_TEST(unbound_rows_take_no_copy_of_a_time_writes_were_taken)
     kvs_config_free(alone);
 }
 
-/* A node the master notes as withdrawn from the shard (its copy may be
- * gone) is dropped from both files at the next reload, and the note is
- * removed; one the worker could not finish taking (".taking", a crash)
- * is taken at the next. */
-static void note(const char *name, const char *text)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    fputs(text, f);
-    fclose(f);
-}
-
-KVS_TEST(a_node_the_master_notes_withdrawn_is_named_no_more)
+/* The master drops a withdrawn node from both files (kvs_copied_drop,
+ * under the directory's lock) while the worker runs: the worker's records
+ * go on from what the files say then. While the master holds the lock,
+ * the worker's changes wait, and fail when it is held too long. */
+KVS_TEST(the_masters_drop_and_the_workers_records_take_turns)
 {
     fresh_dir();
     kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
-    char w[128], t[128];
-    snprintf(w, sizeof(w), "%s/withdrawn", dir);
-    snprintf(t, sizeof(t), "%s/withdrawn.taking", dir);
     node_handoff_t *h = NULL;
     CHECK_EQ(node_handoff_open(dir, 1, both, 1, &h), 0);
     CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
     CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
     CHECK_ROWS("b c");
-    note("withdrawn", "# kvs\nnode c\nnode x\n");
-    node_handoff_update(h, both);
+    int fd = kvs_copied_lock(dir, 100);
+    CHECK(fd >= 0);
+    const char *gone[] = {"c"};
+    size_t dropped = 0;
+    CHECK_EQ(kvs_copied_drop(dir, gone, 1, 0, &dropped), 0);
+    CHECK_EQ(dropped, 1);
+    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_mark(h)), 0); /* waited 2 s: not recorded */
     CHECK_ROWS("b");
-    CHECK(access(w, F_OK) != 0 && access(t, F_OK) != 0);
+    kvs_copied_unlock(fd);
+    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b d");
+    node_handoff_update(h, alone);
     uint8_t d[KVS_HASH_LEN];
     memset(d, 0xa5, sizeof(d));
-    node_handoff_update(h, alone);
-    fence(h, "peer", alone, 1); /* b copies again, under the fence */
+    fence(h, "peer", alone, 1);
     node_handoff_mark_t m = node_handoff_mark(h);
     CHECK_EQ(node_handoff_sent(h, "b", d, m), 0);
     CHECK_EQ(node_handoff_copied(h, "b", m), 0);
-    CHECK_ROWS("b");
-    node_handoff_free(h);
-    note("withdrawn.taking", "node b\n"); /* a crash while taking it */
-    CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
-    CHECK_ROWS("");
+    const char *b[] = {"b"};
+    CHECK_EQ(kvs_copied_drop(dir, b, 1, 0, NULL), 0);
     char text[4096];
     read_file(text, sizeof(text));
     CHECK(strstr(text, "node b") == NULL && strstr(text, "sent b") == NULL);
     CHECK(strstr(text, "# kvs: shard 1 was copied") == text);
+    CHECK(strstr(text, "\npeer peer\n") != NULL);
     CHECK(node_handoff_why(h) != NULL);               /* still fenced */
     CHECK_EQ(node_handoff_reack(h, "b", d), -ENOENT); /* its copy counts no more */
-    CHECK(access(t, F_OK) != 0);
-    char many[2048] = "";
-    for (int i = 0; i <= KVS_COPIED_NAMES; i++) /* more names than one kvs wrote */
-        snprintf(many + strlen(many), sizeof(many) - strlen(many), "node n%d\n", i);
-    note("withdrawn", many); /* not understood: kept, retried */
-    node_handoff_update(h, alone);
-    CHECK(access(t, F_OK) == 0);
+    CHECK_ROWS("");
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* The master's holders file is the map it takes, which this worker may
+ * not have taken yet: while it gives the shard to other nodes too, or not
+ * to this one, no write to an unbound table begins here (-EAGAIN); and a
+ * copy acknowledged after the master counted a withdrawal is recorded by
+ * no one (its receiver may be the node withdrawn). */
+KVS_TEST(the_map_the_master_takes_holds_the_worker_back)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = open_at(alone);
+    const char *a[] = {"a"}, *ab[] = {"a", "b"}, *b[] = {"b"};
+    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0, NULL, 0), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), -EAGAIN);
+    CHECK_ROWS("-");
+    CHECK_EQ(kvs_copied_write_holders(dir, b, 1, 0, NULL, 0), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), -EAGAIN);
+    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 0, NULL, 0), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
+    CHECK_ROWS("");
+    node_handoff_update(h, both);
+    CHECK_EQ(kvs_copied_write_holders(dir, ab, 2, 0, NULL, 0), 0);
+    node_handoff_mark_t m = node_handoff_mark(h);
+    CHECK_EQ(node_handoff_copied(h, "b", m), 0);
+    CHECK_ROWS("b");
+    node_handoff_mark_t m2 = node_handoff_mark(h);
+    const char *gone[] = {"b"};
+    CHECK_EQ(kvs_copied_write_holders(dir, a, 1, 1, gone, 1), 0); /* a map withdrew b */
+    CHECK_EQ(node_handoff_copied(h, "c", m2), 0);                 /* began before: not recorded */
+    CHECK_ROWS("b");
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_mark(h)), 0);
+    CHECK_ROWS("b c");
+    CHECK_EQ(kvs_copied_drop(dir, gone, 1, 0, NULL), 0);
+    CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0); /* began after: b is gone */
+    CHECK_ROWS("c");
     node_handoff_free(h);
     kvs_config_free(alone);
     kvs_config_free(both);
@@ -435,11 +471,11 @@ KVS_TEST(unbound_rows_removed_is_written_again_by_the_next_write)
     fresh_dir();
     kvs_config_t *alone = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(alone);
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_EQ(unlink(rows), 0);
     node_handoff_update(h, alone);
     CHECK_ROWS("-");
-    CHECK_EQ(node_handoff_writing(h), 0);
+    CHECK_EQ(node_handoff_writing(h, 0), 0);
     CHECK_ROWS("");
     node_handoff_free(h);
     kvs_config_free(alone);
@@ -454,7 +490,7 @@ KVS_TEST(a_fifo_for_unbound_rows_holds_nothing_up)
     CHECK_EQ(mkfifo(rows, 0600), 0);
     node_handoff_t *h = NULL;
     CHECK_EQ(node_handoff_open(dir, 1, alone, 1, &h), 0);
-    CHECK(node_handoff_writing(h) < 0);
+    CHECK(node_handoff_writing(h, 0) < 0);
     node_handoff_update(h, both);
     CHECK_EQ(node_handoff_copied(h, "b", node_handoff_mark(h)), 0);
     struct stat st;
@@ -603,7 +639,7 @@ KVS_TEST(a_sent_copy_is_acknowledged_later_on_its_checksum)
     CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0);
     CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0); /* once */
     CHECK_EQ(node_handoff_sent(h, "x y", d1, epoch), 0);
-    node_handoff_mark_t other_fence = {epoch.fence + 1, epoch.writes};
+    node_handoff_mark_t other_fence = {epoch.fence + 1, epoch.writes, epoch.withdrawals};
     CHECK_EQ(node_handoff_sent(h, "e", d2, other_fence), 0); /* another fence's copy */
     char text[4096];
     read_file(text, sizeof(text));
@@ -702,9 +738,10 @@ KVS_TEST_MAIN(KVS_CASE(no_file_no_fence),
               KVS_CASE(unbound_rows_names_the_copies_taken_since_the_last_write),
               KVS_CASE(unbound_rows_take_no_copy_of_a_time_writes_were_taken),
               KVS_CASE(a_start_writes_or_removes_unbound_rows_by_what_the_shard_holds),
-              KVS_CASE(a_node_the_master_notes_withdrawn_is_named_no_more),
+              KVS_CASE(the_masters_drop_and_the_workers_records_take_turns),
               KVS_CASE(unbound_rows_removed_is_written_again_by_the_next_write),
               KVS_CASE(a_fifo_for_unbound_rows_holds_nothing_up),
+              KVS_CASE(the_map_the_master_takes_holds_the_worker_back),
               KVS_CASE(unbound_rows_forget_copies_when_writes_may_be_taken_again),
               KVS_CASE(the_file_names_each_node_that_installed_a_copy),
               KVS_CASE(a_sent_copy_is_acknowledged_later_on_its_checksum),
