@@ -812,22 +812,20 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
         uint64_t batch = ctx->store != NULL ? node_store_batch_gen(ctx->store) : 0;
         if ((rc = node_handoff_writing(ctx->handoff, batch)) == 0)
             return 0;
+        char why[300];
         if (rc == -EAGAIN)
-            rc = kvs_msg_append_status(
-                out, KVS_STATUS_UNAVAILABLE,
-                "%s: table \"%.*s\" is bound to no Kafka topic, and the cluster.nodes being taken "
-                "gives shard %u to other nodes too, or not to this one; nothing was written (send "
-                "it again once the change is over)",
-                kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table,
-                ctx->shard);
+            snprintf(why, sizeof(why),
+                     "the cluster.nodes being taken gives shard %u to other nodes too, or not to "
+                     "this one; nothing was written (send it again once the change is over)",
+                     ctx->shard);
         else
-            rc = kvs_msg_append_status(
-                out, KVS_STATUS_UNAVAILABLE,
-                "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u "
-                "cannot record that it holds rows of such tables, which a move "
-                "of the shard must know (%s); nothing was written",
-                kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table,
-                ctx->shard, kvs_strerror(rc));
+            snprintf(why, sizeof(why),
+                     "shard %u cannot record that it holds rows of such tables, which a move of "
+                     "the shard must know (%s); nothing was written",
+                     ctx->shard, kvs_strerror(rc));
+        rc = kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE, "%s: table \"%.*s\" is bound to no Kafka topic, and %s",
+            kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table, why);
         return rc == 0 ? 1 : rc;
     }
     size_t klen, vlen;

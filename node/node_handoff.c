@@ -138,6 +138,13 @@ static int holders(const node_handoff_t *h, kvs_copied_t *c)
     return kvs_copied_read_names(path, c);
 }
 
+/* The master's count of withdrawals, by holders()'s answer rc and *c:
+ * 0 without a file, UINT64_MAX (matching no mark) when it cannot be read. */
+static uint64_t withdrawals_of(int rc, const kvs_copied_t *c)
+{
+    return rc == 0 ? c->withdrawals : rc == -ENOENT ? 0 : UINT64_MAX;
+}
+
 /* Whether the master's holders file gives the shard to this node alone
  * (or there is none): the map it takes, which this worker may not have
  * taken yet. */
@@ -299,10 +306,7 @@ node_handoff_mark_t node_handoff_mark(const node_handoff_t *h)
 {
     kvs_copied_t *c = malloc(sizeof(*c));
     int rc = c == NULL ? -ENOMEM : holders(h, c);
-    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes,
-                             rc == 0         ? c->withdrawals
-                             : rc == -ENOENT ? 0
-                                             : UINT64_MAX};
+    node_handoff_mark_t m = {h->epoch, h->open ? WRITES_OPEN : h->writes, withdrawals_of(rc, c)};
     free(c);
     return m;
 }
@@ -434,7 +438,7 @@ static int append_to(node_handoff_t *h, const char *path, const char *node, cons
     if (rc == 0 && withdrawals != NULL) {
         kvs_copied_t *c = malloc(sizeof(*c));
         int read = c == NULL ? -ENOMEM : holders(h, c);
-        uint64_t now = read == 0 ? c->withdrawals : read == -ENOENT ? 0 : UINT64_MAX;
+        uint64_t now = withdrawals_of(read, c);
         rc = now == *withdrawals && now != UINT64_MAX && (read != 0 || !kvs_copied_gone(c, node))
                  ? 0
                  : -ESTALE;

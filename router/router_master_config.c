@@ -547,6 +547,24 @@ static size_t holders_of(const kvs_config_t *map, uint32_t s, const char **names
     return n;
 }
 
+/* from[0..n) less the names in less[0..n_less), each once, into out[]
+ * (at most cap): how many. */
+static size_t names_minus(const char *const *from, size_t n, const char *const *less, size_t n_less,
+                          const char **out, size_t cap)
+{
+    size_t n_out = 0;
+    for (size_t i = 0; i < n && n_out < cap; i++) {
+        int skip = 0;
+        for (size_t j = 0; j < n_less && !skip; j++)
+            skip = strcmp(from[i], less[j]) == 0;
+        for (size_t j = 0; j < n_out && !skip; j++)
+            skip = strcmp(from[i], out[j]) == 0;
+        if (!skip)
+            out[n_out++] = from[i];
+    }
+    return n_out;
+}
+
 /* Names dir's holders file notes withdrawn ("withdrawn NAME"), into
  * names[] (pointers into c): how many. */
 static size_t noted(const kvs_copied_t *c, int read, const char **names)
@@ -603,15 +621,7 @@ static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int m
         if (mode & RECORDS_HOLDERS) {
             for (size_t i = 0; read == 0 && i < c->n_names; i++)
                 before[n_before++] = c->names[i];
-            for (size_t i = 0; i < n_before; i++) {
-                int kept = 0;
-                for (size_t j = 0; j < n_after && !kept; j++)
-                    kept = strcmp(before[i], after[j]) == 0;
-                for (size_t j = 0; j < n_gone && !kept; j++)
-                    kept = strcmp(before[i], gone[j]) == 0; /* (named twice: once is enough) */
-                if (!kept)
-                    gone[n_gone++] = before[i];
-            }
+            n_gone = names_minus(before, n_before, after, n_after, gone, 2 * KVS_COPIED_NAMES);
         }
         if (rc == 0 && all)
             rc = kvs_copied_drop(dir, NULL, 0, 1, &dropped);
@@ -619,15 +629,7 @@ static int take_records(const kvs_config_t *cur, const kvs_config_t *next, int m
             /* Noted withdrawn: the file's and this map's, less the nodes it
              * gives the shard. */
             size_t n_all = noted(c, read, gone + n_gone) + n_gone;
-            for (size_t i = 0; i < n_all; i++) {
-                int skip = n_out == KVS_COPIED_NAMES;
-                for (size_t j = 0; j < n_after && !skip; j++)
-                    skip = strcmp(gone[i], after[j]) == 0;
-                for (size_t j = 0; j < n_out && !skip; j++)
-                    skip = strcmp(gone[i], out[j]) == 0;
-                if (!skip)
-                    out[n_out++] = gone[i];
-            }
+            n_out = names_minus(gone, n_all, after, n_after, out, KVS_COPIED_NAMES);
             uint64_t count = (read == 0 ? c->withdrawals : 0) + (n_gone > 0 || all);
             rc = kvs_copied_write_holders(dir, after, n_after, count, out, n_out);
         }

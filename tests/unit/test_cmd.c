@@ -14,6 +14,7 @@
  * Memory: decoded responses live in an arena that is closed at exit, so a
  * case may keep several responses at once; sanitizer builds see no leak.
  */
+#include "kvs_copied.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_resp.h"
@@ -965,6 +966,45 @@ KVS_TEST(value_too_large_to_read_back_is_413)
  * store: that is 413, as at any other time, so the client is not told to
  * send it again once the move is over. Fast path (Hset) and full path
  * (Hmset) alike; nothing is written. */
+/* While the map the master takes (its holders file) gives the shard to
+ * other nodes too, a worker that may still run the previous map begins no
+ * write to an unbound table: 503 naming the change, nothing written. */
+KVS_TEST(an_unbound_write_waits_for_the_map_the_master_takes)
+{
+    setup(4096, 16);
+    char dir[] = "/tmp/kvs-test-cmd-holders-XXXXXX", text[512], err[256], path[128];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(text, sizeof(text),
+             "node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+             "    - {name: a, address: \"127.0.0.1:1000\", shards: [0, 1, 2, 3]}\n");
+    kvs_config_t *cfg = NULL;
+    CHECK_EQ(kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err)), 0);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 3, cfg, 0, &h), 0);
+    fx.ctx.handoff = h;
+    fx.ctx.replicas = 1;
+    const char *both[] = {"a", "b"}, *alone[] = {"a"};
+    CHECK_EQ(kvs_copied_write_holders(dir, both, 2, 0, NULL, 0), 0);
+    Kvs__CommandResponse *r = hset(TABLE, "k", vstr("v"));
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "the cluster.nodes being taken gives shard");
+    end_turn();
+    check_status(hget(TABLE, "k"), 404);
+    CHECK_EQ(kvs_copied_write_holders(dir, alone, 1, 0, NULL, 0), 0);
+    check_status(hset(TABLE, "k", vstr("v")), 200);
+    end_turn();
+    fx.ctx.handoff = NULL;
+    fx.ctx.replicas = 0;
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+    const char *files[] = {"unbound-rows", "holders", "handoff.lock"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        CHECK_EQ(unlink(path), 0);
+    }
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 KVS_TEST(a_refused_write_with_a_pair_too_large_is_413_first)
 {
     setup(4096, 16);
@@ -1896,6 +1936,7 @@ KVS_TEST(slowlog_tables_are_utf8)
 
 KVS_TEST_MAIN(
     KVS_CASE(a_refused_write_with_a_pair_too_large_is_413_first),
+    KVS_CASE(an_unbound_write_waits_for_the_map_the_master_takes),
     KVS_CASE(hooks_see_every_request_and_may_stop_it), KVS_CASE(metrics_and_slowlog_answers),
     KVS_CASE(slowlog_tables_are_utf8), KVS_CASE(answer_budget_refuses_before_writing),
     KVS_CASE(value_lengths_writes_are_priced_by_lengths),
