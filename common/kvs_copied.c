@@ -218,23 +218,6 @@ void kvs_copied_unlock(int fd)
         close(fd); /* releases the flock */
 }
 
-/* Writes text[0..n) to `path` through `path`.new, synced and renamed over
- * it, and syncs `dir`. */
-static int replace_file(const char *dir, const char *path, const char *text, size_t n)
-{
-    char tmp[4500];
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.new", path) >= sizeof(tmp))
-        return -ENAMETOOLONG;
-    int rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc == 0)
-        return kvs_fs_sync_dir(dir);
-    if (rc != -ELOOP && rc != -EINVAL) /* (not a file of ours to remove) */
-        unlink(tmp);
-    return rc;
-}
-
 /* Whether line[0..n) is "node NAME" or "sent NAME ..." for NAME in
  * names[0..k) (or any NAME, with `all`). */
 static int names_one(const char *line, size_t n, const char *const *names, size_t k, int all)
@@ -282,7 +265,7 @@ static int drop_in(const char *dir, const char *file, const char *const *names, 
         n += len + 1;
     }
     if (rc == 0 && gone > 0)
-        rc = replace_file(dir, path, out, n);
+        rc = kvs_fs_replace_synced(path, dir, out, n);
     if (rc == 0 && dropped != NULL)
         *dropped += gone;
     free(text);
@@ -314,7 +297,7 @@ int kvs_copied_write_holders(const char *dir, const char *const *names, size_t n
         len += (size_t)snprintf(text + len, cap - len, "withdrawn %s\n", gone[i]);
     int rc = (size_t)snprintf(path, sizeof(path), "%s/" KVS_HOLDERS_FILE, dir) >= sizeof(path)
                  ? -ENAMETOOLONG
-                 : replace_file(dir, path, text, len < cap ? len : cap - 1);
+                 : kvs_fs_replace_synced(path, dir, text, len < cap ? len : cap - 1);
     free(text);
     return rc;
 }

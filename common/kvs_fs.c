@@ -104,6 +104,21 @@ void kvs_fs_name_process(const char *argv0)
     (void)prctl(PR_SET_NAME, name, 0, 0, 0); /* only a name: nothing depends on it */
 }
 
+int kvs_fs_replace_synced(const char *path, const char *dir, const char *text, size_t n)
+{
+    char tmp[4500];
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.new", path) >= sizeof(tmp))
+        return -ENAMETOOLONG;
+    int rc = kvs_fs_write_synced(tmp, dir, text, n, 0);
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc == 0)
+        return kvs_fs_sync_dir(dir);
+    if (rc != -ELOOP && rc != -EINVAL) /* (not a file of ours to remove) */
+        unlink(tmp);
+    return rc;
+}
+
 int kvs_fs_stdout_done(const char *prog)
 {
     if (fflush(stdout) == 0 && !ferror(stdout))

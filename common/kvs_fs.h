@@ -45,6 +45,12 @@ int kvs_fs_sync_dir(const char *dir);
  * never waited for); after an error the file may hold part of the text. */
 int kvs_fs_write_synced(const char *path, const char *dir, const char *text, size_t n, int append);
 
+/* Replaces `path` (in directory `dir`) by text[0..n) through `path`.new,
+ * written and synced (kvs_fs_write_synced), renamed over it, and `dir`
+ * synced: a crash leaves the old file or the new one. Returns 0 or -errno
+ * (a .new that is not a file of ours, a symlink or FIFO, is left alone). */
+int kvs_fs_replace_synced(const char *path, const char *dir, const char *text, size_t n);
+
 /* Flushes standard output after --version or --help: a write that failed
  * (a closed pipe, a full disk) must not end in exit status 0. Returns 0,
  * or EX_IOERR (74) after "<prog>: cannot write to standard output: ..."

@@ -353,9 +353,8 @@ static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
     const size_t sent_line = KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 8;
     size_t cap =
         1024 + KVS_COPIED_NAMES * (KVS_NODE_NAME_MAX + 8) + (KVS_COPIED_SENT + 1) * sent_line;
-    size_t tlen = strlen(path) + sizeof(".new");
-    char *text = malloc(cap), *tmp = malloc(tlen), hex[2 * KVS_HASH_LEN + 1];
-    int rc = text == NULL || tmp == NULL ? -ENOMEM : 0;
+    char *text = malloc(cap), hex[2 * KVS_HASH_LEN + 1];
+    int rc = text == NULL ? -ENOMEM : 0;
     if (rc == 0) {
         size_t n = head(h, c->peer, c->time, text, cap);
         for (size_t i = 0; i < c->n_names; i++)
@@ -367,17 +366,9 @@ static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
             }
         kvs_hash_hex(digest, hex);
         n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
-        snprintf(tmp, tlen, "%s.new", path);
-        rc = kvs_fs_write_synced(tmp, h->dir, text, n, 0);
-        if (rc == 0 && rename(tmp, path) != 0)
-            rc = -errno;
-        if (rc == 0)
-            rc = kvs_fs_sync_dir(h->dir);
-        else
-            unlink(tmp);
+        rc = kvs_fs_replace_synced(path, h->dir, text, n);
     }
     free(text);
-    free(tmp);
     return rc;
 }
 
