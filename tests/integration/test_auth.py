@@ -558,9 +558,12 @@ class AuthTest(RouterTestCase):
         for i in range(6):  # two checked, four waiting, each its own address
             from_addr("127.0.1.%d" % (i + 1), wrong)
         time.sleep(0.3)
-        user = r.client(timeout=30)
+        # Its turn comes after three rounds of the two checks (~1.5 s here;
+        # a loaded machine has been seen taking ~10 s a check): wait for it
+        # as long as it takes. Being shut out is seen at once (EOFError).
+        user = r.client(timeout=180)
         self.addCleanup(user.close)
-        user.send(req_auth("alice", USERS["alice"][0]))  # its turn comes in ~1.5 s
+        user.send(req_auth("alice", USERS["alice"][0]))
         time.sleep(0.3)
         for i in range(40):  # plain connections, many more than max_clients
             from_addr("127.0.2.%d" % (i + 1))
