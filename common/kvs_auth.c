@@ -201,6 +201,11 @@ const char *kvs_auth_by_certificate(kvs_auth_t *a, kvs_auth_conn_t *ac, const kv
     return m.found->cfg->name;
 }
 
+void kvs_auth_conn_forget(kvs_auth_conn_t *ac)
+{
+    set_user(ac, NULL);
+}
+
 const char *kvs_auth_user_name(const kvs_auth_conn_t *ac)
 {
     return ac->user != NULL ? ac->user->cfg->name : NULL;
