@@ -477,7 +477,10 @@ static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
         refuse_unauthenticated(hc, msg);
     else
         respond_text(hc, 500, "the token could not be checked; retry\n", NULL);
-    if (hc->scrape == NULL)
+    /* A scrape answered at once resumed the connection already, and a
+     * request read then may be waiting for a check of its own: the
+     * connection reads on only when neither waits. */
+    if (hc->scrape == NULL && !hc->checking)
         kvs_conn_resume(&hc->conn);
 }
 
@@ -735,8 +738,10 @@ static int evict_one(router_http_t *h)
  * holds more than half of them, the first that came, whatever it is
  * doing (a host that pipelines scrapes on every connection it holds is
  * never idle: one host's flood never keeps another's scraper out, and a
- * host with a few scrapes in flight among many hosts' keeps them).
- * Returns 0 when one was closed. */
+ * host with a few scrapes in flight among many hosts' keeps them); never
+ * one whose token is being checked or is next in line for a check
+ * (kvs_auth_conn_spared: at most one per address). Returns 0 when one
+ * was closed. */
 static int evict_for_host(router_http_t *h, const http_conn_t *hc)
 {
     const http_conn_t *most = NULL;
@@ -764,14 +769,15 @@ static int evict_for_host(router_http_t *h, const http_conn_t *hc)
         http_conn_t *a = KVS_LIST_ENTRY(pos, http_conn_t, link);
         if (a == hc || a->conn.group == NULL || strcmp(a->host, most->host) != 0)
             continue;
+        if (kvs_auth_conn_spared(&a->ac))
+            continue; /* its token is being checked, or is next: never closed for a newcomer */
         first = a;
-        if (a->scrape == NULL && !kvs_auth_conn_spared(&a->ac) && a->conn.output_since_ms == 0 &&
-            !kvs_conn_input_waiting(&a->conn))
+        if (a->scrape == NULL && a->conn.output_since_ms == 0 && !kvs_conn_input_waiting(&a->conn))
             first_idle = a;
     }
     if (first_idle != NULL)
         first = first_idle;
-    else if (most_n <= HTTP_MAX_CONNS / 2)
+    else if (first == NULL || most_n <= HTTP_MAX_CONNS / 2)
         return -1; /* its scrapes in flight are not cut for a newcomer */
     uint64_t now = uv_now(h->loop);
     if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {

@@ -947,26 +947,98 @@ class MetricsSecurityTest(MetricsCase):
         self.assertEqual(status, 200, body)
         self.assertIn("kvs_worker_up", body)
 
+    def test_pipelined_scrapes_each_wait_for_their_own_check(self):
+        # Three scrapes in one packet, each with its own credentials, while
+        # the node starts (its router process's readiness held back): the
+        # master answers a scrape at once from its own families then, so
+        # the first one's answer read the second before the first check's
+        # end was done with, and the third was read and checked beside the
+        # second: the connection's checks were lost track of and one ended
+        # on the connection after it was freed (a use after free in the
+        # master). Each waits for its own check now: 200, 403, and the
+        # third is never checked, the connection being closed after a 4xx.
+        r = self.router(start=False, shards=1, partitions=8, extra_yaml=users_yaml(),
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, free_port())],
+                        env={"KVS_TEST_ROUTER_READY_DELAY_MS": "3000"})
+        self.mport = int(re.search(r'metrics_listen: "[0-9.]+:(\d+)"',
+                                   open(r.config).read()).group(1))
+        r.proc = r.spawn()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                s = socket.create_connection((HOST, self.mport), timeout=10)
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, "the metrics port never listened")
+                time.sleep(0.01)
+        self.addCleanup(s.close)
+        self.assertNotIn("node ready", r.stderr())
+        req = lambda cred: (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+                            + base64.b64encode(cred) + b"\r\n\r\n")
+        s.sendall(req(b"ops:ops-pw") + req(b"alice:alice-pw") + req(b"ops:wrong"))
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(re.findall(rb"HTTP/1.1 (\d+)", got), [b"200", b"403"], got[-300:])
+        wait_until(lambda: "node ready" in r.stderr(), WAIT)
+        self.assertIsNone(r.proc.poll(), r.stderr()[-2000:])
+        self.assertNotIn('failed Auth as "ops"', r.stderr())  # the third was never checked
+
+    def slow_check(self, source=None):
+        """A router whose user "slow" (admin) has a token costing ~1 s a
+        check, and a connection (from `source`) whose scrape as "slow" is
+        being checked; returns the connection."""
+        users = dict(USERS)
+        users["slow"] = ("slow-pw", {"*": ["admin"]})
+        _HASHES["slow-pw"] = subprocess.run(
+            [CLI, "hash-token", "-", "4000000"], input=b"slow-pw", capture_output=True,
+            timeout=60, check=True).stdout.decode().strip()
+        self.users_router(users=users)
+        checked = self.connect(source, timeout=60)
+        checked.sendall(self.GET_AS(b"slow:slow-pw"))
+        return checked
+
+    @staticmethod
+    def GET_AS(cred):
+        return (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+                + base64.b64encode(cred) + b"\r\n\r\n")
+
+    def connect(self, source=None, timeout=10):
+        s = socket.create_connection((HOST, self.mport), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
+        self.addCleanup(s.close)
+        return s
+
     def test_a_check_in_flight_keeps_its_connection_against_a_flood(self):
         # At the port's 16 connections a newcomer closes the one idle
         # longest, but not one whose token is being checked: its request
         # came whole and it waits for the answer.
-        users = dict(USERS)
-        users["slow"] = ("slow-pw", {"*": ["admin"]})
-        _HASHES["slow-pw"] = subprocess.run(  # ~1 s a check
-            [CLI, "hash-token", "-", "4000000"], input=b"slow-pw", capture_output=True,
-            timeout=60, check=True).stdout.decode().strip()
-        self.users_router(users=users)
-        checked = socket.create_connection((HOST, self.mport), timeout=60)
-        self.addCleanup(checked.close)
-        checked.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
-                        + base64.b64encode(b"slow:slow-pw") + b"\r\n\r\n")
+        checked = self.slow_check()
         time.sleep(0.4)  # idle past the port's 250 ms by the time the flood comes
-        flood = []
         for _ in range(20):
-            s = socket.create_connection((HOST, self.mport), timeout=10)
-            self.addCleanup(s.close)
-            flood.append(s)
+            self.connect()
+        got = read_lines(self, checked, 1)
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK"), got[:200])
+
+    def test_a_check_in_flight_is_not_closed_for_another_hosts_newcomer(self):
+        # The checked connection's host holds most of the 16, all busy (their
+        # checks parked behind its own, more of their input waiting): a
+        # newcomer from another host takes the place of one of that host's,
+        # never of the one being checked.
+        checked = self.slow_check("127.0.0.1")
+        parked = [self.connect("127.0.0.1") for _ in range(13)]
+        for s in parked:
+            s.sendall(self.GET_AS(b"ops:wrong"))
+        time.sleep(0.3)
+        for s in parked:  # read no more (paused): input waiting, never idle
+            s.sendall(b"G")
+        for _ in range(2):
+            self.connect("127.0.0.3")
+        time.sleep(0.1)
+        self.connect("127.0.0.2")
         got = read_lines(self, checked, 1)
         self.assertTrue(got.startswith(b"HTTP/1.1 200 OK"), got[:200])
 
