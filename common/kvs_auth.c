@@ -201,6 +201,11 @@ const char *kvs_auth_by_certificate(kvs_auth_t *a, kvs_auth_conn_t *ac, const kv
     return m.found->cfg->name;
 }
 
+void kvs_auth_conn_forget(kvs_auth_conn_t *ac)
+{
+    set_user(ac, NULL);
+}
+
 const char *kvs_auth_user_name(const kvs_auth_conn_t *ac)
 {
     return ac->user != NULL ? ac->user->cfg->name : NULL;
@@ -635,6 +640,10 @@ uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, 
                         kvs_auth_done_cb cb, void *arg, char *msg, size_t mlen, int *close)
 {
     *close = 0;
+    if (ac->pending != NULL) { /* the caller's bug: refused, never a second attempt */
+        snprintf(msg, mlen, "an Auth of this connection is still being checked");
+        return KVS_STATUS_INTERNAL;
+    }
     kvs_auth_user_t *u = find_user(a, m->user);
     uint32_t st = decide_now(a, ac, u, m->user, m->token, strlen(m->token), peer, msg, mlen, close);
     if (st != 0)

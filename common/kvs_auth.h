@@ -116,6 +116,9 @@ void kvs_auth_conn_close(kvs_auth_conn_t *ac);
  * user's name, or NULL (no certificate, or no name is a user's). */
 const char *kvs_auth_by_certificate(kvs_auth_t *a, kvs_auth_conn_t *ac, const kvs_tls_t *t);
 
+/* The connection is nobody again (HTTP: every request says who it is). */
+void kvs_auth_conn_forget(kvs_auth_conn_t *ac);
+
 /* The user's name, or NULL. */
 const char *kvs_auth_user_name(const kvs_auth_conn_t *ac);
 

@@ -148,6 +148,7 @@ static const directive_t directives[] = {
     {"router.retry_percent", D_UINT32, OFF(retry_percent), "10", 0, 100, NULL, NULL, F_LIVE},
     {"router.retry_burst", D_UINT32, OFF(retry_burst), "100", 0, 100000, NULL, NULL, F_LIVE},
     {"router.metrics_listen", D_LISTEN, OFF(metrics_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
+    {"router.metrics_auth", D_BOOL, OFF(metrics_auth), "true", 0, 0, NULL, NULL, 0},
     {"node.name", D_STRING, OFF(node_name), "", 0, 0, NULL, NULL, 0},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
@@ -201,6 +202,12 @@ static const directive_t directives[] = {
     {"tls.router.cert", D_STRING, OFF(tls_router.cert), "", 0, 0, NULL, NULL, 0},
     {"tls.router.key", D_STRING, OFF(tls_router.key), "", 0, 0, NULL, NULL, 0},
     {"tls.router.ca", D_STRING, OFF(tls_router.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.metrics.enabled", D_BOOL, OFF(tls_metrics.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.metrics.client_cert", D_ENUM, OFF(tls_metrics.client_cert), "none", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.metrics.cert", D_STRING, OFF(tls_metrics.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.metrics.key", D_STRING, OFF(tls_metrics.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.metrics.ca", D_STRING, OFF(tls_metrics.ca), "", 0, 0, NULL, NULL, 0},
     {"tls.node.enabled", D_BOOL, OFF(tls_node.enabled), "false", 0, 0, NULL, NULL, 0},
     {"tls.node.client_cert", D_ENUM, OFF(tls_node.client_cert), "require", 0, 0,
      "none, optional, require", client_cert_names, 0},
@@ -2182,11 +2189,13 @@ static int check_tls(cfg_ctx_t *ctx)
         return cfg_error(ctx, &ctx->marks[directive_index("tls.min_version")],
                          "tls.min_version is above tls.max_version");
     int rc = 0;
-    kvs_tls_endpoint_t *eps[] = {&c->tls_router, &c->tls_node, &c->tls_link};
-    for (size_t i = 0; rc == 0 && i < 3; i++)
+    kvs_tls_endpoint_t *eps[] = {&c->tls_router, &c->tls_node, &c->tls_link, &c->tls_metrics};
+    for (size_t i = 0; rc == 0 && i < 4; i++)
         rc = inherit_tls(ctx, eps[i]);
     if (rc == 0)
         rc = check_endpoint(ctx, "router", &c->tls_router, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "metrics", &c->tls_metrics, 1);
     if (rc == 0)
         rc = check_endpoint(ctx, "node", &c->tls_node, 1);
     if (rc == 0)

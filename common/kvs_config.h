@@ -51,6 +51,9 @@
  *     retry_burst: 100       ... plus this many (token bucket per router)
  *     metrics_listen: ""     HOST:PORT serving Prometheus metrics over HTTP
  *                            (GET /metrics); "" = off
+ *     metrics_auth: true     with users: a scrape authenticates as a user
+ *                            with admin (client certificate or HTTP Basic
+ *                            user:token); false: whoever reaches the port
  *   node:
  *     name: ""               this node's name in cluster.nodes (letters,
  *                            digits, '.', '_', '-'; at most 64); with a name,
@@ -127,6 +130,10 @@
  *     node:                  workers' TCP listeners (node.listen)
  *       enabled: false
  *       client_cert: require
+ *       cert, key, ca: ""
+ *     metrics:               the metrics port (router.metrics_listen): HTTPS
+ *       enabled: false
+ *       client_cert: none    none | optional | require
  *       cert, key, ca: ""
  *     link:                  the router's links to cluster.remote workers
  *       enabled: false       (mutual TLS: needs a certificate, key and CA)
@@ -309,6 +316,7 @@ typedef struct kvs_config_s {
     uint32_t retry_burst;
     uint32_t router_processes; /* 0 = auto */
     char *metrics_listen;      /* "" = no metrics listener */
+    int metrics_auth;          /* with users: a scrape needs a user with admin */
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;
@@ -344,7 +352,7 @@ typedef struct kvs_config_s {
     char *tls_cert, *tls_key, *tls_ca;
     int tls_min_version, tls_max_version; /* 0 = TLS1.2, 1 = TLS1.3 */
     char *tls_ciphers, *tls_ciphersuites;
-    kvs_tls_endpoint_t tls_router, tls_node, tls_link;
+    kvs_tls_endpoint_t tls_router, tls_node, tls_link, tls_metrics;
 
     kvs_user_t *users; /* none: no authentication, no authorization */
     size_t n_users;

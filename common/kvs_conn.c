@@ -805,6 +805,22 @@ static void on_group_turn(uv_timer_t *t)
         uv_timer_start(&g->turn_timer, on_group_turn, 1, 0);
 }
 
+/* The slice of c's delivery starting at loop time `turn`: the group's
+ * shared slice while its members take turns, else KVS_CONN_SLICE_NS. */
+static uint64_t conn_slice(kvs_conn_t *c, uint64_t turn)
+{
+    kvs_conn_group_t *g = c->group;
+    if (g == NULL || g->shared_slice_ns == 0 || c->turn_exempt)
+        return KVS_CONN_SLICE_NS;
+    if (g->last_member != c) {
+        if (g->last_member != NULL)
+            g->switch_ms = turn + 1; /* + 1: never 0 */
+        g->last_member = c;
+    }
+    return g->switch_ms != 0 && turn + 1 - g->switch_ms < KVS_CONN_SHARED_MS ? g->shared_slice_ns
+                                                                             : KVS_CONN_SLICE_NS;
+}
+
 /* Hands every complete buffered frame to on_frame, until delivery is no
  * longer allowed. */
 static void conn_deliver(kvs_conn_t *c)
@@ -822,6 +838,9 @@ static void conn_deliver(kvs_conn_t *c)
      * double what a pipelining peer keeps the others waiting). */
     uint64_t before = c->turn_ms == turn || c->turn_ms == TURN_KICKED ? c->turn_ns : 0;
     uint64_t budget = c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS;
+    uint64_t slice = conn_slice(c, turn);
+    if (slice < KVS_CONN_SLICE_NS && budget > slice)
+        budget = slice; /* members take turns: a shared slice a turn */
     while (conn_can_deliver(c)) {
         if (group_turn_spent(c, now - since) && conn_ready(c)) {
             held = 1;
@@ -842,7 +861,7 @@ static void conn_deliver(kvs_conn_t *c)
         }
         c->on_frame(c, p, len);
         now = kvs_now_ns(); /* one clock read a frame, the turn's count's too */
-        if (now - since >= KVS_CONN_SLICE_NS) {
+        if (now - since >= slice) {
             more = 1;
             break;
         }
@@ -878,7 +897,7 @@ static void conn_deliver(kvs_conn_t *c)
      * the loop polled: a zero-delay timer started from the kick itself
      * would be due again in the same run of timers, and the loop would
      * never poll (libuv runs due timers until none is). */
-    int spent = c->turn_ns >= (c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS);
+    int spent = c->turn_ns >= budget;
     if (spent)
         c->flags |= KVS_CONN_YIELDED;
     if ((more || spent || held) && group_bounds(c)) {
@@ -1449,6 +1468,8 @@ static void group_leave(kvs_conn_t *c)
     c->out_counted = 0;
     kvs_list_remove(&c->grp_link);
     g->count--;
+    if (g->last_member == c)
+        g->last_member = NULL;
     c->group = NULL;
 }
 
@@ -1812,6 +1833,11 @@ int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns)
     g->turn_budget_ns = ns;
     g->turn_spent_ns = 0;
     return 0;
+}
+
+void kvs_conn_group_share_slices(kvs_conn_group_t *g, uint64_t ns)
+{
+    g->shared_slice_ns = ns < KVS_CONN_SLICE_NS ? ns : 0;
 }
 
 void kvs_conn_group_close(kvs_conn_group_t *g)

@@ -96,6 +96,9 @@
 #define KVS_CONN_KEEPALIVE_S 300u
 #define KVS_CONN_SLICE_NS 5000000u /* frames run at most this long a delivery */
 #define KVS_CONN_TURN_NS 20000000u /* ... and deliveries this long a loop turn */
+/* A group's members deliver "together" while another member delivered
+ * less than this long ago (kvs_conn_group_share_slices). */
+#define KVS_CONN_SHARED_MS 100u
 
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;
@@ -544,6 +547,12 @@ struct kvs_conn_group_s {
     kvs_list_t turn_queue;
     size_t n_held;
     uv_timer_t turn_timer;
+    /* kvs_conn_group_share_slices: the slice while members take turns
+     * (0: off), the member that delivered last (compared, never read)
+     * and when another one did before it. */
+    uint64_t shared_slice_ns;
+    const kvs_conn_t *last_member;
+    uint64_t switch_ms;
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -603,6 +612,14 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
  * timers and the connections of no group (links) for members x slice.
  * 0 lifts the bound. Returns 0 or a uv error. */
 int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns);
+
+/* While members take turns delivering (one delivered less than
+ * KVS_CONN_SHARED_MS after another), each delivery and each member's
+ * deliveries of a loop turn take at most `ns` (less than the slice): a
+ * client pipelining thousands of requests then keeps another's single
+ * request waiting about `ns`, not a whole slice, while one alone keeps
+ * its slices (fewer loop turns for the same work). 0: off. */
+void kvs_conn_group_share_slices(kvs_conn_group_t *g, uint64_t ns);
 
 /* Sweeps the group every `ms` rather than once a second (its timeouts
  * then act within `ms` of passing; the unit tests' faster clock). */

@@ -36,9 +36,7 @@ static size_t b64_encode(const uint8_t *p, size_t n, char *out)
     return o;
 }
 
-/* Decodes s[0..n) into out (room for cap bytes). Returns the byte count,
- * or -1. */
-static long b64_decode(const char *s, size_t n, uint8_t *out, size_t cap)
+long kvs_token_b64_decode(const char *s, size_t n, uint8_t *out, size_t cap)
 {
     uint32_t acc = 0;
     unsigned bits = 0;
@@ -83,13 +81,13 @@ int kvs_token_parse(const char *text, kvs_token_hash_t *out, const char **why)
         *why = "the iteration count must be a number from 1000 to 100000000";
         return KVS_EINVAL;
     }
-    long s = b64_decode(d2 + 1, (size_t)(d3 - d2 - 1), out->salt, sizeof(out->salt));
+    long s = kvs_token_b64_decode(d2 + 1, (size_t)(d3 - d2 - 1), out->salt, sizeof(out->salt));
     if (s < 8) {
         *why = "the salt must be 8 to 64 bytes in base64 (RFC 4648, no padding)";
         return KVS_EINVAL;
     }
     uint8_t h[KVS_TOKEN_HASH + 1];
-    if (b64_decode(d3 + 1, strlen(d3 + 1), h, sizeof(h)) != KVS_TOKEN_HASH) {
+    if (kvs_token_b64_decode(d3 + 1, strlen(d3 + 1), h, sizeof(h)) != KVS_TOKEN_HASH) {
         *why = "the hash must be 32 bytes in base64 (RFC 4648, no padding)";
         return KVS_EINVAL;
     }

@@ -37,6 +37,11 @@ typedef struct kvs_token_hash_s {
  * (a static string) naming what is wrong. */
 int kvs_token_parse(const char *text, kvs_token_hash_t *out, const char **why);
 
+/* Decodes base64 s[0..n) (RFC 4648's alphabet, without padding; leftover
+ * bits must be zero) into out, which has room for cap bytes. Returns the
+ * byte count, or -1. */
+long kvs_token_b64_decode(const char *s, size_t n, uint8_t *out, size_t cap);
+
 /* Writes the text form into buf[0..len) (KVS_TOKEN_TEXT is enough).
  * Returns 0 or KVS_EINVAL when it does not fit. */
 int kvs_token_format(const kvs_token_hash_t *h, char *buf, size_t len);

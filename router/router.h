@@ -122,7 +122,8 @@ int router_clients_listen(router_t *r);
  * every shard, 64 for the rest (worker spawns, the lock file, the log,
  * its own socket, name resolution), and ROUTER_ADMIN_MAX_CLIENTS for the
  * clients of its own socket. */
-#define ROUTER_ADMIN_MAX_CLIENTS 32 /* clients of a router process's own socket at once */
+#define ROUTER_ADMIN_MAX_CLIENTS 32     /* clients of a router process's own socket at once */
+#define ROUTER_SHARED_SLICE_NS 1000000u /* a client's slice while clients take turns */
 uint64_t router_fd_reserve(const kvs_config_t *cfg, uint32_t links, int local_reads);
 
 /* A reload: applies `next`'s limits.* to the clients (connected ones too,

@@ -823,6 +823,10 @@ int router_clients_listen(router_t *r)
     rc = kvs_conn_group_bound_turn(&r->group, KVS_CONN_TURN_NS);
     if (rc != 0)
         return rc;
+    /* While clients take turns, a slice is ROUTER_SHARED_SLICE_NS: one
+     * pipelining thousands of requests keeps another's request waiting
+     * about that long, not a whole slice; one alone keeps whole slices. */
+    kvs_conn_group_share_slices(&r->group, ROUTER_SHARED_SLICE_NS);
     /* Its own socket first: a process that cannot have it never joins
      * the client ports (whose backlog would be reset when it exits). */
     rc = listen_admin(r);

@@ -17,7 +17,9 @@
  *    of that host's first (evict_for_host: clients that reconnect at once
  *    keep every connection fresh or arriving, and one host's flood must
  *    not keep another host's scraper out);
- *    when every one is busy, the new one gets 503 and is closed;
+ *    when every one is busy, the new one gets 503 and is closed; a
+ *    connection whose token is being checked (or is first in line for a
+ *    check) is busy too;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
  *    connection is closed;
@@ -39,6 +41,15 @@
  * Output is what the scrape renders (bounded by limits.max_frame, the size
  * a Metrics answer may reach), plus a short error page.
  *
+ * HTTPS (tls.metrics) is kvs_conn's, below the codec: a plaintext request
+ * on it is answered 400 in the clear. With users (router.metrics_auth), a
+ * GET /metrics must name a user holding admin, per request (HTTP has no
+ * connection identity): HTTP Basic user:token, checked by kvs_auth as an
+ * Auth command is (its bounds: tokens only over TLS or loopback, one
+ * check per address at a time, failures per address per minute), or the
+ * connection's verified client certificate; else 401 (with a Basic
+ * challenge) or 403. The connection is paused while its token is checked.
+ *
  * Parsing is libhttp-parser's, plugged into kvs_conn as a codec: the
  * parser is fed the bytes it has not seen yet and pauses itself at the end
  * of a message, which is then delivered as one "frame". Anything that is
@@ -59,12 +70,14 @@
  */
 #include "router_http.h"
 #include "kvs_addr.h"
+#include "kvs_auth.h"
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_testhook.h"
 #include "kvs_tls.h"
+#include "kvs_token.h"
 
 #include <http_parser.h>
 #include <limits.h>
@@ -85,6 +98,12 @@
 /* The header Prometheus sends with its scrape_timeout, in seconds. */
 static const char timeout_header[] = "X-Prometheus-Scrape-Timeout-Seconds";
 #define HTTP_MAX_TIMEOUT_VALUE 31 /* bytes of its value, at most (longer: ignored) */
+static const char auth_header[] = "Authorization";
+#define HTTP_MAX_USER 255u /* bytes of a user name in Basic credentials */
+/* Its value at most: "Basic " and the base64 of a user name, a colon and
+ * the longest token kvs takes (longer: refused unchecked, 401). */
+#define HTTP_MAX_AUTH_VALUE (6 + (HTTP_MAX_USER + 1 + KVS_TOKEN_MAX + 2) / 3 * 4)
+static const char challenge[] = "WWW-Authenticate: Basic realm=\"kvs\", charset=\"UTF-8\"\r\n";
 
 typedef struct http_conn_s http_conn_t;
 
@@ -97,6 +116,8 @@ struct router_http_s {
     uv_loop_t *loop;
     router_http_scrape_cb on_scrape;
     void *arg;
+    kvs_tls_ctx_t *tls; /* HTTPS, or NULL */
+    kvs_auth_t *auth;   /* a scrape's user must have admin, or NULL: anyone may */
     int stopped;
     kvs_listener_t listener;
     int listening;
@@ -126,7 +147,15 @@ struct http_conn_s {
     int is_timeout;
     char tvalue[HTTP_MAX_TIMEOUT_VALUE + 1];
     size_t tvalue_len;
-    uint64_t timeout_ms;          /* this request's X-Prometheus-Scrape-Timeout-Seconds, or 0 */
+    uint64_t timeout_ms; /* this request's X-Prometheus-Scrape-Timeout-Seconds, or 0 */
+    /* This request's Authorization header: how many came, and the value
+     * (auth_len past HTTP_MAX_AUTH_VALUE: too long, not kept). */
+    int is_auth, auths;
+    char avalue[HTTP_MAX_AUTH_VALUE + 1];
+    size_t avalue_len;
+    kvs_auth_conn_t ac;           /* who sends the request being answered (with users) */
+    int checking;                 /* its token is being checked (paused meanwhile) ... */
+    uint64_t checking_timeout_ms; /* ... and the scrape's deadline, for once it passes */
     router_http_scrape_t *scrape; /* the scrape in flight, or NULL */
     int keep_alive;               /* of the request being answered */
     int http10;                   /* ... which is HTTP/1.0: keep-alive must be said */
@@ -157,6 +186,16 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
                          strncasecmp(hc->hname, timeout_header, hc->hname_len) == 0;
         if (hc->is_timeout)
             hc->tvalue_len = 0;
+        hc->is_auth = hc->hname_len == sizeof(auth_header) - 1 &&
+                      strncasecmp(hc->hname, auth_header, hc->hname_len) == 0;
+        hc->auths += hc->is_auth;
+        if (hc->is_auth)
+            hc->avalue_len = 0;
+    }
+    for (size_t i = 0; hc->is_auth && i < len; i++) {
+        if (hc->avalue_len < sizeof(hc->avalue) - 1)
+            hc->avalue[hc->avalue_len] = at[i];
+        hc->avalue_len += hc->avalue_len < sizeof(hc->avalue); /* one past: too long */
     }
     for (size_t i = 0; hc->is_timeout && i < len; i++) {
         if (hc->tvalue_len == sizeof(hc->tvalue) - 1) { /* too long for a number of seconds */
@@ -241,6 +280,11 @@ static void parser_reset(http_conn_t *hc)
     hc->is_timeout = 0;
     hc->tvalue_len = 0;
     hc->timeout_ms = 0;
+    hc->is_auth = 0;
+    hc->auths = 0;
+    explicit_bzero(hc->avalue,
+                   hc->avalue_len < sizeof(hc->avalue) ? hc->avalue_len : sizeof(hc->avalue));
+    hc->avalue_len = 0;
 }
 
 /* Whether p[0..len) starts with what reads as a method: capital letters
@@ -302,6 +346,10 @@ static const char *reason(int status)
         return "OK";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -388,6 +436,140 @@ static void scrape(http_conn_t *hc, uint64_t timeout_ms)
     hc->h->on_scrape(hc->h->arg, s);
 }
 
+/* ---- who scrapes (users configured) -------------------------------------------- */
+
+static void refuse_unauthenticated(http_conn_t *hc, const char *why)
+{
+    char body[600];
+    snprintf(body, sizeof(body), "%s\n", why);
+    respond_text(hc, 401, body, challenge);
+}
+
+/* The request's user is known (or none is): the scrape if it holds admin. */
+static void scrape_as_user(http_conn_t *hc, uint64_t timeout_ms)
+{
+    char msg[400];
+    if (hc->ac.user == NULL) {
+        refuse_unauthenticated(hc, "authentication required: scrape as a user with the admin "
+                                   "right, by HTTP Basic authentication (the user's name and "
+                                   "token) or a client certificate that names the user");
+        return;
+    }
+    uint32_t st =
+        kvs_auth_check(&hc->ac, KVS__COMMAND_REQUEST__COMMAND_METRICS, NULL, 0, msg, sizeof(msg));
+    if (st == 200) {
+        scrape(hc, timeout_ms);
+        return;
+    }
+    strcat(msg, "\n");
+    respond_text(hc, 403, msg, NULL);
+}
+
+/* An Auth check's outcome (kvs_auth): the scrape, or its refusal. */
+static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
+{
+    http_conn_t *hc = arg;
+    (void)close; /* a refusal closes the connection anyway */
+    hc->checking = 0;
+    if (status == 200)
+        scrape_as_user(hc, hc->checking_timeout_ms);
+    else if (status == 401)
+        refuse_unauthenticated(hc, msg);
+    else
+        respond_text(hc, 500, "the token could not be checked; retry\n", NULL);
+    /* A scrape answered at once resumed the connection already, and a
+     * request read then may be waiting for a check of its own: the
+     * connection reads on only when neither waits. */
+    if (hc->scrape == NULL && !hc->checking)
+        kvs_conn_resume(&hc->conn);
+}
+
+/* Decodes Basic credentials (RFC 7617: "Basic" and the base64 of
+ * user:token) from v[0..n) into out (cap bytes, NUL-terminated), and
+ * points *token past the colon. Returns 0, or -1 with *why set. */
+static int basic_credentials(const char *v, size_t n, char *out, size_t cap, char **token,
+                             const char **why)
+{
+    *why = "malformed Authorization header: expected Basic and the base64 of user:token";
+    if (n < 6 || strncasecmp(v, "Basic ", 6) != 0) {
+        if (n > 0 && strcspn(v, " ") < n)
+            *why = "only HTTP Basic authentication is taken (the user's name and token)";
+        return -1;
+    }
+    size_t i = 6;
+    while (i < n && v[i] == ' ')
+        i++;
+    while (n > i && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    size_t pad = 0;
+    while (pad < 2 && n - pad > i && v[n - pad - 1] == '=')
+        pad++;
+    if (pad > 0 && (n - i) % 4 != 0)
+        return -1;
+    long got = kvs_token_b64_decode(v + i, n - i - pad, (uint8_t *)out, cap - 1);
+    if (got < 0)
+        return -1;
+    out[got] = '\0';
+    char *colon = memchr(out, ':', (size_t)got);
+    if (colon == NULL || memchr(out, '\0', (size_t)got) != NULL)
+        return -1;
+    *colon = '\0';
+    *token = colon + 1;
+    return 0;
+}
+
+/* GET /metrics with users configured: who asks, by the request's
+ * Authorization header (its value v[0..n), `auths` of them) or else by
+ * the connection's client certificate. A token is checked by kvs_auth
+ * (the connection paused meanwhile), with its bounds: failures per
+ * address, one check at a time per address, tokens only over TLS or
+ * loopback. Every request says who it is, as HTTP has it: a user a
+ * request proved is not the next one's. */
+static void authorize(http_conn_t *hc, const char *v, size_t n, int auths, uint64_t timeout_ms)
+{
+    char creds[HTTP_MAX_USER + 1 + KVS_TOKEN_MAX + 4], msg[400];
+    const char *why;
+    char *token;
+    int close;
+    kvs_auth_conn_forget(&hc->ac);
+    if (hc->conn.tls != NULL)
+        (void)kvs_auth_by_certificate(hc->h->auth, &hc->ac, hc->conn.tls);
+    if (auths == 0) {
+        scrape_as_user(hc, timeout_ms);
+        return;
+    }
+    if (auths > 1) {
+        respond_text(hc, 400, "more than one Authorization header\n", NULL);
+        return;
+    }
+    if (n > HTTP_MAX_AUTH_VALUE) {
+        refuse_unauthenticated(hc, "the Authorization header is too long for a user and token");
+        return;
+    }
+    if (basic_credentials(v, n, creds, sizeof(creds), &token, &why) != 0) {
+        explicit_bzero(creds, sizeof(creds));
+        refuse_unauthenticated(hc, why);
+        return;
+    }
+    Kvs__Auth m = KVS__AUTH__INIT;
+    m.user = creds;
+    m.token = token;
+    uint32_t st = kvs_auth_begin(hc->h->auth, &hc->ac, &m, hc->conn.peer, on_auth_done, hc, msg,
+                                 sizeof(msg), &close);
+    explicit_bzero(creds, sizeof(creds));
+    if (st == 0) { /* on_auth_done goes on */
+        hc->checking = 1;
+        hc->checking_timeout_ms = timeout_ms;
+        kvs_conn_pause(&hc->conn);
+    } else if (st == 200) {
+        scrape_as_user(hc, timeout_ms);
+    } else if (st == 401) {
+        refuse_unauthenticated(hc, msg);
+    } else {
+        respond_text(hc, 500, "the token could not be checked; retry\n", NULL);
+    }
+}
+
 /* A whole request arrived. */
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
@@ -401,6 +583,10 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     int method = hc->parser.method, too_long = hc->url_too_long;
     int version_ok = hc->parser.http_major == 1 && hc->parser.http_minor <= 1;
     uint64_t timeout_ms = hc->timeout_ms;
+    int auths = hc->auths;
+    size_t alen = hc->avalue_len;
+    char avalue[sizeof(hc->avalue)];
+    memcpy(avalue, hc->avalue, alen < sizeof(avalue) ? alen : sizeof(avalue));
     /* CONNECT names a host:port, OPTIONS may name the server ("*"): targets
      * of other forms than a path, valid for their methods, answered 405. */
     int connect = method == HTTP_CONNECT;
@@ -424,8 +610,11 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         respond_text(hc, 404, "not found: kvs serves only /metrics here\n", NULL);
     else if (method != HTTP_GET)
         respond_text(hc, 405, "only GET is allowed on /metrics\n", "Allow: GET\r\n");
+    else if (hc->h->auth != NULL)
+        authorize(hc, avalue, alen, auths, timeout_ms);
     else
         scrape(hc, timeout_ms);
+    explicit_bzero(avalue, sizeof(avalue));
 }
 
 /* The codec failed (or the input ended): answer the 4xx, then close. */
@@ -450,7 +639,10 @@ static void on_conn_error(kvs_conn_t *c, int err)
                      NULL);
     } else if (err == KVS_EPROTO)
         respond_text(hc, 400, "malformed HTTP request\n", NULL);
-    else if (hc->scrape == NULL)
+    else if (err == KVS_ENOTLS) /* logged by kvs_conn; the answer goes in the clear */
+        respond_text(hc, 400, "this port speaks HTTPS (tls.metrics): scrape it with https://\n",
+                     NULL);
+    else if (hc->scrape == NULL && !hc->checking)
         kvs_conn_close_after_flush(c); /* EOF: nothing more to answer */
 }
 
@@ -458,7 +650,8 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     http_conn_t *hc = c->data;
     if (hc->scrape != NULL)
-        hc->scrape->hc = NULL; /* router_http_done frees it */
+        hc->scrape->hc = NULL;    /* router_http_done frees it */
+    kvs_auth_conn_close(&hc->ac); /* a check in flight: its callback never runs */
     kvs_list_remove(&hc->link);
     free(hc);
 }
@@ -488,9 +681,11 @@ static void refuse(router_http_t *h, uv_stream_t *server, http_conn_t *hc)
 }
 
 /* At HTTP_MAX_CONNS: closes the connection that has waited longest for
- * its client (read nothing for the longest time, with no scrape in flight
- * and no answer being written) to make room (a closing one has left the
- * group, which counts the others). One accepted or read from less than
+ * its client (read nothing for the longest time, with no scrape in flight,
+ * no token being checked or first in line for a check (kvs_auth's spared,
+ * as on the client port: one parked behind its own address's check is
+ * not), and no answer being written) to make room (a closing one has left
+ * the group, which counts the others). One accepted or read from less than
  * HTTP_EVICT_IDLE_MS ago, or whose socket holds input not read yet, is
  * busy too: its request may be on its way in (a burst of scrapers, each
  * accepted a moment before its request came, each closed the one before
@@ -503,7 +698,8 @@ static int evict_one(router_http_t *h)
     KVS_LIST_EACH(pos, &h->conns)
     {
         http_conn_t *hc = KVS_LIST_ENTRY(pos, http_conn_t, link);
-        if (hc->conn.group == NULL || hc->scrape != NULL || hc->conn.output_since_ms != 0)
+        if (hc->conn.group == NULL || hc->scrape != NULL || kvs_auth_conn_spared(&hc->ac) ||
+            hc->conn.output_since_ms != 0)
             continue;
         if (now - hc->conn.last_input_ms >= HTTP_EVICT_IDLE_MS &&
             !kvs_conn_input_waiting(&hc->conn) &&
@@ -542,8 +738,10 @@ static int evict_one(router_http_t *h)
  * holds more than half of them, the first that came, whatever it is
  * doing (a host that pipelines scrapes on every connection it holds is
  * never idle: one host's flood never keeps another's scraper out, and a
- * host with a few scrapes in flight among many hosts' keeps them).
- * Returns 0 when one was closed. */
+ * host with a few scrapes in flight among many hosts' keeps them); never
+ * one whose token is being checked or is next in line for a check
+ * (kvs_auth_conn_spared: at most one per address). Returns 0 when one
+ * was closed. */
 static int evict_for_host(router_http_t *h, const http_conn_t *hc)
 {
     const http_conn_t *most = NULL;
@@ -571,13 +769,15 @@ static int evict_for_host(router_http_t *h, const http_conn_t *hc)
         http_conn_t *a = KVS_LIST_ENTRY(pos, http_conn_t, link);
         if (a == hc || a->conn.group == NULL || strcmp(a->host, most->host) != 0)
             continue;
+        if (kvs_auth_conn_spared(&a->ac))
+            continue; /* its token is being checked, or is next: never closed for a newcomer */
         first = a;
         if (a->scrape == NULL && a->conn.output_since_ms == 0 && !kvs_conn_input_waiting(&a->conn))
             first_idle = a;
     }
     if (first_idle != NULL)
         first = first_idle;
-    else if (most_n <= HTTP_MAX_CONNS / 2)
+    else if (first == NULL || most_n <= HTTP_MAX_CONNS / 2)
         return -1; /* its scrapes in flight are not cut for a newcomer */
     uint64_t now = uv_now(h->loop);
     if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
@@ -609,12 +809,15 @@ static void on_connection(uv_stream_t *server, int status)
     hc->conn.data = hc;
     hc->codec.next = codec_next;
     hc->codec.state = hc;
-    hc->codec.plain_only = 1; /* no TLS here: a TLS client's hello is a malformed request */
+    hc->codec.plain_only = h->tls == NULL; /* a TLS client's hello is a malformed request */
     hc->conn.codec = &hc->codec;
     parser_reset(hc);
     kvs_conn_join(&hc->conn, &h->group);
     kvs_list_push_front(&h->conns, &hc->link);
-    if (kvs_conn_accept(&hc->conn, server) != 0) {
+    int rc = kvs_conn_accept_tls(&hc->conn, server, h->tls);
+    /* Tokens only where nobody can overhear them (kvs_auth) */
+    kvs_auth_conn_init(&hc->ac, 0, h->tls != NULL || kvs_conn_peer_is_local(&hc->conn));
+    if (rc != 0) {
         kvs_conn_close(&hc->conn);
         return;
     }
@@ -631,8 +834,8 @@ static void on_connection(uv_stream_t *server, int status)
     (void)uv_send_buffer_size((uv_handle_t *)&hc->conn.h, &sndbuf); /* unset: merely larger */
 }
 
-int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,
-                      void *arg, router_http_t **out)
+int router_http_start(uv_loop_t *loop, const char *listen, kvs_tls_ctx_t *tls, kvs_auth_t *auth,
+                      router_http_scrape_cb on_scrape, void *arg, router_http_t **out)
 {
     kvs_addr_t addr;
     char err[256];
@@ -644,6 +847,8 @@ int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb
     kvs_list_init(&h->conns);
     h->on_scrape = on_scrape;
     h->arg = arg;
+    h->tls = tls;
+    h->auth = auth;
     int rc = kvs_addr_parse(listen, 0, &addr, err, sizeof(err));
     if (rc != 0) {
         kvs_error("router.metrics_listen: %s", err);
@@ -674,7 +879,8 @@ int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb
     }
     h->listener.handle.data = h;
     h->listening = 1;
-    kvs_info("serving metrics on http://%s/metrics", listen);
+    kvs_info("serving metrics on %s://%s/metrics%s", tls != NULL ? "https" : "http", listen,
+             auth != NULL ? " to users with the admin right" : "");
     return 0;
 }
 

@@ -8,6 +8,9 @@
 #ifndef ROUTER_HTTP_H
 #define ROUTER_HTTP_H
 
+#include "kvs_auth.h"
+#include "kvs_tls.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -21,11 +24,15 @@ typedef struct router_http_scrape_s router_http_scrape_t;
  * exactly once, now or later (the connection reads nothing meanwhile). */
 typedef void (*router_http_scrape_cb)(void *arg, router_http_scrape_t *s);
 
-/* Listens on `listen` (HOST:PORT). Returns 0 and *out, or a uv error
- * (logged); *out may then still be set (router_http_stop and
- * router_http_free it like a running one, after which run the loop). */
-int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,
-                      void *arg, router_http_t **out);
+/* Listens on `listen` (HOST:PORT), speaking HTTPS with `tls` (or HTTP
+ * when NULL); with `auth`, a scrape must come from one of its users
+ * holding admin (HTTP Basic user:token, or a client certificate naming
+ * the user), else 401 or 403. Both must outlive the server. Returns 0
+ * and *out, or a uv error (logged); *out may then still be set
+ * (router_http_stop and router_http_free it like a running one, after
+ * which run the loop). */
+int router_http_start(uv_loop_t *loop, const char *listen, kvs_tls_ctx_t *tls, kvs_auth_t *auth,
+                      router_http_scrape_cb on_scrape, void *arg, router_http_t **out);
 
 /* The deadline a X-Prometheus-Scrape-Timeout-Seconds value asks for, in
  * ms: seconds as Prometheus writes them ("10", "9.5"), trailing blanks

@@ -491,7 +491,7 @@ static void on_signal(uv_signal_t *h, int signum)
 static int tls_start(router_main_t *m)
 {
     char err[600];
-    if (router_tls_load(m->r.cfg, &m->r.tls, &m->r.link_tls, err, sizeof(err)) == 0)
+    if (router_tls_load(m->r.cfg, &m->r.tls, &m->r.link_tls, NULL, err, sizeof(err)) == 0)
         return 0;
     report_exit("%s", err);
     return EX_CONFIG;
@@ -859,12 +859,12 @@ static int check_config(const char *path)
 {
     char err[4400];
     kvs_config_t *cfg = NULL;
-    kvs_tls_ctx_t *tls = NULL, *link_tls = NULL;
+    kvs_tls_ctx_t *tls = NULL, *link_tls = NULL, *metrics_tls = NULL;
     kvs_plugins_t *plugins = NULL;
     struct stat st;
     char where[4200] = "";
     int rc = kvs_config_load(path, &cfg, err, sizeof(err)) != 0;
-    if (!rc && (router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0 ||
+    if (!rc && (router_tls_load(cfg, &tls, &link_tls, &metrics_tls, err, sizeof(err)) != 0 ||
                 kvs_plugins_load(cfg, "router", -1, &plugins, err, sizeof(err)) != 0 ||
                 (stat(cfg->data_dir, &st) == 0 &&
                  kvs_fs_check_private(cfg->data_dir, err, sizeof(err)) != 0))) {
@@ -876,6 +876,7 @@ static int check_config(const char *path)
     kvs_plugins_free(plugins);
     kvs_tls_ctx_free(tls);
     kvs_tls_ctx_free(link_tls);
+    kvs_tls_ctx_free(metrics_tls);
     kvs_config_free(cfg);
     if (rc) {
         fprintf(stderr, "kvs-router: %s%s\n", where, err);

@@ -38,6 +38,7 @@
 #include "router_master_int.h"
 
 #include "kvs_conn.h"
+#include "kvs_err.h"
 #include "kvs_log.h"
 #include "kvs_signals.h"
 #include "router_notify.h"
@@ -130,6 +131,20 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- live reload ------------------------------------------------------------------ */
 
+/* The metrics port's TLS material, read again (a reload the master took). */
+static void metrics_tls_reload(master_t *m)
+{
+    char err[600];
+    if (m->metrics_tls == NULL)
+        return;
+    if (kvs_tls_ctx_reload(m->metrics_tls, err, sizeof(err)) == 0)
+        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
+                 kvs_tls_ctx_what(m->metrics_tls));
+    else
+        kvs_error("%s: reload failed, still using the previous material: %s",
+                  kvs_tls_ctx_what(m->metrics_tls), err);
+}
+
 /* SIGHUP: a live reload; the children apply it too once the master
  * accepted the file. A new map then replaces the router processes
  * (router_master_change_begin), and the node is READY again once the new ones serve;
@@ -149,12 +164,14 @@ static void on_sighup(void *arg)
     if (router_master_reload_config(m, &map) != 0) {
         /* logged: nothing changed, nobody is told */
     } else if (map) {
+        metrics_tls_reload(m);
         /* The serving router processes keep their config: the new
          * generation starts with the new one, the workers get the SIGHUP
          * once it serves (router_master_change_switch). */
         kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
                  "it once they serve");
     } else {
+        metrics_tls_reload(m);
         router_master_live_configure(m); /* before the router processes take the new interval */
         size_t r = router_master_gen_signal(m->routers, SIGHUP) +
                    router_master_gen_signal(m->next, SIGHUP) +
@@ -236,7 +253,27 @@ static void master_metrics(void *arg, kvs_mb_t *b)
     static const char *const results[] = {"ok", "error", "refused"};
     for (int i = 0; i < 3; i++)
         kvs_mb_sample(b, f, (double)m->reloads[i], 2, "role", "master", "result", results[i]);
+    kvs_tls_ctx_t *const tls[] = {m->metrics_tls};
+    kvs_mb_tls_reloads(b, tls, 1, "master", NULL, NULL);
     kvs_mb_process(b, m->start_time, 1, labels);
+}
+
+/* The metrics port's TLS material and users (router.metrics_auth), when
+ * it has them. Returns 0, or 1 after logging why. */
+static int metrics_start(master_t *m)
+{
+    char err[600];
+    kvs_tls_ctx_t *tls, *link_tls;
+    if (router_tls_load(m->cfg, &tls, &link_tls, &m->metrics_tls, err, sizeof(err)) != 0) {
+        kvs_error("%s", err);
+        return 1;
+    }
+    kvs_tls_ctx_free(tls);
+    kvs_tls_ctx_free(link_tls);
+    int rc = m->cfg->metrics_auth ? kvs_auth_new(m->cfg, m->loop, &m->metrics_auth) : 0;
+    if (rc != 0)
+        kvs_error("users: cannot set up authentication for the metrics port: %s", kvs_strerror(rc));
+    return rc != 0;
 }
 
 /* ---- main ------------------------------------------------------------------------------ */
@@ -275,11 +312,15 @@ int router_master_run(const char *config_path, const char *argv0)
     m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
     m.router_hung = calloc(m.n_procs, sizeof(*m.router_hung));
+    /* The metrics port's users cost a hash at the dearest token's price
+     * (kvs_auth's decoy): paid before the children start, so that the
+     * port listens as soon as they do. */
+    int metrics = m.cfg->metrics_listen[0] != '\0';
     if (m.worker_restarts == NULL || m.router_restarts == NULL || m.router_hung == NULL ||
-        router_master_start_workers(&m) != 0 ||
+        (metrics && metrics_start(&m) != 0) || router_master_start_workers(&m) != 0 ||
         router_master_start_routers(&m, &m.routers, 0, m.config_fd, 0) != 0 ||
-        (m.cfg->metrics_listen[0] != '\0' &&
-         router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
+        (metrics && router_scrape_start(m.loop, m.cfg, m.n_procs, m.metrics_tls, m.metrics_auth,
+                                        master_metrics, &m, &m.scrape) != 0)) {
         if (m.routers != NULL && m.routers->sup == NULL) {
             router_master_gen_free(m.routers); /* none of it started */
             m.routers = NULL;
@@ -294,6 +335,8 @@ int router_master_run(const char *config_path, const char *argv0)
     uv_run(m.loop, UV_RUN_DEFAULT);
     router_sup_free(m.workers); /* every generation freed itself once stopped */
     router_scrape_free(m.scrape);
+    kvs_auth_free(m.metrics_auth); /* no check in flight: the loop ran to its end */
+    kvs_tls_ctx_free(m.metrics_tls);
     router_probe_free(m.probe);
     uv_loop_close(m.loop);
     kvs_config_free(m.prev_cfg);

@@ -21,11 +21,13 @@ int router_master_run(const char *config_path, const char *argv0);
 
 /* Builds the TLS contexts the config asks for: tls.router (the client
  * listener) into *tls, tls.link (links to remote workers, when there are
- * any) into *link_tls; either is left NULL when not enabled. Returns 0,
- * or KVS_ECONFIG with the reason in err (a file that does not load),
- * nothing then being left allocated. The master checks the material this
- * way before anything starts; each router process builds its own. */
+ * any) into *link_tls, and tls.metrics (the metrics port, when it is
+ * set) into *metrics_tls when metrics_tls is not NULL; each is left NULL
+ * when not enabled. Returns 0, or KVS_ECONFIG with the reason in err (a
+ * file that does not load), nothing then being left allocated. The
+ * master checks the material this way before anything starts; each router
+ * process builds its own, the master the metrics port's. */
 int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **link_tls,
-                    char *err, size_t errlen);
+                    kvs_tls_ctx_t **metrics_tls, char *err, size_t errlen);
 
 #endif

@@ -218,19 +218,25 @@ static int take_lock(master_t *m)
 }
 
 int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **link_tls,
-                    char *err, size_t errlen)
+                    kvs_tls_ctx_t **metrics_tls, char *err, size_t errlen)
 {
     int rc = 0;
     *tls = *link_tls = NULL;
+    if (metrics_tls != NULL)
+        *metrics_tls = NULL;
     if (cfg->tls_router.enabled)
         rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, tls, err, errlen);
     if (rc == 0 && cfg->tls_link.enabled && (cfg->n_remote > 0 || cfg->n_nodes > 0))
         rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, link_tls, err, errlen);
+    if (rc == 0 && metrics_tls != NULL && cfg->tls_metrics.enabled && cfg->metrics_listen[0])
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_metrics, "tls.metrics", 1, metrics_tls, err,
+                                      errlen);
     if (rc != 0) {
         if (rc != KVS_ECONFIG)
             snprintf(err, errlen, "%s", kvs_strerror(rc));
         kvs_tls_ctx_free(*tls);
-        *tls = NULL;
+        kvs_tls_ctx_free(*link_tls);
+        *tls = *link_tls = NULL;
         return KVS_ECONFIG;
     }
     return 0;
@@ -240,14 +246,15 @@ int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t 
  * EX_CONFIG after logging why. */
 static int check_tls(const kvs_config_t *cfg)
 {
-    kvs_tls_ctx_t *tls, *link_tls;
+    kvs_tls_ctx_t *tls, *link_tls, *metrics_tls;
     char err[600];
-    if (router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0) {
+    if (router_tls_load(cfg, &tls, &link_tls, &metrics_tls, err, sizeof(err)) != 0) {
         kvs_error("%s", err);
         return EX_CONFIG;
     }
     kvs_tls_ctx_free(tls);
     kvs_tls_ctx_free(link_tls);
+    kvs_tls_ctx_free(metrics_tls);
     return 0;
 }
 

@@ -99,12 +99,14 @@ struct master_s {
     struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
     const char *listen_name[ROUTER_LISTEN_MAX];
     size_t n_listen;
-    int census_failed;         /* sock_diag unavailable: said once */
-    router_scrape_t *scrape;   /* router.metrics_listen, when set */
-    uint64_t *worker_restarts; /* per shard: times its worker was started again */
-    uint64_t *router_restarts; /* per router process */
-    uint64_t *router_hung;     /* per router process: killed for sending no heartbeat */
-    uint64_t reloads[3];       /* ok, error, refused */
+    int census_failed;          /* sock_diag unavailable: said once */
+    router_scrape_t *scrape;    /* router.metrics_listen, when set ... */
+    kvs_tls_ctx_t *metrics_tls; /* ... over HTTPS (tls.metrics), or NULL */
+    kvs_auth_t *metrics_auth;   /* ... to these users (router.metrics_auth), or NULL */
+    uint64_t *worker_restarts;  /* per shard: times its worker was started again */
+    uint64_t *router_restarts;  /* per router process */
+    uint64_t *router_hung;      /* per router process: killed for sending no heartbeat */
+    uint64_t reloads[3];        /* ok, error, refused */
     double start_time;
     int signals, ready, shutting_down, workers_stopping, exit_code;
     char final_msg[800]; /* the last log line, when a child's exit stopped the node */

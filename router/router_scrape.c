@@ -487,7 +487,8 @@ static int start_links(router_scrape_t *sc)
 /* ---- start / stop ------------------------------------------------------------------ */
 
 int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_procs,
-                        router_scrape_own_cb own, void *arg, router_scrape_t **out)
+                        kvs_tls_ctx_t *tls, kvs_auth_t *auth, router_scrape_own_cb own, void *arg,
+                        router_scrape_t **out)
 {
     router_scrape_t *sc = calloc(1, sizeof(*sc));
     *out = sc;
@@ -508,7 +509,7 @@ int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_pro
         sc->spacing.data = sc;
     }
     if (rc == 0)
-        rc = router_http_start(loop, cfg->metrics_listen, on_scrape, sc, &sc->http);
+        rc = router_http_start(loop, cfg->metrics_listen, tls, auth, on_scrape, sc, &sc->http);
     return rc;
 }
 

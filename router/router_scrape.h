@@ -25,8 +25,10 @@
 #ifndef ROUTER_SCRAPE_H
 #define ROUTER_SCRAPE_H
 
+#include "kvs_auth.h"
 #include "kvs_config.h"
 #include "kvs_metrics.h"
+#include "kvs_tls.h"
 
 #include <stdint.h>
 #include <uv.h>
@@ -38,11 +40,14 @@ typedef void (*router_scrape_own_cb)(void *arg, kvs_mb_t *b);
 
 /* Starts serving cfg->metrics_listen (cfg must outlive the scraper; its
  * router.timeout is read at every scrape), asking the `n_procs` router
- * processes and every worker of this node. Returns 0 and *out, or a uv
- * error (logged); *out may then still be set: router_scrape_stop and
+ * processes and every worker of this node; over HTTPS with `tls`, and to
+ * users of `auth` holding admin only, when not NULL (see router_http;
+ * both must outlive the scraper). Returns 0 and *out, or a uv error
+ * (logged); *out may then still be set: router_scrape_stop and
  * router_scrape_free it as a running one. */
 int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_procs,
-                        router_scrape_own_cb own, void *arg, router_scrape_t **out);
+                        kvs_tls_ctx_t *tls, kvs_auth_t *auth, router_scrape_own_cb own, void *arg,
+                        router_scrape_t **out);
 
 /* Connects to the processes (once the node is ready: they all listen by
  * then; before, a scrape has the master's families only). A process that

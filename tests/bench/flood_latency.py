@@ -5,7 +5,8 @@ for a few seconds, while one more client sends one HSET at a time and
 times each answer. Prints the command and the newcomer's latency
 percentiles.
 
-  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset|hmset|hgetall] [--seconds 4]
+  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset|hmset|hgetall|hget]
+                               [--seconds 4]
 
 --kind del:  each flooder sends 40 pairs of EXISTS and DEL of 1,024 keys,
              over and over;
@@ -14,6 +15,10 @@ percentiles.
 --kind hgetall: one hash of 100,000 fields is made first; each sends 256
              HGETALLs of it, over and over, and the newcomer HGETs one of
              its fields (the same shard's work) instead of its HSET.
+--kind hget: the same hash; each sends 8,192 HGETs of its fields per write
+             and reads the answers (a deep pipeline, not a stalled one:
+             the flooders' answers a second are printed too), and the
+             newcomer HGETs one of its fields.
 Loopback only; every socket has a timeout, and the run ends by itself.
 """
 import argparse
@@ -50,8 +55,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("port", type=int)
     ap.add_argument("--clients", type=int, default=30)
-    ap.add_argument("--kind", choices=("del", "hset", "hmset", "hgetall"), default="del")
+    ap.add_argument("--kind", choices=("del", "hset", "hmset", "hgetall", "hget"), default="del")
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--no-newcomer", action="store_true",
+                    help="the flooders alone (--kind hget: what they get by themselves)")
     o = ap.parse_args()
     print("# %s" % " ".join([sys.argv[0]] + sys.argv[1:]), flush=True)
     if o.kind == "del":
@@ -62,13 +69,28 @@ def main():
     elif o.kind == "hmset":
         pairs = [x for i in range(1000) for x in ("f%d" % i, "v")]
         burst = b"".join(command("HSET", "m%d" % (i % 8), *pairs) for i in range(64))
-    else:
+    elif o.kind == "hgetall":
         make_big(o.port)
         burst = command("HGETALL", "big") * 256
-    probe = command("HGET", "big", "f1") if o.kind == "hgetall" else command("HSET", "newcomer",
-                                                                             "f", "v")
+    else:
+        make_big(o.port)
+        burst = b"".join(command("HGET", "big", "f%d" % (i * 12 % 100000)) for i in range(8192))
+    reads = o.kind in ("hgetall", "hget")
+    probe = command("HGET", "big", "f1") if reads else command("HSET", "newcomer", "f", "v")
     stop = time.monotonic() + o.seconds
     socks = []
+    drained = [0]
+
+    def drain(s):
+        """Reads a flooder's answers (--kind hget): 23 bytes each."""
+        try:
+            while True:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    return
+                drained[0] += len(chunk)
+        except OSError:
+            pass
 
     def flood():
         try:
@@ -76,6 +98,8 @@ def main():
         except OSError:
             return
         socks.append(s)
+        if o.kind == "hget":
+            threading.Thread(target=drain, args=(s,), daemon=True).start()
         try:
             while time.monotonic() < stop:
                 s.sendall(burst)
@@ -88,6 +112,9 @@ def main():
     time.sleep(0.3)
     c = socket.create_connection(("127.0.0.1", o.port), timeout=10)
     lat = []
+    if o.no_newcomer:
+        time.sleep(max(0.0, stop - time.monotonic()))
+        lat.append(0.0)
     while time.monotonic() < stop - 0.2:
         t0 = time.perf_counter()
         c.sendall(probe)
@@ -110,8 +137,11 @@ def main():
     def pct(p):
         return lat[min(len(lat) - 1, int(len(lat) * p))] * 1e3
 
-    print("newcomer %ss: %d, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms"
-          % ("HGET" if o.kind == "hgetall" else "HSET", len(lat), pct(0.5), pct(0.9), pct(0.99), lat[-1] * 1e3))
+    print("newcomer %ss: %d, p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.1f ms"
+          % ("HGET" if reads else "HSET", len(lat), pct(0.5), pct(0.9), pct(0.99),
+             lat[-1] * 1e3))
+    if o.kind == "hget":
+        print("flooders: %.0f answers/s" % (drained[0] / 23 / o.seconds))
 
 
 if __name__ == "__main__":

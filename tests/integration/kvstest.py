@@ -313,16 +313,16 @@ def tls_context(ca="ca", cert=None, verify=True, maximum=None):
     return ctx
 
 
-def tls_yaml(router=None, node=None, link=None, cert="node", **shared):
+def tls_yaml(router=None, node=None, link=None, cert="node", metrics=None, **shared):
     """A `tls:` section with the test CA and <cert>.crt/.key; router, node,
-    link: dicts of that endpoint's keys (e.g. {"enabled": "true",
+    link, metrics: dicts of that endpoint's keys (e.g. {"enabled": "true",
     "client_cert": "require"}), or None; shared: more tls.* keys."""
     lines = ["tls:",
              "  cert: %s" % cert_path(cert + ".crt"),
              "  key: %s" % cert_path(cert + ".key"),
              "  ca: %s" % cert_path("ca.crt")]
     lines += ["  %s: %s" % kv for kv in sorted(shared.items())]
-    for name, keys in (("router", router), ("node", node), ("link", link)):
+    for name, keys in (("router", router), ("node", node), ("link", link), ("metrics", metrics)):
         if keys is not None:
             lines.append("  %s: {%s}" % (name, ", ".join("%s: %s" % kv
                                                           for kv in sorted(keys.items()))))

@@ -40,8 +40,9 @@ change the rate and the seed of every test (each has its own, the one
 that found its defects: ppm=20000 and seed 1 unless it says otherwise),
 for exploring by hand; the run prints its tallies then.
 """
-import os
+import base64
 import http.client
+import os
 import re
 import socket
 import threading
@@ -70,6 +71,12 @@ def spec(default="ppm=20000", seed=1):
     unless KVS_TEST_ENOMEM_SPEC / _SEED say otherwise."""
     return (os.environ.get("KVS_TEST_ENOMEM_SPEC", default),
             int(os.environ.get("KVS_TEST_ENOMEM_SEED", str(seed))))
+
+
+def basic_headers(auth):
+    """HTTP Basic credentials of `auth`, a (user, token), or none."""
+    return {} if auth is None else {"Authorization": "Basic " + base64.b64encode(
+        ("%s:%s" % auth).encode()).decode()}
 
 
 def req_info():
@@ -428,13 +435,14 @@ class RespDriver(Driver):
 
 
 class Scraper(threading.Thread):
-    """GETs router.metrics_listen's /metrics over and over: each answer is
-    200 with the metrics, or a 5xx with a body; a closed connection is
-    allowed, no answer within 5 s is not."""
+    """GETs router.metrics_listen's /metrics over and over (as `auth`, a
+    (user, token), when given): each answer is 200 with the metrics, or a
+    5xx with a body; a closed connection is allowed, no answer within 5 s
+    is not."""
 
-    def __init__(self, port, stop):
+    def __init__(self, port, stop, auth=None):
         super().__init__(daemon=True)
-        self.port, self.stop = port, stop
+        self.port, self.stop, self.headers = port, stop, basic_headers(auth)
         self.problems, self.statuses = [], {}
         self.answers = self.closes = 0
         self.tid = "scraper"
@@ -444,7 +452,7 @@ class Scraper(threading.Thread):
         while not self.stop.is_set():
             c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             try:
-                c.request("GET", "/metrics")
+                c.request("GET", "/metrics", headers=self.headers)
                 r = c.getresponse()
                 body = r.read()
             except socket.timeout:
@@ -534,7 +542,7 @@ class EnomemTest(RouterTestCase):
             if self.mport is not None:
                 c = http.client.HTTPConnection("127.0.0.1", self.mport, timeout=5)
                 try:
-                    c.request("GET", "/metrics")
+                    c.request("GET", "/metrics", headers=basic_headers(self.auth))
                     if c.getresponse().status != 200:
                         return False
                 finally:
@@ -602,7 +610,7 @@ class EnomemTest(RouterTestCase):
             drivers += [RespDriver(("127.0.0.1", self.rport), 10 + t, seed, stop)
                         for t in range(2)]
         if metrics:
-            drivers.append(Scraper(self.mport, stop))
+            drivers.append(Scraper(self.mport, stop, self.auth))
         for d in drivers:
             d.start()
         time.sleep(lead + WINDOW_MS / 1000.0 + 0.2)
@@ -716,7 +724,9 @@ class EnomemTest(RouterTestCase):
         self.assertGreater(out["answers"]["Driver"], 100, out)
 
     def test_metrics_listener_survives_failing_allocations_in_the_master(self):
-        out = self.run_window("master", *spec(), metrics=True, proto=1)
+        # with users: every scrape's token is checked (remembered after
+        # the first) while the master's allocations fail
+        out = self.run_window("master", *spec(), metrics=True, auth=True, proto=1)
         self.assertGreater(out["answers"]["Scraper"], 20, out)
 
     def test_two_router_processes_survive_failing_allocations(self):

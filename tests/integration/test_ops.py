@@ -9,6 +9,7 @@ apply it.
 Metrics text is checked by promtool (Debian's prometheus package) and its
 values against known activity: N writes move the request counters by N.
 """
+import base64
 import http.client
 import os
 import re
@@ -28,9 +29,10 @@ import redis
 
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
 from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, encode, frame, pb, pyval, req_hget,
-                     req_hmget, req_hmset, req_hset, req_ping, resp_exchange)
+                     req_hmget, req_hmset, req_hset, req_ping, resp_exchange, tls_context,
+                     tls_yaml)
 from routertest import RouterTestCase, config_place, edit_config, free_port, stopped
-from test_auth import req_auth, users_yaml
+from test_auth import _HASHES, USERS, req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
@@ -58,10 +60,16 @@ def total(samples, name, **labels):
                if n == name and all(ls.get(k) == w for k, w in labels.items()))
 
 
-def http_get(port, path="/metrics", method="GET"):
+def basic(user, token):
+    """An Authorization header of HTTP Basic credentials."""
+    return {"Authorization": "Basic " + base64.b64encode(("%s:%s" % (user, token)).encode())
+            .decode()}
+
+
+def http_get(port, path="/metrics", method="GET", headers=None):
     c = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
-        c.request(method, path)
+        c.request(method, path, headers=headers or {})
         r = c.getresponse()
         return r.status, r.getheader("Content-Type"), r.read().decode()
     finally:
@@ -816,6 +824,223 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertLessEqual(len(new), 4, sorted(new))  # Hset's 507 (max_tables), say
         self.assertNotIn("t1 ", text)
         self.assertNotIn("NOSUCH0", text)
+
+
+class MetricsSecurityTest(MetricsCase):
+    """The metrics port over HTTPS (tls.metrics) and, with users, for users
+    holding admin only (router.metrics_auth): HTTP Basic user:token or a
+    client certificate naming the user, checked as Auth is."""
+
+    def get(self, headers=None, ctx=None, conn=None):
+        """(status, headers, body) of GET /metrics; over TLS with `ctx`; on
+        `conn` (kept open) if given."""
+        c = conn or (http.client.HTTPSConnection(HOST, self.mport, timeout=10, context=ctx)
+                     if ctx is not None else http.client.HTTPConnection(HOST, self.mport,
+                                                                        timeout=10))
+        try:
+            c.request("GET", "/metrics", headers=headers or {})
+            r = c.getresponse()
+            return r.status, r.headers, r.read().decode()
+        finally:
+            if conn is None:
+                c.close()
+
+    def users_router(self, users=None, metrics_auth=None, tls=None, limits=""):
+        router_yaml = [] if metrics_auth is None else ["metrics_auth: %s" % metrics_auth]
+        extra = users_yaml(users or USERS, limits=limits) + (tls_yaml(metrics=tls) if tls else "")
+        return self.metrics_router(router_yaml=router_yaml, shards=1, partitions=8,
+                                   extra_yaml=extra)
+
+    def test_https_serves_scrapes_and_tells_a_plain_client(self):
+        r = self.metrics_router(shards=1, partitions=8,
+                                extra_yaml=tls_yaml(metrics={"enabled": "true"}))
+        status, _, body = self.get(ctx=tls_context())  # verifies the node's certificate
+        self.assertEqual(status, 200, body)
+        self.assertIn("kvs_worker_up", body)
+        status, _, body = self.get()  # plain HTTP on the HTTPS port: told, in the clear
+        self.assertEqual(status, 400)
+        self.assertIn("this port speaks HTTPS (tls.metrics): scrape it with https://", body)
+        self.assertIn("serving metrics on https://", r.stderr())
+        r.proc.send_signal(signal.SIGHUP)  # the material is read again
+        wait_until(lambda: "tls.metrics: certificate, key and CA reloaded" in r.stderr(), WAIT)
+        m = parse_metrics(self.get(ctx=tls_context())[2])
+        self.assertEqual(total(m, "kvs_tls_reloads_total", role="master", tls="tls.metrics",
+                               result="ok"), 1)
+
+    def test_client_certificates_may_be_required(self):
+        self.metrics_router(shards=1, partitions=8, extra_yaml=tls_yaml(
+            metrics={"enabled": "true", "client_cert": "require"}))
+        with self.assertRaises((ssl.SSLError, ConnectionError)):
+            self.get(ctx=tls_context())  # no certificate: refused
+        with self.assertRaises((ssl.SSLError, ConnectionError)):
+            self.get(ctx=tls_context(cert="wrong"))  # another CA's
+        status, _, body = self.get(ctx=tls_context(cert="alice"))  # no users: anyone with one
+        self.assertEqual(status, 200, body)
+
+    def test_with_users_a_scrape_needs_a_user_holding_admin(self):
+        r = self.users_router()
+        status, headers, body = self.get()
+        self.assertEqual(status, 401, body)
+        self.assertEqual(headers["WWW-Authenticate"], 'Basic realm="kvs", charset="UTF-8"')
+        self.assertIn("authentication required", body)
+        self.assertNotIn("kvs_", body)
+        status, _, body = self.get(basic("ops", "wrong"))
+        self.assertEqual((status, body), (401, "invalid user or token\n"))
+        status, _, body = self.get(basic("nobody", "x"))  # an unknown user: the same words
+        self.assertEqual((status, body), (401, "invalid user or token\n"))
+        status, _, body = self.get(basic("alice", USERS["alice"][0]))  # right token, no admin
+        self.assertEqual(status, 403, body)
+        self.assertIn('user "alice" may not run Metrics: it needs admin', body)
+        status, _, body = self.get(basic("ops", USERS["ops"][0]))
+        self.assertEqual(status, 200, body)
+        self.assertIn("kvs_worker_up", body)
+        self.assertIn('auth: failed Auth as "ops" from 127.0.0.1', r.stderr())
+        for headers, words in (({"Authorization": "Bearer abc"}, "only HTTP Basic"),
+                               ({"Authorization": "Basic !!!"}, "malformed Authorization"),
+                               ({"Authorization": "Basic " + base64.b64encode(b"ops").decode()},
+                                "malformed Authorization"),
+                               ({"Authorization": "Basic " + "QUFB" * 600}, "too long")):
+            status, _, body = self.get(headers)
+            self.assertEqual(status, 401, (headers, body))
+            self.assertIn(words, body)
+        # two Authorization headers: which one counts is not guessed
+        got = raw_http(self.mport, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+                       + base64.b64encode(b"ops:ops-pw") + b"\r\nAuthorization: Basic "
+                       + base64.b64encode(b"alice:alice-pw") + b"\r\n\r\n")
+        self.assertEqual(got, "HTTP/1.1 400 Bad Request")
+
+    def test_each_request_says_who_it_is(self):
+        # A keep-alive connection whose first scrape proved a user: the next
+        # request without credentials is nobody's (HTTP is per request).
+        self.users_router()
+        c = http.client.HTTPConnection(HOST, self.mport, timeout=10)
+        self.addCleanup(c.close)
+        ops = basic("ops", "ops-pw")
+        self.assertEqual(self.get(ops, conn=c)[0], 200)
+        self.assertEqual(self.get(ops, conn=c)[0], 200)  # remembered: no second check
+        self.assertEqual(self.get(conn=c)[0], 401)
+
+    def test_a_client_certificate_names_the_user(self):
+        self.users_router(tls={"enabled": "true", "client_cert": "optional"})
+        status, _, body = self.get(ctx=tls_context(cert="node"))  # CN kvs-node: admin
+        self.assertEqual(status, 200, body)
+        status, _, body = self.get(ctx=tls_context(cert="alice"))  # CN alice: no admin
+        self.assertEqual(status, 403, body)
+        status, _, body = self.get(ctx=tls_context())  # no certificate, no token
+        self.assertEqual(status, 401, body)
+        # a token over TLS, alice's certificate notwithstanding: the request's user
+        ops = basic("ops", "ops-pw")
+        self.assertEqual(self.get(ops, ctx=tls_context(cert="alice"))[0], 200)
+
+    def test_failures_are_limited_per_address_as_auth_is(self):
+        self.users_router(limits="auth_failures_per_minute: 2")
+        bad, good = basic("ops", "wrong"), basic("ops", "ops-pw")
+        for _ in range(2):
+            self.assertEqual(self.get(bad)[0], 401)
+        status, _, body = self.get(good)  # refused unchecked, right token or not
+        self.assertEqual(status, 401, body)
+        self.assertIn("too many failed Auth attempts from 127.0.0.1", body)
+
+    def test_metrics_auth_false_leaves_the_port_open(self):
+        self.users_router(metrics_auth="false")
+        status, _, body = self.get()
+        self.assertEqual(status, 200, body)
+        self.assertIn("kvs_worker_up", body)
+
+    def test_pipelined_scrapes_each_wait_for_their_own_check(self):
+        # Three scrapes in one packet, each with its own credentials, while
+        # the node starts (its router process's readiness held back): the
+        # master answers a scrape at once from its own families then, so
+        # the first one's answer read the second before the first check's
+        # end was done with, and the third was read and checked beside the
+        # second: the connection's checks were lost track of and one ended
+        # on the connection after it was freed (a use after free in the
+        # master). Each waits for its own check now: 200, 403, and the
+        # third is never checked, the connection being closed after a 4xx.
+        r = self.router(start=False, shards=1, partitions=8, extra_yaml=users_yaml(),
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, free_port())],
+                        env={"KVS_TEST_ROUTER_READY_DELAY_MS": "3000"})
+        self.mport = int(re.search(r'metrics_listen: "[0-9.]+:(\d+)"',
+                                   open(r.config).read()).group(1))
+        r.proc = r.spawn()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                s = socket.create_connection((HOST, self.mport), timeout=10)
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, "the metrics port never listened")
+                time.sleep(0.01)
+        self.addCleanup(s.close)
+        self.assertNotIn("node ready", r.stderr())
+        req = lambda cred: (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+                            + base64.b64encode(cred) + b"\r\n\r\n")
+        s.sendall(req(b"ops:ops-pw") + req(b"alice:alice-pw") + req(b"ops:wrong"))
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(re.findall(rb"HTTP/1.1 (\d+)", got), [b"200", b"403"], got[-300:])
+        wait_until(lambda: "node ready" in r.stderr(), WAIT)
+        self.assertIsNone(r.proc.poll(), r.stderr()[-2000:])
+        self.assertNotIn('failed Auth as "ops"', r.stderr())  # the third was never checked
+
+    def slow_check(self, source=None):
+        """A router whose user "slow" (admin) has a token costing ~1 s a
+        check, and a connection (from `source`) whose scrape as "slow" is
+        being checked; returns the connection."""
+        users = dict(USERS)
+        users["slow"] = ("slow-pw", {"*": ["admin"]})
+        _HASHES["slow-pw"] = subprocess.run(
+            [CLI, "hash-token", "-", "4000000"], input=b"slow-pw", capture_output=True,
+            timeout=60, check=True).stdout.decode().strip()
+        self.users_router(users=users)
+        checked = self.connect(source, timeout=60)
+        checked.sendall(self.GET_AS(b"slow:slow-pw"))
+        return checked
+
+    @staticmethod
+    def GET_AS(cred):
+        return (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+                + base64.b64encode(cred) + b"\r\n\r\n")
+
+    def connect(self, source=None, timeout=10):
+        s = socket.create_connection((HOST, self.mport), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
+        self.addCleanup(s.close)
+        return s
+
+    def test_a_check_in_flight_keeps_its_connection_against_a_flood(self):
+        # At the port's 16 connections a newcomer closes the one idle
+        # longest, but not one whose token is being checked: its request
+        # came whole and it waits for the answer.
+        checked = self.slow_check()
+        time.sleep(0.4)  # idle past the port's 250 ms by the time the flood comes
+        for _ in range(20):
+            self.connect()
+        got = read_lines(self, checked, 1)
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK"), got[:200])
+
+    def test_a_check_in_flight_is_not_closed_for_another_hosts_newcomer(self):
+        # The checked connection's host holds most of the 16, all busy (their
+        # checks parked behind its own, more of their input waiting): a
+        # newcomer from another host takes the place of one of that host's,
+        # never of the one being checked.
+        checked = self.slow_check("127.0.0.1")
+        parked = [self.connect("127.0.0.1") for _ in range(13)]
+        for s in parked:
+            s.sendall(self.GET_AS(b"ops:wrong"))
+        time.sleep(0.3)
+        for s in parked:  # read no more (paused): input waiting, never idle
+            s.sendall(b"G")
+        for _ in range(2):
+            self.connect("127.0.0.3")
+        time.sleep(0.1)
+        self.connect("127.0.0.2")
+        got = read_lines(self, checked, 1)
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK"), got[:200])
 
 
 class SlowlogTest(RouterTestCase):
@@ -1583,21 +1808,22 @@ class ReloadTest(RouterTestCase):
     def rewrite(self, r, old, new):
         edit_config(r, old, new)
 
-    def hup(self, r, needle, count=1):
-        """SIGHUP, then wait for `count` log lines holding `needle`."""
+    def hup(self, r, needle, count=1, timeout=WAIT):
+        """SIGHUP, then wait up to `timeout` s for `count` log lines holding
+        `needle`."""
         before = r.stderr().count(needle)
         r.proc.send_signal(signal.SIGHUP)
-        ok = wait_until(lambda: r.stderr().count(needle) >= before + count, WAIT)
+        ok = wait_until(lambda: r.stderr().count(needle) >= before + count, timeout)
         self.assertTrue(ok, "no %d x %r after SIGHUP:\n%s" % (count, needle, r.stderr()[-3000:]))
 
     def metrics_router(self, **kw):
         self.mport = free_port()
         return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
 
-    def reloads(self, r):
+    def reloads(self, r, headers=None):
         """{(role, shard, result): count} of kvs_config_reloads_total, from
         /metrics: the master's, the router process's and the workers'."""
-        status, _, body = http_get(self.mport)
+        status, _, body = http_get(self.mport, headers=headers)
         self.assertEqual(status, 200, body)
         return {(ls["role"], ls.get("shard"), ls["result"]): v
                 for n, ls, v in parse_metrics(body) if n == "kvs_config_reloads_total"}
@@ -1741,7 +1967,7 @@ class ReloadTest(RouterTestCase):
             with open(r.config, "w") as f:
                 f.write(good + text)
             start = time.monotonic()
-            self.hup(r, "the running configuration is unchanged", count=1)
+            self.hup(r, "the running configuration is unchanged", count=1, timeout=bound)
             self.assertLess(time.monotonic() - start, bound)
             errors = [l for l in r.stderr().splitlines() if "router ERROR reload: " in l]
             self.assertEqual(len(errors), i + 1, errors)
@@ -1853,7 +2079,7 @@ class ReloadTest(RouterTestCase):
         self.rewrite(r, "  - name: reader\n", "  - name: reader2\n")
         self.hup(r, "reload refused: %s: users changed, which cannot change while the node runs"
                  % config_place(r, "  - name: ", "- name"))
-        got = self.reloads(r)
+        got = self.reloads(r, basic("ops", "ops-pw"))  # the running users guard /metrics
         self.assertEqual(got[("master", None, "ok")], 1)
         self.assertEqual(got[("master", None, "refused")], 1)
         self.assertEqual(got[("router", None, "ok")], 1)

@@ -817,6 +817,8 @@ KVS_TEST(local_reads)
 {
     kvs_config_t *c = parse_ok("");
     CHECK_EQ(c->router_local_reads, 1);
+    CHECK_EQ(c->metrics_auth, 1); /* with users, scrapes authenticate */
+    CHECK_EQ(c->tls_metrics.enabled, 0);
     kvs_config_free(c);
     c = parse_ok("router: {local_reads: false}\n");
     CHECK_EQ(c->router_local_reads, 0);
@@ -1586,8 +1588,15 @@ KVS_TEST(tls_sections_inherit_and_check)
                                "  min_version: tls1.3\n"
                                "  router: {enabled: yes, client_cert: optional, cert: /r.crt}\n"
                                "  node: {enabled: true}\n"
-                               "  link: {enabled: on, verify_host: false}\n");
+                               "  link: {enabled: on, verify_host: false}\n"
+                               "  metrics: {enabled: true, ca: /m.crt}\n"
+                               "router: {metrics_auth: false}\n");
     CHECK(c->tls_router.enabled && c->tls_node.enabled && c->tls_link.enabled);
+    CHECK(c->tls_metrics.enabled);
+    CHECK_STR(c->tls_metrics.ca, "/m.crt");
+    CHECK_STR(c->tls_metrics.cert, "/n.crt");
+    CHECK_EQ(c->tls_metrics.client_cert, KVS_CLIENT_CERT_NONE); /* scrapers: none asked */
+    CHECK_EQ(c->metrics_auth, 0);
     CHECK_STR(c->tls_router.cert, "/r.crt"); /* its own */
     CHECK_STR(c->tls_router.key, "/n.key");  /* inherited */
     CHECK_STR(c->tls_node.ca, "/ca.crt");
@@ -1601,6 +1610,13 @@ KVS_TEST(tls_sections_inherit_and_check)
     parse_fails("tls: {cert: a, key: b, node: {enabled: true}}\n",
                 "config.yaml:1:40: tls.node.enabled is true but there is no CA bundle to verify "
                 "client certificates with: set tls.ca (or tls.node.ca), or client_cert: none");
+    parse_fails("tls:\n  metrics:\n    enabled: true\n",
+                "config.yaml:3:14: tls.metrics.enabled is true but there is no certificate and "
+                "key: set tls.cert and tls.key (or tls.metrics.cert and tls.metrics.key)");
+    parse_fails("tls: {cert: a, key: b, metrics: {enabled: true, client_cert: require}}\n",
+                "config.yaml:1:43: tls.metrics.enabled is true but there is no CA bundle to "
+                "verify client certificates with: set tls.ca (or tls.metrics.ca), or "
+                "client_cert: none");
     parse_fails("tls: {cert: a, key: b, link: {enabled: true}}\n",
                 "config.yaml:1:40: tls.link.enabled is true but there is no CA bundle to verify "
                 "the workers' certificates with: set tls.ca (or tls.link.ca)");
@@ -1998,8 +2014,8 @@ KVS_TEST(reload_check_classifies_main_keys)
     CHECK_STR(changed, "");
     CHECK_STR(fixed, "cluster.nodes, router.resp_listen, router.processes, "
                      "router.metrics_listen, node.name, tls.cert, tls.key, tls.min_version, "
-                     "tls.router.cert, tls.router.key, tls.node.cert, tls.node.key, "
-                     "tls.link.cert, tls.link.key, users");
+                     "tls.router.cert, tls.router.key, tls.metrics.cert, tls.metrics.key, "
+                     "tls.node.cert, tls.node.key, tls.link.cert, tls.link.key, users");
     kvs_config_free(a);
     kvs_config_free(live);
     kvs_config_free(not_live);

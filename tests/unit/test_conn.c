@@ -96,6 +96,7 @@ struct server_s {
     uint64_t frame_ns;                               /* costly_frame: each one's cost */
     uint64_t turn_budget_ns;                         /* the connection's (0: the default) */
     uint64_t group_turn_ns;                          /* its group's bound (use_group) */
+    uint64_t share_ns;                               /* ... its shared slice (use_group) */
 };
 
 /* ---- server side --------------------------------------------------------- */
@@ -399,6 +400,8 @@ static void server_run(server_t *s)
     }
     if (s->group_turn_ns != 0)
         CHECK_EQ(kvs_conn_group_bound_turn(&s->group, s->group_turn_ns), 0);
+    if (s->share_ns != 0)
+        kvs_conn_group_share_slices(&s->group, s->share_ns);
     server_listen(s);
 
     CHECK_EQ(pthread_create(&s->thread, NULL, client_main, s), 0);
@@ -1921,6 +1924,50 @@ KVS_TEST(a_groups_turn_bound_holds_its_members)
     CHECK(costly_group_run(500000, 0, 1000000, 0) <= 4); /* 2 in 1 ms, one past it (+1) */
 }
 
+/* on_tick: as far as the group can tell, another member delivered just
+ * now (a client sending one request at a time beside the pipeline). */
+static const kvs_conn_t another_member;
+static void another_member_delivers(server_t *s)
+{
+    s->group.last_member = &another_member;
+}
+
+static int shared_run(int others)
+{
+    server_t s;
+    server_init(&s, 1, client_costly_pipeline);
+    if (others) {
+        s.on_tick = another_member_delivers;
+        s.tick_ms = 1;
+    }
+    s.on_frame = costly_frame;
+    s.frame_ns = 500000;
+    s.turn_budget_ns = KVS_CONN_SLICE_NS; /* a router's client */
+    s.use_group = 1;
+    s.group_turn_ns = KVS_CONN_TURN_NS;
+    s.share_ns = 1000000;
+    s.deadline_ms = 20000;
+    server_run(&s);
+    CHECK_EQ(s.frames, COSTLY_FRAMES);
+    if (!others)
+        CHECK_EQ(s.group.switch_ms, 0); /* alone: its slices were never shared */
+    return s.max_same_turn;
+}
+
+/* While members take turns, a member's deliveries of a turn take the
+ * shared slice (1 ms), not its own 5 ms: a client pipelining thousands
+ * of requests kept another's single one waiting a whole slice. */
+KVS_TEST(members_taking_turns_share_shorter_slices)
+{
+    CHECK(shared_run(1) <= 4); /* 2 in 1 ms, one past it (+1) */
+}
+
+/* One alone keeps whole slices (fewer loop turns for the same work). */
+KVS_TEST(a_member_alone_keeps_whole_slices)
+{
+    shared_run(0);
+}
+
 /* A bound lifted while a member waits in the queue lets it go: every
  * frame is delivered (the queue's timer had kept comparing against a
  * bound of 0, and held it for ever). */
@@ -2105,5 +2152,7 @@ KVS_TEST_MAIN(
     KVS_CASE(a_kick_and_the_reads_after_it_share_the_turns_budget),
     KVS_CASE(a_groups_turn_bound_holds_its_members),
     KVS_CASE(a_lifted_turn_bound_releases_its_held_members),
+    KVS_CASE(members_taking_turns_share_shorter_slices),
+    KVS_CASE(a_member_alone_keeps_whole_slices),
     KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
     KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
