@@ -44,6 +44,7 @@
 #include "kvs_crypto.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "kvs_testhook.h"
 #include "kvs_token.h"
 #include "kvs_window.h"
 
@@ -55,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct kvs_auth_user_s {
     const kvs_user_t *cfg; /* name and grants */
@@ -109,6 +111,7 @@ struct kvs_auth_s {
     kvs_auth_attempt_t *parked, *parked_tail; /* waiting for their address's turn */
     addr_count_t addrs[KVS_AUTH_ADDRESSES];
     kvs_log_budget_t log_budget; /* failure lines */
+    uint64_t check_delay_ms;     /* KVS_TEST_AUTH_CHECK_MS: each check takes this much more */
 };
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -125,6 +128,9 @@ int kvs_auth_new(const kvs_config_t *cfg, uv_loop_t *loop, kvs_auth_t **out)
         return -ENOMEM;
     }
     a->loop = loop;
+    if (kvs_test_hook_u64("KVS_TEST_AUTH_CHECK_MS", &a->check_delay_ms))
+        kvs_warn("test hook: every token check takes %llu ms more (KVS_TEST_AUTH_CHECK_MS)",
+                 (unsigned long long)a->check_delay_ms);
     kvs_log_budget_init(&a->log_budget, "failed Auth attempts", KVS_AUTH_LOG_PER_SECOND, 1000);
     a->cfg = cfg;
     a->n_users = cfg->n_users;
@@ -408,6 +414,12 @@ static void attempt_done(kvs_auth_t *a, kvs_auth_attempt_t *at)
 static void work_check(uv_work_t *w)
 {
     kvs_auth_attempt_t *at = w->data;
+    if (at->auth->check_delay_ms != 0) { /* a dearer hash, without its CPU */
+        struct timespec d = {(time_t)(at->auth->check_delay_ms / 1000),
+                             (long)(at->auth->check_delay_ms % 1000) * 1000000L};
+        while (nanosleep(&d, &d) != 0 && errno == EINTR)
+            ;
+    }
     const kvs_token_hash_t *decoy = &at->auth->decoy;
     const kvs_token_hash_t *h = at->user != NULL && at->user->has_token ? &at->user->hash : decoy;
     int rc = kvs_token_check(h, at->token, at->token_len);

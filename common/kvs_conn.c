@@ -805,20 +805,35 @@ static void on_group_turn(uv_timer_t *t)
         uv_timer_start(&g->turn_timer, on_group_turn, 1, 0);
 }
 
+/* Whether c's group shares its slices (kvs_conn_group_share_slices). */
+static int conn_shares(const kvs_conn_t *c)
+{
+    return c->group != NULL && c->group->shared_slice_ns != 0 && !c->turn_exempt;
+}
+
 /* The slice of c's delivery starting at loop time `turn`: the group's
- * shared slice while its members take turns, else KVS_CONN_SLICE_NS. */
-static uint64_t conn_slice(kvs_conn_t *c, uint64_t turn)
+ * shared slice while its members take turns (another one ran requests
+ * last, or less than KVS_CONN_SHARED_MS ago), else KVS_CONN_SLICE_NS. */
+static uint64_t conn_slice(const kvs_conn_t *c, uint64_t turn)
+{
+    const kvs_conn_group_t *g = c->group;
+    if (!conn_shares(c))
+        return KVS_CONN_SLICE_NS;
+    int others = (g->last_member != NULL && g->last_member != c) ||
+                 (g->switch_ms != 0 && turn + 1 - g->switch_ms < KVS_CONN_SHARED_MS);
+    return others ? g->shared_slice_ns : KVS_CONN_SLICE_NS;
+}
+
+/* c ran requests at loop time `turn`: the group remembers who ran last,
+ * and when that changed. */
+static void conn_ran(kvs_conn_t *c, uint64_t turn)
 {
     kvs_conn_group_t *g = c->group;
-    if (g == NULL || g->shared_slice_ns == 0 || c->turn_exempt)
-        return KVS_CONN_SLICE_NS;
-    if (g->last_member != c) {
-        if (g->last_member != NULL)
-            g->switch_ms = turn + 1; /* + 1: never 0 */
-        g->last_member = c;
-    }
-    return g->switch_ms != 0 && turn + 1 - g->switch_ms < KVS_CONN_SHARED_MS ? g->shared_slice_ns
-                                                                             : KVS_CONN_SLICE_NS;
+    if (!conn_shares(c) || g->last_member == c)
+        return;
+    if (g->last_member != NULL)
+        g->switch_ms = turn + 1; /* + 1: never 0 */
+    g->last_member = c;
 }
 
 /* Hands every complete buffered frame to on_frame, until delivery is no
@@ -832,6 +847,7 @@ static void conn_deliver(kvs_conn_t *c)
     kvs_conn_group_t *g = c->group;
     int more = 0; /* frames left for the next turn: the slice is over */
     int held = 0; /* ... or the group's turn is */
+    int ran = 0;  /* a frame was delivered */
     /* What this loop turn's deliveries of c took so far (a kick's, then a
      * read's: see conn_kicked), against c's budget of a turn: a read after
      * a kick that spent it delivers nothing (one more slice a turn would
@@ -860,6 +876,7 @@ static void conn_deliver(kvs_conn_t *c)
             break;
         }
         c->on_frame(c, p, len);
+        ran = 1;
         now = kvs_now_ns(); /* one clock read a frame, the turn's count's too */
         if (now - since >= slice) {
             more = 1;
@@ -867,6 +884,8 @@ static void conn_deliver(kvs_conn_t *c)
         }
     }
     c->flags &= ~KVS_CONN_DELIVERING;
+    if (ran)
+        conn_ran(c, turn);
     if (has(c, KVS_CONN_EOF_PENDING) && !has(c, KVS_CONN_CLOSING) && !conn_ready(c)) {
         c->flags &= ~KVS_CONN_EOF_PENDING;
         conn_input_ended(c, KVS_ECLOSED);

@@ -461,8 +461,9 @@ static void scrape_as_user(http_conn_t *hc, uint64_t timeout_ms)
         scrape(hc, timeout_ms);
         return;
     }
-    strcat(msg, "\n");
-    respond_text(hc, 403, msg, NULL);
+    char body[sizeof(msg) + 1]; /* msg may fill its buffer: a long user name */
+    snprintf(body, sizeof(body), "%s\n", msg);
+    respond_text(hc, 403, body, NULL);
 }
 
 /* An Auth check's outcome (kvs_auth): the scrape, or its refusal. */

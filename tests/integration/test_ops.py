@@ -32,7 +32,7 @@ from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, encode, frame, pb, pyval,
                      req_hmget, req_hmset, req_hset, req_ping, resp_exchange, tls_context,
                      tls_yaml)
 from routertest import RouterTestCase, config_place, edit_config, free_port, stopped
-from test_auth import _HASHES, USERS, req_auth, users_yaml
+from test_auth import USERS, req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
@@ -845,11 +845,11 @@ class MetricsSecurityTest(MetricsCase):
             if conn is None:
                 c.close()
 
-    def users_router(self, users=None, metrics_auth=None, tls=None, limits=""):
+    def users_router(self, metrics_auth=None, tls=None, limits="", env=None):
         router_yaml = [] if metrics_auth is None else ["metrics_auth: %s" % metrics_auth]
-        extra = users_yaml(users or USERS, limits=limits) + (tls_yaml(metrics=tls) if tls else "")
+        extra = users_yaml(limits=limits) + (tls_yaml(metrics=tls) if tls else "")
         return self.metrics_router(router_yaml=router_yaml, shards=1, partitions=8,
-                                   extra_yaml=extra)
+                                   extra_yaml=extra, env=env)
 
     def test_https_serves_scrapes_and_tells_a_plain_client(self):
         r = self.metrics_router(shards=1, partitions=8,
@@ -988,17 +988,12 @@ class MetricsSecurityTest(MetricsCase):
         self.assertNotIn('failed Auth as "ops"', r.stderr())  # the third was never checked
 
     def slow_check(self, source=None):
-        """A router whose user "slow" (admin) has a token costing ~1 s a
-        check, and a connection (from `source`) whose scrape as "slow" is
-        being checked; returns the connection."""
-        users = dict(USERS)
-        users["slow"] = ("slow-pw", {"*": ["admin"]})
-        _HASHES["slow-pw"] = subprocess.run(
-            [CLI, "hash-token", "-", "4000000"], input=b"slow-pw", capture_output=True,
-            timeout=60, check=True).stdout.decode().strip()
-        self.users_router(users=users)
+        """A router whose token checks take 1.5 s each (a test hook: a dear
+        hash without its CPU), and a connection (from `source`) whose
+        scrape as ops is being checked; returns the connection."""
+        self.users_router(env={"KVS_TEST_AUTH_CHECK_MS": "1500"})
         checked = self.connect(source, timeout=60)
-        checked.sendall(self.GET_AS(b"slow:slow-pw"))
+        checked.sendall(self.GET_AS(b"ops:ops-pw"))
         return checked
 
     @staticmethod
