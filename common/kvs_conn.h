@@ -98,7 +98,7 @@
 #define KVS_CONN_TURN_NS 20000000u /* ... and deliveries this long a loop turn */
 /* A group's members deliver "together" while another member delivered
  * less than this long ago (kvs_conn_group_share_slices). */
-#define KVS_CONN_SHARED_MS 100u
+#define KVS_CONN_SHARED_MS 10000u
 
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;

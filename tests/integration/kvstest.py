@@ -176,6 +176,16 @@ def recv_exact(sock, n):
     return buf
 
 
+def recv_to_eof(sock):
+    """Everything sock receives until its peer closes (within its timeout)."""
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
 def status_kib(pid, what):
     """A field of /proc/PID/status in KiB ("RssAnon", "VmHWM", ...)."""
     with open("/proc/%d/status" % pid) as f:

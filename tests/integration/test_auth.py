@@ -15,7 +15,8 @@ import redis
 
 from kvstest import (BUILD_DIR, SANITIZED, Client, NodeTestCase, cert_path, frame, pb, pyval,
                      req_hget, req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset,
-                     req_hscan, req_hset, resp_exchange, status_kib, tls_context, tls_yaml)
+                     req_hscan, req_hset, recv_to_eof, resp_exchange, status_kib, tls_context,
+                     tls_yaml)
 from routertest import (RouterTestCase, free_port, free_port_range, keys_by_shard, router_pids,
                         stopped)
 
@@ -317,12 +318,7 @@ class AuthTest(RouterTestCase):
                 pass  # refused before it was all sent
             hogs.append(s)
         for s in hogs:  # each is told why, and closed
-            got = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
+            got = recv_to_eof(s)
             resp = pb.CommandResponse()
             resp.ParseFromString(got[4:])
             self.assertEqual(resp.status, 401, resp.message)

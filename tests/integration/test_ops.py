@@ -28,9 +28,9 @@ import unittest
 import redis
 
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
-from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, encode, frame, pb, pyval, req_hget,
-                     req_hmget, req_hmset, req_hset, req_ping, resp_exchange, tls_context,
-                     tls_yaml)
+from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, encode, frame, pb, pyval, recv_to_eof,
+                     req_hget, req_hmget, req_hmset, req_hset, req_ping, resp_exchange,
+                     tls_context, tls_yaml)
 from routertest import RouterTestCase, config_place, edit_config, free_port, stopped
 from test_auth import USERS, req_auth, users_yaml
 
@@ -976,12 +976,7 @@ class MetricsSecurityTest(MetricsCase):
         req = lambda cred: (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
                             + base64.b64encode(cred) + b"\r\n\r\n")
         s.sendall(req(b"ops:ops-pw") + req(b"alice:alice-pw") + req(b"ops:wrong"))
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = recv_to_eof(s)
         self.assertEqual(re.findall(rb"HTTP/1.1 (\d+)", got), [b"200", b"403"], got[-300:])
         wait_until(lambda: "node ready" in r.stderr(), WAIT)
         self.assertIsNone(r.proc.poll(), r.stderr()[-2000:])

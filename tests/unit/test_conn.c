@@ -1856,12 +1856,19 @@ static void lift_while_queued(server_t *s)
         CHECK_EQ(kvs_conn_group_bound_turn(&s->group, 0), 0);
 }
 
-static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t group_ns, int lift)
+static void another_member_delivers(server_t *s);
+
+/* The costly pipeline's most frames in one loop turn, each frame taking
+ * frame_ns, the connection's turn budget budget_ns; with group_ns, in a
+ * group bounding its turns so, sharing share_ns slices when not 0, and
+ * `tick` run every millisecond when not NULL. */
+static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t group_ns,
+                            uint64_t share_ns, void (*tick)(server_t *))
 {
     server_t s;
     server_init(&s, 1, client_costly_pipeline);
-    if (lift) {
-        s.on_tick = lift_while_queued;
+    if (tick != NULL) {
+        s.on_tick = tick;
         s.tick_ms = 1;
     }
     s.on_frame = costly_frame;
@@ -1869,20 +1876,23 @@ static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t grou
     s.turn_budget_ns = budget_ns;
     s.use_group = group_ns != 0;
     s.group_turn_ns = group_ns;
+    s.share_ns = share_ns;
     s.deadline_ms = 20000;
     server_run(&s);
     CHECK_EQ(s.frames, COSTLY_FRAMES);
     CHECK(s.max_same_turn >= 1);
-    if (group_ns != 0)
+    if (group_ns != 0 && share_ns == 0)
         CHECK(s.group.turns_held > 0);
-    if (lift)
+    if (tick == lift_while_queued)
         CHECK_EQ(s.group.turn_budget_ns, 0); /* lifted while it waited */
+    if (share_ns != 0 && tick != another_member_delivers)
+        CHECK_EQ(s.group.switch_ms, 0); /* alone: its slices were never shared */
     return s.max_same_turn;
 }
 
 static int costly_run(uint64_t frame_ns, uint64_t budget_ns)
 {
-    return costly_group_run(frame_ns, budget_ns, 0, 0);
+    return costly_group_run(frame_ns, budget_ns, 0, 0, NULL);
 }
 
 KVS_TEST(costly_frames_yield_the_loop_between_slices)
@@ -1921,7 +1931,7 @@ KVS_TEST(a_kick_and_the_reads_after_it_share_the_turns_budget)
  * with four busy processes on two cores). */
 KVS_TEST(a_groups_turn_bound_holds_its_members)
 {
-    CHECK(costly_group_run(500000, 0, 1000000, 0) <= 4); /* 2 in 1 ms, one past it (+1) */
+    CHECK(costly_group_run(500000, 0, 1000000, 0, NULL) <= 4); /* 2 in 1 ms, one past it (+1) */
 }
 
 /* on_tick: as far as the group can tell, another member delivered just
@@ -1932,26 +1942,11 @@ static void another_member_delivers(server_t *s)
     s->group.last_member = &another_member;
 }
 
+/* A router's client: its turn budget a slice, its group's the default. */
 static int shared_run(int others)
 {
-    server_t s;
-    server_init(&s, 1, client_costly_pipeline);
-    if (others) {
-        s.on_tick = another_member_delivers;
-        s.tick_ms = 1;
-    }
-    s.on_frame = costly_frame;
-    s.frame_ns = 500000;
-    s.turn_budget_ns = KVS_CONN_SLICE_NS; /* a router's client */
-    s.use_group = 1;
-    s.group_turn_ns = KVS_CONN_TURN_NS;
-    s.share_ns = 1000000;
-    s.deadline_ms = 20000;
-    server_run(&s);
-    CHECK_EQ(s.frames, COSTLY_FRAMES);
-    if (!others)
-        CHECK_EQ(s.group.switch_ms, 0); /* alone: its slices were never shared */
-    return s.max_same_turn;
+    return costly_group_run(500000, KVS_CONN_SLICE_NS, KVS_CONN_TURN_NS, 1000000,
+                            others ? another_member_delivers : NULL);
 }
 
 /* While members take turns, a member's deliveries of a turn take the
@@ -1973,7 +1968,7 @@ KVS_TEST(a_member_alone_keeps_whole_slices)
  * bound of 0, and held it for ever). */
 KVS_TEST(a_lifted_turn_bound_releases_its_held_members)
 {
-    costly_group_run(500000, 0, 1000000, 1);
+    costly_group_run(500000, 0, 1000000, 0, lift_while_queued);
 }
 
 static void never(uv_timer_t *t)
