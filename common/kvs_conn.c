@@ -1729,6 +1729,19 @@ void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg)
     l->output_budget = (size_t)cfg->output_buffers;
 }
 
+void kvs_conn_tls_reload(kvs_tls_ctx_t *c)
+{
+    char err[600];
+    if (c == NULL)
+        return;
+    if (kvs_tls_ctx_reload(c, err, sizeof(err)) == 0)
+        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
+                 kvs_tls_ctx_what(c));
+    else
+        kvs_error("%s: reload failed, still using the previous material: %s", kvs_tls_ctx_what(c),
+                  err);
+}
+
 int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *e, const char *what,
                              int server, kvs_tls_ctx_t **out, char *err, size_t errlen)
 {

@@ -567,6 +567,10 @@ void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg);
 int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *e, const char *what,
                              int server, kvs_tls_ctx_t **out, char *err, size_t errlen);
 
+/* SIGHUP: reads the files of TLS context `c` again (NULL: nothing), and
+ * logs the outcome naming it; a failure keeps the previous material. */
+void kvs_conn_tls_reload(kvs_tls_ctx_t *c);
+
 /* How many clients a listener may take: `configured` (limits.max_clients),
  * lowered so that `listeners` such listeners plus `reserve` descriptors
  * the process needs for itself (links, workers, files, the log) fit the

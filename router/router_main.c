@@ -497,20 +497,6 @@ static int tls_start(router_main_t *m)
     return EX_CONFIG;
 }
 
-/* Reloads one context; the old material stays in use if the new does not load. */
-static void tls_reload(kvs_tls_ctx_t *c)
-{
-    char err[600];
-    if (c == NULL)
-        return;
-    if (kvs_tls_ctx_reload(c, err, sizeof(err)) == 0)
-        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
-                 kvs_tls_ctx_what(c));
-    else
-        kvs_error("%s: reload failed, still using the previous material: %s", kvs_tls_ctx_what(c),
-                  err);
-}
-
 /* Pushes the reloaded live keys to what copied them: the slow log and hook
  * chain were rebuilt already; client limits (to connected clients too,
  * see kvs_conn_group_set_limits), links' router.timeout (for requests
@@ -589,8 +575,8 @@ static void on_sighup(void *arg)
     if (beats)
         (void)router_liveness_reloading(ROUTER_FD_NOTIFY); /* lost: judged as before */
     if (reload_config(m) == 0) {
-        tls_reload(m->r.tls);
-        tls_reload(m->r.link_tls);
+        kvs_conn_tls_reload(m->r.tls);
+        kvs_conn_tls_reload(m->r.link_tls);
     }
     if (beats || m->beat_every_ms != 0)
         on_beat(&m->beat);

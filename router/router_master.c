@@ -131,20 +131,6 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- live reload ------------------------------------------------------------------ */
 
-/* The metrics port's TLS material, read again (a reload the master took). */
-static void metrics_tls_reload(master_t *m)
-{
-    char err[600];
-    if (m->metrics_tls == NULL)
-        return;
-    if (kvs_tls_ctx_reload(m->metrics_tls, err, sizeof(err)) == 0)
-        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
-                 kvs_tls_ctx_what(m->metrics_tls));
-    else
-        kvs_error("%s: reload failed, still using the previous material: %s",
-                  kvs_tls_ctx_what(m->metrics_tls), err);
-}
-
 /* SIGHUP: a live reload; the children apply it too once the master
  * accepted the file. A new map then replaces the router processes
  * (router_master_change_begin), and the node is READY again once the new ones serve;
@@ -161,17 +147,18 @@ static void on_sighup(void *arg)
     int notify = m->ready && !m->changing;
     if (notify)
         router_notify_reloading("reloading %s", m->config_path);
-    if (router_master_reload_config(m, &map) != 0) {
-        /* logged: nothing changed, nobody is told */
+    int taken = router_master_reload_config(m, &map) == 0; /* else logged: nothing changed */
+    if (taken)
+        kvs_conn_tls_reload(m->metrics_tls); /* the metrics port is the master's */
+    if (!taken) {
+        /* nobody is told */
     } else if (map) {
-        metrics_tls_reload(m);
         /* The serving router processes keep their config: the new
          * generation starts with the new one, the workers get the SIGHUP
          * once it serves (router_master_change_switch). */
         kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
                  "it once they serve");
     } else {
-        metrics_tls_reload(m);
         router_master_live_configure(m); /* before the router processes take the new interval */
         size_t r = router_master_gen_signal(m->routers, SIGHUP) +
                    router_master_gen_signal(m->next, SIGHUP) +

@@ -960,6 +960,37 @@ KVS_TEST(value_too_large_to_read_back_is_413)
     CHECK_EQ(node_store_table_count(fx.store), 0);
 }
 
+/* A shard directory made from template `dir` and its node_handoff_t, this
+ * node "a" holding every shard of a four-shard map (*cfg, to free). */
+static node_handoff_t *handoff_fixture(char *dir, kvs_config_t **cfg)
+{
+    char text[512], err[256];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(text, sizeof(text),
+             "node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+             "    - {name: a, address: \"127.0.0.1:1000\", shards: [0, 1, 2, 3]}\n");
+    *cfg = NULL;
+    CHECK_EQ(kvs_config_parse("test", text, strlen(text), cfg, err, sizeof(err)), 0);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 3, *cfg, 0, &h), 0);
+    return h;
+}
+
+/* Frees handoff_fixture's pair and removes its directory, which holds
+ * exactly files[0..n). */
+static void handoff_fixture_free(node_handoff_t *h, kvs_config_t *cfg, const char *dir,
+                                 const char *const *files, size_t n)
+{
+    char path[128];
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        CHECK_EQ(unlink(path), 0);
+    }
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 /* A write refused because of the shard's state (its snapshot went to
  * another node, so writes to unbound tables wait for the move: 503; or it
  * has several replicas: 400) is first checked for a pair too large to
@@ -972,15 +1003,9 @@ KVS_TEST(value_too_large_to_read_back_is_413)
 KVS_TEST(an_unbound_write_waits_for_the_map_the_master_takes)
 {
     setup(4096, 16);
-    char dir[] = "/tmp/kvs-test-cmd-holders-XXXXXX", text[512], err[256], path[128];
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(text, sizeof(text),
-             "node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
-             "    - {name: a, address: \"127.0.0.1:1000\", shards: [0, 1, 2, 3]}\n");
-    kvs_config_t *cfg = NULL;
-    CHECK_EQ(kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err)), 0);
-    node_handoff_t *h = NULL;
-    CHECK_EQ(node_handoff_open(dir, 3, cfg, 0, &h), 0);
+    char dir[] = "/tmp/kvs-test-cmd-holders-XXXXXX";
+    kvs_config_t *cfg;
+    node_handoff_t *h = handoff_fixture(dir, &cfg);
     fx.ctx.handoff = h;
     fx.ctx.replicas = 1;
     const char *both[] = {"a", "b"}, *alone[] = {"a"};
@@ -995,28 +1020,16 @@ KVS_TEST(an_unbound_write_waits_for_the_map_the_master_takes)
     end_turn();
     fx.ctx.handoff = NULL;
     fx.ctx.replicas = 0;
-    node_handoff_free(h);
-    kvs_config_free(cfg);
     const char *files[] = {"unbound-rows", "holders", "handoff.lock"};
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
-        CHECK_EQ(unlink(path), 0);
-    }
-    CHECK_EQ(rmdir(dir), 0);
+    handoff_fixture_free(h, cfg, dir, files, 3);
 }
 
 KVS_TEST(a_refused_write_with_a_pair_too_large_is_413_first)
 {
     setup(4096, 16);
-    char dir[] = "/tmp/kvs-test-cmd-fence-XXXXXX", text[512], err[256];
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(text, sizeof(text),
-             "node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
-             "    - {name: a, address: \"127.0.0.1:1000\", shards: [0, 1, 2, 3]}\n");
-    kvs_config_t *cfg = NULL;
-    CHECK_EQ(kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err)), 0);
-    node_handoff_t *h = NULL;
-    CHECK_EQ(node_handoff_open(dir, 3, cfg, 0, &h), 0);
+    char dir[] = "/tmp/kvs-test-cmd-fence-XXXXXX";
+    kvs_config_t *cfg;
+    node_handoff_t *h = handoff_fixture(dir, &cfg);
     int raised = 0;
     CHECK_EQ(node_handoff_fence(h, "127.0.0.1:2000", cfg, &raised), 0);
     CHECK_EQ(raised, 1);
@@ -1045,12 +1058,8 @@ KVS_TEST(a_refused_write_with_a_pair_too_large_is_413_first)
     check_status(hget(TABLE, "big"), 404);
     check_status(hget(TABLE, "small"), 404);
     node_handoff_unfence(h);
-    node_handoff_free(h);
-    kvs_config_free(cfg);
-    char lock[64];
-    snprintf(lock, sizeof(lock), "%s/handoff.lock", dir); /* taken to raise the fence */
-    CHECK_EQ(unlink(lock), 0);
-    CHECK_EQ(rmdir(dir), 0);
+    const char *files[] = {"handoff.lock"}; /* taken to raise the fence */
+    handoff_fixture_free(h, cfg, dir, files, 1);
 }
 
 /* The largest pair allowed (511-byte key, value at the limit) is larger
