@@ -258,6 +258,20 @@ class EioTest(RouterTestCase):
             print(sync, spec, seed, calls, errno_name, when, out)
         return out
 
+    def run_until_gave_up(self, sync, spec_seed, **kw):
+        """run_window, again with the next seed (at most three windows)
+        while no commit failed writing LMDB's meta page: that is what the
+        callers test, and a window's failures land on meta pages only by
+        chance. At this machine's rate of commits a window without one is
+        rare; a slow disk commits fewer, larger batches (a loaded CI run
+        once failed 14 calls in its window, not one a meta page)."""
+        spec_text, seed = spec_seed
+        for attempt in range(3):
+            out = self.run_window(sync, spec_text, seed + attempt, **kw)
+            if out["gave_up"] > 0:
+                break
+        return out
+
     def assert_gave_up(self, out):
         """Some commit failed writing LMDB's meta page: its answers said
         outcome_unknown, and its worker stopped (exit status 1) and was
@@ -296,12 +310,12 @@ class EioTest(RouterTestCase):
         self.assertEqual(killed, [], "\n".join(killed))
 
     def test_failing_syncs_and_writes_with_sync_full(self):
-        out = self.run_window("full", *spec("ppm=20000"))
+        out = self.run_until_gave_up("full", spec("ppm=20000"))
         self.assertGreater(out["answers"], 100, out)
         self.assert_gave_up(out)
 
     def test_failing_syncs_and_writes_with_sync_batch(self):
-        out = self.run_window("batch", *spec("ppm=20000"))
+        out = self.run_until_gave_up("batch", spec("ppm=20000"))
         self.assertGreater(out["answers"], 100, out)
         self.assert_gave_up(out)
 
@@ -356,7 +370,7 @@ class EioTest(RouterTestCase):
             self.assertTrue(wait_until(lambda: c.call(req_hget("t", b"k")).status == 200, 10))
 
     def test_syncs_that_fail_after_reaching_the_disk_with_sync_full(self):
-        out = self.run_window("full", *spec("ppm=30000"), calls="sync,dsync", when="after")
+        out = self.run_until_gave_up("full", spec("ppm=30000"), calls="sync,dsync", when="after")
         self.assertGreater(out["answers"], 100, out)
         self.assert_gave_up(out)
 

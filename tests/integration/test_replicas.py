@@ -292,12 +292,23 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         traffic.start()
         time.sleep(1.0)
         b.kill_all()  # kill -9: router and every worker of node b
+        # Each of b's partitions gets 100 records more while it is down
+        # (beside the traffic's, which a slow machine writes few of).
+        burst, want_each = {}, 100
+        i = 0
+        while min(len(burst.get(p, ())) for p in range(TOPIC_PARTS)) < want_each:
+            key = b"burst-%d" % i
+            burst.setdefault(partition_of(key, TOPIC_PARTS), []).append(key)
+            i += 1
+        kafkatest.produce(mock.bootstrap, TOPIC, [(k, b"x") for p in range(TOPIC_PARTS)
+                                                  if p % SHARDS in LAYOUT["b"]
+                                                  for k in burst[p][:want_each]])
         time.sleep(2.0)
         down_reads = traffic.reads
-        # b comes back slowly ingesting (1 ms per record), behind by more
+        # b comes back slowly ingesting (10 ms per record), behind by more
         # than max_lag on its partitions: it must not serve them until it
         # caught up; a's and c's clients see nothing of it.
-        b.env["KVS_TEST_INGEST_DELAY_MS"] = "1"
+        b.env["KVS_TEST_INGEST_DELAY_MS"] = "10"
         b.proc = None
         b.start()
         behind = []

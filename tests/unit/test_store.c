@@ -474,10 +474,13 @@ static int fill(node_store_t *s, failed_t *f)
     return 0;
 }
 
-/* A full disk fails the commit, not an earlier step: every write of the
- * batch is accepted into it, the commit fails with KVS_EFULL, fail_cb is
- * told that batch's generation, nothing of it is stored, earlier data is
- * intact, and once there is room again writes work. */
+/* A disk that fills up between a batch's writes and its commit (another
+ * writer took the space) fails the commit: the commit fails with
+ * KVS_EFULL, fail_cb is told that batch's generation, nothing of it is
+ * stored, earlier data is intact, and once there is room again writes
+ * work. (The limit comes after the writes: a write looks at the free space
+ * at most FREE_LOOK_MS after the last look, so on a slow machine one made
+ * after the limit was refused as it should be, not accepted.) */
 static void commit_fails_on_full_disk(kvs_sync_t sync)
 {
     fresh_dir();
@@ -488,7 +491,6 @@ static void commit_fails_on_full_disk(kvs_sync_t sync)
     put_str(s, "t", "before", "kept");
     uint64_t kept_gen = node_store_batch_gen(s);
     CHECK_EQ(node_store_end_turn(s), 0);
-    limit_growth(0);
     char key[32], val[1000];
     memset(val, 'x', sizeof(val));
     for (int i = 0; i < 300; i++) {
@@ -499,6 +501,7 @@ static void commit_fails_on_full_disk(kvs_sync_t sync)
     uint64_t gen = node_store_batch_gen(s);
     CHECK(gen != 0);
     CHECK(get_is(s, "t", "new0299", NULL) == 0); /* the batch reads its own writes */
+    limit_growth(0);
     CHECK_EQ(node_store_end_turn(s), KVS_EFULL);
     CHECK_EQ(f.calls, 1);
     CHECK_EQ(f.gen, gen);
