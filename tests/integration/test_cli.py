@@ -867,7 +867,9 @@ class HostileServerTest(unittest.TestCase):
         took = time.monotonic() - t
         p.stderr.close()
         self.assertIn(b"no reply within 1 s (see --timeout)", said)
-        self.assertLess(took, 0.5)
+        # The old close took a second (its flush's deadline); the exit
+        # itself, under the sanitizers on a loaded machine, up to 0.4 s.
+        self.assertLess(took, 0.9)
 
     def test_a_session_reconnects_after_the_server_closed_it_while_idle(self):
         # A router with limits.idle_timeout closes a session's connection
