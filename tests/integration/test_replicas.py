@@ -291,24 +291,26 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         traffic = Traffic([a, c])
         traffic.start()
         time.sleep(1.0)
+        ends = kafkatest.watermarks(mock.bootstrap, TOPIC, TOPIC_PARTS)
         b.kill_all()  # kill -9: router and every worker of node b
-        # Each of b's partitions gets 100 records more while it is down
-        # (beside the traffic's, which a slow machine writes few of).
-        burst, want_each = {}, 100
-        i = 0
-        while min(len(burst.get(p, ())) for p in range(TOPIC_PARTS)) < want_each:
-            key = b"burst-%d" % i
-            burst.setdefault(partition_of(key, TOPIC_PARTS), []).append(key)
-            i += 1
-        kafkatest.produce(mock.bootstrap, TOPIC, [(k, b"x") for p in range(TOPIC_PARTS)
-                                                  if p % SHARDS in LAYOUT["b"]
-                                                  for k in burst[p][:want_each]])
+        # Down for 2 s, and until the traffic wrote twice max_lag records
+        # to each of b's partitions (a loaded machine's traffic writes few:
+        # a burst produced at once instead put a and c past max_lag too,
+        # for the moment they took to apply it, and they refused reads).
+        mine = [p for p in range(TOPIC_PARTS) if p % SHARDS in LAYOUT["b"]]
+
+        def b_far_behind():
+            now = kafkatest.watermarks(mock.bootstrap, TOPIC, TOPIC_PARTS)
+            return all(now[p][1] - ends[p][1] >= 2 * 20 for p in mine)
         time.sleep(2.0)
+        self.assertTrue(wait_until(b_far_behind, 60),
+                        "the traffic wrote too little while b was down")
         down_reads = traffic.reads
-        # b comes back slowly ingesting (10 ms per record), behind by more
-        # than max_lag on its partitions: it must not serve them until it
-        # caught up; a's and c's clients see nothing of it.
-        b.env["KVS_TEST_INGEST_DELAY_MS"] = "10"
+        # b comes back slowly ingesting (one record every 100 ms: 40 per
+        # partition take it seconds), behind by more than max_lag on its
+        # partitions: it must not serve them until it caught up; a's and
+        # c's clients see nothing of it.
+        b.env["KVS_TEST_INGEST_DELAY_MS"] = "100"
         b.proc = None
         b.start()
         behind = []
