@@ -288,12 +288,12 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
     def test_kill_a_whole_node_reads_and_writes_go_on(self):
         mock, bases, rt = self.cluster(max_lag=20)
         a, b, c = rt["a"], rt["b"], rt["c"]
-        traffic = Traffic([a, c])
+        traffic = Traffic([a, c], writers_per_router=2)
         traffic.start()
         time.sleep(1.0)
         ends = kafkatest.watermarks(mock.bootstrap, TOPIC, TOPIC_PARTS)
         b.kill_all()  # kill -9: router and every worker of node b
-        # Down for 2 s, and until the traffic wrote twice max_lag records
+        # Down for 2 s, and until the traffic wrote max_lag + 10 records
         # to each of b's partitions (a loaded machine's traffic writes few:
         # a burst produced at once instead put a and c past max_lag too,
         # for the moment they took to apply it, and they refused reads).
@@ -301,16 +301,16 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
 
         def b_far_behind():
             now = kafkatest.watermarks(mock.bootstrap, TOPIC, TOPIC_PARTS)
-            return all(now[p][1] - ends[p][1] >= 2 * 20 for p in mine)
+            return all(now[p][1] - ends[p][1] >= 20 + 10 for p in mine)
         time.sleep(2.0)
         self.assertTrue(wait_until(b_far_behind, 60),
                         "the traffic wrote too little while b was down")
         down_reads = traffic.reads
-        # b comes back slowly ingesting (one record every 100 ms: 40 per
-        # partition take it seconds), behind by more than max_lag on its
-        # partitions: it must not serve them until it caught up; a's and
-        # c's clients see nothing of it.
-        b.env["KVS_TEST_INGEST_DELAY_MS"] = "100"
+        # b comes back slowly ingesting (a record a second: on a slow
+        # machine too, it is still past max_lag when asked), behind by more
+        # than max_lag on its partitions: it must not serve them until it
+        # caught up; a's and c's clients see nothing of it.
+        b.env["KVS_TEST_INGEST_DELAY_MS"] = "1000"
         b.proc = None
         b.start()
         behind = []
@@ -333,7 +333,12 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreater(traffic.reads - down_reads, 20)
         self.assertGreater(len(traffic.acked), 100)
         self.assertEqual(set(traffic.write_status) - {200, 503}, set(), traffic.write_status)
-        # b catches up, then serves every acknowledged write itself.
+        # b, restarted at full speed, catches up, then serves every
+        # acknowledged write itself.
+        self.assertEqual(b.stop(), 0)
+        del b.env["KVS_TEST_INGEST_DELAY_MS"]
+        b.proc = None
+        b.start()
         for s in LAYOUT["b"]:
             self.assertTrue(wait_until(lambda: all(
                 v["serving"] == 1 and v["lag"] == 0 for v in
