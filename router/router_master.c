@@ -147,24 +147,22 @@ static void on_sighup(void *arg)
     int notify = m->ready && !m->changing;
     if (notify)
         router_notify_reloading("reloading %s", m->config_path);
-    int taken = router_master_reload_config(m, &map) == 0; /* else logged: nothing changed */
-    if (taken)
-        kvs_conn_tls_reload(m->metrics_tls); /* the metrics port is the master's */
-    if (!taken) {
-        /* nobody is told */
-    } else if (map) {
-        /* The serving router processes keep their config: the new
-         * generation starts with the new one, the workers get the SIGHUP
-         * once it serves (router_master_change_switch). */
-        kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
-                 "it once they serve");
-    } else {
-        router_master_live_configure(m); /* before the router processes take the new interval */
-        size_t r = router_master_gen_signal(m->routers, SIGHUP) +
-                   router_master_gen_signal(m->next, SIGHUP) +
-                   router_master_gen_signal(m->old, SIGHUP);
-        size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
+    if (router_master_reload_config(m, &map) == 0) { /* else logged: nobody is told */
+        kvs_conn_tls_reload(m->metrics_tls);         /* the metrics port is the master's */
+        if (map) {
+            /* The serving router processes keep their config: the new
+             * generation starts with the new one, the workers get the
+             * SIGHUP once it serves (router_master_change_switch). */
+            kvs_info("SIGHUP: the router processes of the new map start with it; the workers "
+                     "get it once they serve");
+        } else {
+            router_master_live_configure(m); /* before the routers take the new interval */
+            size_t r = router_master_gen_signal(m->routers, SIGHUP) +
+                       router_master_gen_signal(m->next, SIGHUP) +
+                       router_master_gen_signal(m->old, SIGHUP);
+            size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+            kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
+        }
     }
     if (map) {
         router_master_change_begin(m);

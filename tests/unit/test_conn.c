@@ -1885,7 +1885,7 @@ static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t grou
         CHECK(s.group.turns_held > 0);
     if (tick == lift_while_queued)
         CHECK_EQ(s.group.turn_budget_ns, 0); /* lifted while it waited */
-    if (share_ns != 0 && tick != another_member_delivers)
+    if (share_ns != 0 && tick == NULL)
         CHECK_EQ(s.group.switch_ms, 0); /* alone: its slices were never shared */
     return s.max_same_turn;
 }
@@ -1955,6 +1955,26 @@ static int shared_run(int others)
 KVS_TEST(members_taking_turns_share_shorter_slices)
 {
     CHECK(shared_run(1) <= 4); /* 2 in 1 ms, one past it (+1) */
+}
+
+/* on_tick: the group turned to this member switched_ago_ms ago (another
+ * member ran a request then), and it has run alone since. */
+static uint64_t switched_ago_ms;
+static void switched_to_it_ago(server_t *s)
+{
+    s->group.last_member = &s->conn;
+    s->group.switch_ms = uv_now(&s->loop) - switched_ago_ms + 1; /* + 1: as conn_ran keeps it */
+}
+
+/* Slices stay shared for KVS_CONN_SHARED_MS (10 s) after another member
+ * ran: with a 100 ms window a client sending a request every second or
+ * so beside a pipelining one found whole slices again each time, and
+ * waited one (5-7 ms) for every request. */
+KVS_TEST(slices_stay_shared_for_seconds_after_another_member_ran)
+{
+    switched_ago_ms = 5000;
+    CHECK(costly_group_run(500000, KVS_CONN_SLICE_NS, KVS_CONN_TURN_NS, 1000000,
+                           switched_to_it_ago) <= 4); /* 2 in 1 ms, one past it (+1) */
 }
 
 /* One alone keeps whole slices (fewer loop turns for the same work). */
@@ -2148,6 +2168,7 @@ KVS_TEST_MAIN(
     KVS_CASE(a_groups_turn_bound_holds_its_members),
     KVS_CASE(a_lifted_turn_bound_releases_its_held_members),
     KVS_CASE(members_taking_turns_share_shorter_slices),
+    KVS_CASE(slices_stay_shared_for_seconds_after_another_member_ran),
     KVS_CASE(a_member_alone_keeps_whole_slices),
     KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
     KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
