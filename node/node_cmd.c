@@ -45,6 +45,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -813,6 +814,8 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
         if ((rc = node_handoff_writing(ctx->handoff, batch)) == 0)
             return 0;
         char why[300];
+        /* A full disk or a size limit is 507 here as on every other write. */
+        bool full = rc == -ENOSPC || rc == -EDQUOT || rc == -EFBIG;
         if (rc == -EAGAIN)
             snprintf(why, sizeof(why),
                      "the cluster.nodes being taken gives shard %u to other nodes too, or not to "
@@ -823,9 +826,10 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
                      "shard %u cannot record that it holds rows of such tables, which a move of "
                      "the shard must know (%s); nothing was written",
                      ctx->shard, kvs_strerror(rc));
-        rc = kvs_msg_append_status(
-            out, KVS_STATUS_UNAVAILABLE, "%s: table \"%.*s\" is bound to no Kafka topic, and %s",
-            kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table, why);
+        rc = kvs_msg_append_status(out, full ? KVS_STATUS_NO_SPACE : KVS_STATUS_UNAVAILABLE,
+                                   "%s: table \"%.*s\" is bound to no Kafka topic, and %s",
+                                   kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len),
+                                   (const char *)table, why);
         return rc == 0 ? 1 : rc;
     }
     size_t klen, vlen;

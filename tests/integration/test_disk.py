@@ -417,6 +417,26 @@ class DiskTest(NodeTestCase):
         self.assertIn("write batch", n.stderr())
         self.assertEqual(n.stop(), 0, n.stderr())
 
+    def test_a_first_write_whose_record_cannot_be_written_is_507(self):
+        # A worker records that it holds rows of tables bound to no topic
+        # (shard-0/unbound-rows) before its first such write. With no file
+        # allowed to grow at all (RLIMIT_FSIZE 0: EFBIG), that record fails
+        # first: as good as a full disk, so 507 as on every other write
+        # (it was 503), and nothing was written.
+        n = self.node()
+        resource.prlimit(n.pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+        with n.client() as c:
+            a = c.hset("t", "k", "v")
+            self.assertStatus(a, 507)
+            self.assertIn("cannot record that it holds rows of such tables", a.message)
+            self.assertIn("File too large", a.message)
+            self.assertIn("nothing was written", a.message)
+            n.unlimit_growth()
+            self.assertEqual(c.hget("t", "k").status, 404)
+            self.assertOk(c.hset("t", "k", "v"))
+            self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
+        self.assertEqual(n.stop(), 0, n.stderr())
+
     def test_a_data_file_removed_or_replaced_under_the_worker_stops_it(self):
         # The shard directory removed (or data.mdb replaced) while the
         # worker runs: its writes used to be acknowledged, with no word,
