@@ -35,7 +35,11 @@
  *      - else, when most records of the period came where the binding
  *        puts them (and so many that a wrong hash would place them so by
  *        chance less than once in 1,000), that the misplaced ones were
- *        sent elsewhere by their producers;
+ *        sent elsewhere by their producers; a period of fewer than
+ *        NODE_PLACECHECK_JUDGE_MIN records tells nothing alone (a stray
+ *        that came a fetch after the others was reported as "too few to
+ *        tell" in a topic of thousands placed right), so it is judged on
+ *        every record the worker took;
  *      - else that the records are too few to tell (naming what fits);
  *      - else `partitioner: none` (no hash fits);
  *  - the first report comes at the end of the first batch with a misplaced
@@ -122,6 +126,7 @@ int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, in
         return 0;
     c->batch_checked++;
     c->checked++;
+    c->total++;
     uint32_t want = kvs_place_partition_by(c->partitioner, key, len, c->partitions);
     if (partition >= 0 && want == (uint32_t)partition) {
         if (c->seen > 0)
@@ -129,6 +134,7 @@ int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, in
         return 0;
     }
     c->batch_misplaced++;
+    c->total_misplaced++;
     int first = c->pending++ == 0;
     if (c->seen == 0) /* the first ever: the evidence starts */
         for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
@@ -212,6 +218,8 @@ static void advice(const node_placecheck_t *c, const char *topic, char *out, siz
     int n = candidates(c, which, &sure, &best);
     names(which, list, sizeof(list));
     const char *by = kvs_place_partitioner_name(c->partitioner);
+    int whole = c->checked < NODE_PLACECHECK_JUDGE_MIN; /* the period tells nothing alone */
+    uint64_t bad = whole ? c->total_misplaced : c->pending, all = whole ? c->total : c->checked;
     if (sure && best > 0)
         snprintf(strays, sizeof(strays),
                  " (the other %llu were sent to partitions of their producers' choosing)",
@@ -229,16 +237,16 @@ static void advice(const node_placecheck_t *c, const char *topic, char *out, siz
                  "one where they came: set the one the producers use in the kafka.bindings entry "
                  "of topic %s",
                  list, (unsigned long long)c->seen, topic);
-    else if (!nearly_all(c->pending, c->checked, c->partitions) && c->partitions > 1 &&
-             by_chance(c->checked - c->pending, 0, c->partitions) < 1e-3)
+    else if (!nearly_all(bad, all, c->partitions) && c->partitions > 1 &&
+             by_chance(all - bad, 0, c->partitions) < 1e-3)
         snprintf(out, len,
-                 "the other %llu of %llu record(s) came where partitioner: %s puts them: the "
+                 "the other %llu of %llu record(s)%s came where partitioner: %s puts them: the "
                  "misplaced ones were sent to partitions of their producers' choosing (explicit "
                  "partitions or another partitioner): produce them with the topic's "
                  "partitioner, or, if the producers choose partitions themselves, set "
                  "partitioner: none in the kafka.bindings entry of topic %s",
-                 (unsigned long long)(c->checked - c->pending), (unsigned long long)c->checked, by,
-                 topic);
+                 (unsigned long long)(all - bad), (unsigned long long)all,
+                 whole ? " this worker has taken" : "", by, topic);
     else if (n > 0)
         snprintf(out, len,
                  "%s %s %s them where they came, but %llu record(s) since the first misplaced one "

@@ -36,8 +36,9 @@
 typedef struct node_placecheck_s {
     kvs_partitioner_t partitioner; /* the binding's; none = nothing is checked */
     uint32_t partitions;
-    uint64_t pending; /* misplaced since the last report */
-    uint64_t checked; /* keyed records checked since the last report */
+    uint64_t pending;                /* misplaced since the last report */
+    uint64_t checked;                /* keyed records checked since the last report */
+    uint64_t total, total_misplaced; /* ... and since the start, never reset */
     /* The evidence, from the first misplaced record on (never reset: it
      * only grows): records checked, and for each other partitioner still
      * tried, how many it would not have placed where they came. */

@@ -231,7 +231,10 @@ class PartitionerTest(test_ingest.KafkaFixtures, unittest.TestCase):
                         r.stderr()[-3000:])
         for ln in reports():
             self.assertRegex(ln, r"node\[\d\] WARN +kafka orders: ")
-            self.assertRegex(ln, r"the other \d+ of \d+ record\(s\) came where partitioner: "
+            # (a stray that came a fetch later, in a period of its own, is
+            # judged on every record its worker took)
+            self.assertRegex(ln, r"the other \d+ of \d+ record\(s\)( this worker has taken)? came "
+                                 r"where partitioner: "
                                  r"murmur2 puts them: the misplaced ones were sent to partitions "
                                  r"of their producers' choosing")
             self.assertNotIn("set partitioner: crc32", ln)

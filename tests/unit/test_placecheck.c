@@ -242,6 +242,43 @@ KVS_TEST(few_records_placed_right_tell_no_stray)
     CHECK_CONTAINS(line, "are too few to tell a partitioner from chance");
 }
 
+/* A stray that comes a fetch after the report of another, in a period of
+ * a few records, is judged on every record the worker took: it was "too
+ * few to tell" in a topic of hundreds placed right. A large period is
+ * still judged alone. */
+KVS_TEST(a_later_stray_in_a_small_period_is_judged_on_all_records)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, P);
+    char key[32];
+    int32_t came;
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_MURMUR2, 0, 500), 0);
+    stray_of(KVS_PARTITIONER_CRC32, 0, key, sizeof(key), &came);
+    CHECK_EQ(node_placecheck_record(&c, key, strlen(key), came), 1);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 1, line, sizeof(line)), KVS_LOG_WARN);
+    CHECK_CONTAINS(line, "the other 500 of 501 record(s) came where partitioner: murmur2");
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_MURMUR2, 500, 502), 0);
+    stray_of(KVS_PARTITIONER_CRC32, 1, key, sizeof(key), &came);
+    CHECK_EQ(node_placecheck_record(&c, key, strlen(key), came), 1);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 2, line, sizeof(line)), -1); /* rate-limited */
+    CHECK_EQ(node_placecheck_tick(&c, "t", 1 + NODE_PLACECHECK_EVERY_MS, line, sizeof(line)),
+             KVS_LOG_WARN);
+    CHECK_CONTAINS(line, "kafka t: 1 record(s) came on another partition");
+    CHECK_CONTAINS(line, "the other 502 of 504 record(s) this worker has taken came where "
+                         "partitioner: murmur2 puts them: the misplaced ones were sent to "
+                         "partitions of their producers' choosing");
+    CHECK(strstr(line, "too few") == NULL && strstr(line, "set partitioner: crc32") == NULL);
+    /* A period of its own size: nearly all misplaced there is not strays,
+     * whatever came before. */
+    for (int i = 0; i < 40; i++) {
+        stray_of(KVS_PARTITIONER_CRC32, 2 + i, key, sizeof(key), &came);
+        CHECK_EQ(node_placecheck_record(&c, key, strlen(key), came), 1);
+    }
+    CHECK_EQ(node_placecheck_tick(&c, "t", 2 + 2 * NODE_PLACECHECK_EVERY_MS, line, sizeof(line)),
+             KVS_LOG_WARN);
+    CHECK(strstr(line, "came where partitioner: murmur2 puts them") == NULL);
+}
+
 /* Records placed right after a stray refute the other hashes: from then on
  * no more are computed (a stray costs a few hashes, not three per record). */
 KVS_TEST(refuted_partitioners_are_not_tried_again)
@@ -423,6 +460,7 @@ KVS_TEST_MAIN(KVS_CASE(matching_partitioner_is_silent), KVS_CASE(none_checks_not
               KVS_CASE(explicit_partitions_advise_none), KVS_CASE(few_misplaced_is_a_warning),
               KVS_CASE(nearly_all_threshold), KVS_CASE(a_stray_record_advises_no_partitioner),
               KVS_CASE(few_records_placed_right_tell_no_stray),
+              KVS_CASE(a_later_stray_in_a_small_period_is_judged_on_all_records),
               KVS_CASE(refuted_partitioners_are_not_tried_again),
               KVS_CASE(strays_first_do_not_rule_out_the_producers_partitioner),
               KVS_CASE(few_records_are_too_few_to_name_a_partitioner),
