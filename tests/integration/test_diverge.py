@@ -139,6 +139,26 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
     def parts(self, router):
         return kafka_parts(info(router), TOPIC)
 
+    def one_answer_then_none(self, mock, go, answered, wait):
+        """Scripts mock's answers to the range question: one (where the log
+        starts and ends: two ListOffsets requests), then none; calls go(),
+        which makes the question come, and returns whether answered() held
+        within `wait` s. A question that outran its timeout on a loaded
+        machine (the worker asker's first, which connects) takes the
+        scripted answer with it and counts as unanswered: the partition
+        stays out of range and is asked again at every tick. So the answer
+        is scripted once more then."""
+        for attempt in range(2):
+            if attempt:
+                mock.ctl("clear-errors ListOffsets")
+            mock.ctl("error ListOffsets NO_ERROR 2")
+            mock.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")
+            if not attempt:
+                go()
+            if wait_until(answered, wait):
+                return True
+        return False
+
     def write_until_produced(self, router, mock, key, end, timeout):
         """An Hset of `key` in a thread of its own, returned once TOPIC's
         partition 0 ends at `end` (Kafka has the write's record), with the
@@ -630,13 +650,10 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertTrue(r.wait_all_gone())
         b = self.mock({TOPIC: 1}, control=True)
         produce(b.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(5)])
-        # One answer is two ListOffsets requests: where the log starts, ends.
-        b.ctl("error ListOffsets NO_ERROR 2")
-        b.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")
         self.point_at(r, a, b)
-        r.start()
-        self.assertTrue(wait_until(lambda: "asking again to be sure" in r.stderr() or
-                                   "DIVERGED" in r.stderr(), 20), "no answer came")
+        self.assertTrue(self.one_answer_then_none(
+            b, r.start, lambda: "asking again to be sure" in r.stderr() or "DIVERGED" in r.stderr(),
+            20), "no answer came")
         log = r.stderr()
         self.assertFalse("DIVERGED" in log, "one answer must not halt the partition")
         self.assertIn("asking again to be sure", log)
@@ -760,11 +777,10 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.wait_caught_up(r, TOPIC, {0: 20})
         assigned = "kafka: consuming 2 partition(s)"
         self.assertEqual(r.stderr().count(assigned), 1)
-        m.ctl("error ListOffsets NO_ERROR 2")  # one answer (start, end) ...
-        m.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")  # ... then none
-        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 1")
-        self.assertTrue(wait_until(lambda: "asking again to be sure" in r.stderr(), 10),
-                        "the short answer must make the partition suspect")
+        self.assertTrue(self.one_answer_then_none(
+            m, lambda: m.ctl("error Fetch OFFSET_OUT_OF_RANGE 1"),
+            lambda: "asking again to be sure" in r.stderr(), 10),
+            "the short answer must make the partition suspect")
         p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--socket", r.socket_path(0),
                             "--timeout", "5", "rebuild", "zeta"], stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=30)
