@@ -62,6 +62,7 @@
 #include "kvs_plugins.h"
 #include "node_ingest.h"
 #include "node_kafka.h"
+#include "node_produce.h"
 #include "node_server.h"
 #include "node_slot.h"
 #include "node_store.h"
@@ -640,6 +641,26 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, const node_args
     return 0;
 }
 
+/* A reload that changed router.timeout: the producer of log-first writes
+ * keeps the message.timeout.ms derived from it at start (librdkafka takes
+ * it only when a producer is created), so say so. `old` holds the values
+ * before the reload. */
+static void warn_producer_timeout(const node_main_t *m, const kvs_config_t *old)
+{
+    uint64_t kept = node_produce_timeout_ms(old), now = node_produce_timeout_ms(m->cfg);
+    if (m->writes == NULL || kept == now)
+        return;
+    for (size_t i = 0; i < m->cfg->n_kafka_properties; i++)
+        if (strcmp(m->cfg->kafka_properties[i].key, "message.timeout.ms") == 0 ||
+            strcmp(m->cfg->kafka_properties[i].key, "delivery.timeout.ms") == 0)
+            return; /* kafka.properties sets it, not router.timeout */
+    kvs_warn("reload: router.timeout changed, but the Kafka producer of log-first writes keeps "
+             "message.timeout.ms %llu ms (not %llu) until this worker restarts: a write answered "
+             "503 \"may or may not have happened\" can still be written that long after it was "
+             "sent, and one a broker acknowledges later than that is given up",
+             (unsigned long long)kept, (unsigned long long)now);
+}
+
 /* SIGHUP, step 1: the config file (see the file comment). Returns 0 when
  * it was applied (or nothing changed), else nonzero after logging why. */
 static int reload_config(node_main_t *m)
@@ -675,6 +696,7 @@ static int reload_config(node_main_t *m)
         node_server_count_reload(m->srv, "ok");
         kvs_info("configuration reloaded from %s (%s)", m->config_path,
                  changed[0] ? changed : "nothing changed");
+        warn_producer_timeout(m, next);
     }
     kvs_config_free(next);
     kvs_mem_trim(); /* what reading the file took (kvs_mem.h) */

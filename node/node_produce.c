@@ -220,13 +220,18 @@ size_t node_produce_outstanding(const node_produce_t *pr)
 
 /* ---- start / stop ------------------------------------------------------------ */
 
+uint64_t node_produce_timeout_ms(const kvs_config_t *cfg)
+{
+    uint64_t wait = node_wait_ms(cfg);
+    return wait > 8 ? wait - wait / 8 : 1;
+}
+
 static rd_kafka_conf_t *make_conf(node_produce_t *pr, uint32_t shard, char *err, size_t errlen)
 {
     char client_id[64 + KVS_NODE_NAME_MAX], timeout[32];
     node_kafka_client_id(pr->cfg, shard, "writer", client_id, sizeof(client_id));
-    uint64_t wait = node_wait_ms(pr->cfg);
     snprintf(timeout, sizeof(timeout), "%llu",
-             (unsigned long long)(wait > 8 ? wait - wait / 8 : 1));
+             (unsigned long long)node_produce_timeout_ms(pr->cfg));
     const node_kafka_prop_t defaults[] = {
         {"bootstrap.servers", pr->cfg->kafka_brokers},
         {"client.id", client_id},

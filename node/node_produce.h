@@ -63,8 +63,13 @@ typedef struct node_produce_opts_s {
     void *arg;
 } node_produce_opts_t;
 
+/* The message.timeout.ms kvs gives the producer under `cfg` (unless
+ * kafka.properties sets its own): just under node_wait_ms, so a record is
+ * acknowledged or given up by the time the worker answers. */
+uint64_t node_produce_timeout_ms(const kvs_config_t *cfg);
+
 /* Creates the producer: kvs's defaults (enable.idempotence, acks=all,
- * linger.ms=0, message.timeout.ms within node_wait_ms, a 64 MiB queue),
+ * linger.ms=0, message.timeout.ms node_produce_timeout_ms, a 64 MiB queue),
  * then kafka.properties, which win. Returns 0, or KVS_ECONFIG with err
  * saying which property librdkafka refused. */
 int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char *err,

@@ -13,6 +13,7 @@ kvs's C code.
 Every wait is bounded; every process is killed at cleanup.
 """
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -23,7 +24,7 @@ import unittest
 from kvstest import (BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall,
                      req_hmdel, req_hmget, req_hmset, req_hset, resp_exchange)
 from google.protobuf.internal import encoder
-from routertest import partition_of, procs_for_config
+from routertest import edit_config, partition_of, procs_for_config
 import kafkatest
 from kafkatest import (KCAT, info, info_pairs, kafka_parts, kcat_produce, pos_entries, pos_token,
                        read_topic, wait_until, watermarks)
@@ -462,6 +463,32 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertEqual(len(pos_entries(resp.position)), 2, resp)
             self.assertEqual([pyval(v) for v in c.call(req_hmget("vals", [k0, k1])).values],
                              [1, 2])
+
+    def test_a_reload_of_router_timeout_says_the_producer_keeps_its_timeout(self):
+        # librdkafka takes message.timeout.ms only when a producer is
+        # created: a reload of router.timeout changes a worker's wait, not
+        # how long its producer tries. Each worker says so, with both
+        # values (2 s: wait 1,600 ms, producer 1,400; 20 s: 14,000), and
+        # only when the timeout changed.
+        m = self.mock({"vl": 2})
+        r = self.router(m, [("vl", "vals", "value", 2)], shards=2, timeout="2s")
+        warned = "keeps message.timeout.ms 1400 ms (not 14000) until this worker restarts"
+        edit_config(r, "log: {level: info}", "log: {level: info, slow_threshold: 5ms}")
+        r.proc.send_signal(signal.SIGHUP)
+        # (the master, the router process and the two workers)
+        self.assertTrue(wait_until(lambda: r.stderr().count("(log.slow_threshold)") == 4, 20),
+                        r.stderr()[-3000:])
+        self.assertNotIn("keeps message.timeout.ms", r.stderr())
+        edit_config(r, "timeout: 2s", "timeout: 20s")
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: r.stderr().count("(router.timeout)") == 4, 20),
+                        r.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: r.stderr().count(warned) == 2, 10), r.stderr()[-3000:])
+        for w in (0, 1):
+            self.assertRegex(r.stderr(), r"node\[%d\] WARN +reload: router.timeout changed, "
+                                         r"but the Kafka producer of log-first writes" % w)
+        with r.client() as c:  # the node serves on
+            self.assertEqual(c.call(req_hset("vals", b"k", b"1")).status, 200)
 
     def test_redis_writes_count_fields_whatever_the_values_they_replace(self):
         # HSET and HDEL through the Redis door ask for value_lengths: their
