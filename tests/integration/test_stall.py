@@ -227,8 +227,17 @@ class StallTest(RouterTestCase):
                     statuses[st] = statuses.get(st, 0) + 1
                 sent += len(reqs)
                 peak = max(peak, rss_anon(rpid))
+        elapsed = time.monotonic() - t_stall
         self.assertIn("503u", statuses)  # some reached the worker, then timed out
-        self.assertGreater(statuses.get("503", 0), statuses["503u"], statuses)
+        # The rest were refused at once: per router.timeout, at most about
+        # 1 MiB of writes (64 of 16 KiB, one batch) reach the worker and
+        # time out. (Not "most were refused": a slow machine sends the
+        # 1,024 writes over more timeouts; CI once saw 629 of 1,024 time
+        # out, in about ten.)
+        self.assertIn("503", statuses)
+        per = (1 << 20) // len(value) + 1
+        self.assertLessEqual(statuses["503u"], per * (elapsed / TIMEOUT_S + 2),
+                             "%.1f s: %s" % (elapsed, statuses))
         # What waits for the worker is bounded by limits.client_output (1 MiB)
         # plus the client's own answers: far below the 16+ MiB written.
         if not SANITIZED:  # ASan's quarantine keeps freed memory by design
