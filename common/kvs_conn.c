@@ -31,8 +31,13 @@
  *    (one commit a turn) as large as several reads.
  *  - Delivery is allowed iff not paused, framing intact, not shutting or
  *    closing, and pending output below high_water. Reading is on iff
- *    delivery is allowed and input has not ended or been stopped. Neither is
- *    stored: conn_can_deliver and conn_update_reading derive them.
+ *    delivery is allowed, or only the output stops it and fewer than
+ *    high_water bytes of input wait (conn_reads_ahead), and input has not
+ *    ended or been stopped. Neither is stored: conn_can_deliver and
+ *    conn_update_reading derive them. Reading ahead is what lets a peer
+ *    that sends its whole pipeline before it reads any answer finish
+ *    sending: stopping both at the mark left it blocked in its write and
+ *    us waiting for it to read, for good.
  *  - The conn's memory is the owner's; it is released only from on_close,
  *    which runs after libuv is done with both handles (and after a
  *    cancelled write's callback).
@@ -592,6 +597,43 @@ static int conn_budget_allows(const kvs_conn_t *c, size_t cap)
 
 /* ---- reading ---------------------------------------------------------- */
 
+static int conn_can_deliver(const kvs_conn_t *c);
+
+/* What a connection whose output alone stops delivery may still read:
+ * high_water bytes of input waiting, less those that do. */
+static size_t conn_ahead_room(const kvs_conn_t *c)
+{
+    size_t have = kvs_frame_dec_pending(&c->dec);
+    return have < c->high_water ? c->high_water - have : 0;
+}
+
+/* Reading on past the high-water mark: requests are read and buffered,
+ * not run, while only the output stops delivery, up to conn_ahead_room,
+ * and never into the last half of the group's input budget: peers that
+ * do not read cannot leave the others' incomplete requests without room
+ * (which closes them). Reaching either bound stops reading, nothing more. */
+static int conn_reads_ahead(const kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_PAUSED | KVS_CONN_FRAME_ERROR | KVS_CONN_SHUTTING | KVS_CONN_LINGERING |
+                   KVS_CONN_CLOSING) ||
+        conn_ahead_room(c) == 0)
+        return 0;
+    const kvs_conn_group_t *g = c->group;
+    size_t want = chargeable(kvs_frame_dec_space_cap(&c->dec, READ_SIZE));
+    return g == NULL || g->limits.input_budget == 0 || want <= c->charged ||
+           g->input_used - c->charged + want <= g->limits.input_budget / 2;
+}
+
+/* A read's length, cut to the room left when reading ahead (at least one
+ * byte: reading stops after the read that fills it). */
+static size_t conn_read_len(const kvs_conn_t *c, size_t len)
+{
+    if (conn_can_deliver(c))
+        return len;
+    size_t room = conn_ahead_room(c);
+    return room == 0 ? 1 : room < len ? room : len;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     kvs_conn_t *c = h->data;
@@ -609,7 +651,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     if (c->tls != NULL) { /* ciphertext: into the session, pumped into the decoder */
         if (kvs_tls_in_space(c->tls, READ_SIZE, &base, &len) == 0) {
             buf->base = (char *)base;
-            buf->len = len;
+            buf->len = conn_read_len(c, len);
         }
         return;
     }
@@ -620,7 +662,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         return;
     conn_charge(c, c->dec.cap);
     buf->base = (char *)base;
-    buf->len = len;
+    buf->len = conn_read_len(c, len);
 }
 
 /* Input has ended for `err`: tell the owner once, or close after flushing
@@ -716,6 +758,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
      * since only it knows what is still pending. */
     c->flags |= KVS_CONN_READ_EOF;
     c->partial_since_ms = 0;
+    if (n == UV_EOF && conn_ready(c)) {
+        /* Read ahead of delivery (conn_reads_ahead): the requests before
+         * the EOF run first, and conn_deliver tells it after the last. */
+        c->flags |= KVS_CONN_EOF_PENDING;
+        conn_update_reading(c);
+        return;
+    }
     conn_input_ended(c, KVS_ECLOSED);
 }
 
@@ -977,8 +1026,9 @@ static void conn_update_reading(kvs_conn_t *c)
 {
     if (has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING))
         return;
-    int want = conn_can_deliver(c) && !has(c, KVS_CONN_READ_STOPPED | KVS_CONN_READ_EOF |
-                                                  KVS_CONN_READ_REFUSED | KVS_CONN_YIELDED);
+    int want = (conn_can_deliver(c) || conn_reads_ahead(c)) &&
+               !has(c, KVS_CONN_READ_STOPPED | KVS_CONN_READ_EOF | KVS_CONN_READ_REFUSED |
+                           KVS_CONN_YIELDED);
     if (want && !has(c, KVS_CONN_READING)) {
         if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
             c->flags |= KVS_CONN_READING;

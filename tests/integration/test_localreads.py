@@ -24,6 +24,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -643,6 +644,37 @@ class FairnessTest(LocalReadsCase):
                             "a ping waited %.2f s (one Hgetall: %.2f s)" % (worst, one))
             for _ in range(60):  # and the pipeline is answered whole
                 self.assertEqual(c.recv().status, 413)
+
+    def test_a_pipeline_sent_whole_before_its_answers_are_read_completes(self):
+        """A client sends its whole pipeline before it reads any answer
+        (redis-py's pipelines do). The router answers local reads as it
+        runs them, so eight 3 MiB Hgets passed the high-water mark (16
+        MiB) at once, and it stopped reading, with 15 MB of Hsets still to
+        come: the client blocked in its write, the router waiting for it
+        to read, for good. It now reads on (runs nothing) up to another
+        high-water mark of requests, so the client finishes sending and
+        every answer comes, in order."""
+        r = self.local_router(sync="none")
+        big = b"v" * (3 << 20)
+        with r.client(timeout=30) as c:
+            for i in range(8):
+                self.assertEqual(c.hset("big", b"k%d" % i, big).status, 200)
+        reqs = [req_hget("big", b"k%d" % i) for i in range(8)]
+        reqs += [req_hset("w", b"w%d" % i, b"%d" % i * (3 << 20)) for i in range(5)]
+        with r.client(timeout=15) as c:
+            # little room in the kernel's buffers on the client's side
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            try:
+                c.send(*reqs)
+            except socket.timeout:
+                self.fail("the router stopped reading a client that sends before it reads")
+            answers = [c.recv() for _ in reqs]
+        self.assertEqual([a.status for a in answers], [200] * len(reqs))
+        self.assertEqual({len(pyval(a.values[0])) for a in answers[:8]}, {len(big)})
+        with r.client() as c:
+            for i in range(5):
+                self.assertEqual(len(pyval(c.hget("w", b"w%d" % i).values[0])), 3 << 20)
 
     def test_many_pipelines_of_costly_local_reads_leave_the_loop_its_turns(self):
         """Forty clients each pipeline two Hgetall of a table of 280,000

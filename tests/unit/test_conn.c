@@ -906,14 +906,21 @@ static void ob_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
         s->max_backlog = kvs_conn_pending(c);
 }
 
-/* Once delivery has stopped with frames still buffered, let the client read. */
+/* Once delivery has stopped with frames still buffered, and reading too
+ * (past the mark it reads on, runs nothing, up to another high_water of
+ * input: a peer that sends all before it reads must be able to finish),
+ * let the client read. */
 static void ob_tick(server_t *s)
 {
     kvs_conn_t *c = &s->conn;
-    if (s->stopped || !(c->flags & KVS_CONN_OUTPUT_FULL))
+    if (s->stopped || !(c->flags & KVS_CONN_OUTPUT_FULL) ||
+        (c->flags & (KVS_CONN_READING | KVS_CONN_YIELDED)))
         return;
     CHECK(kvs_conn_has_frame(c)); /* received, not executed */
-    CHECK(!(c->flags & KVS_CONN_READING));
+    size_t ahead = kvs_frame_dec_pending(&c->dec);
+    /* read ahead to the mark, or past it by what one read that came while
+     * frames still ran left (READ_SIZE, 64 KiB) */
+    CHECK(ahead >= c->high_water && ahead <= c->high_water + 65536);
     s->stopped = 1;
     atomic_store(&s->drain, 1);
 }
@@ -937,6 +944,42 @@ KVS_TEST(output_mark_stops_execution_not_just_reading)
     CHECK(s.frames_after_stop > 0);
     /* At most one answer past the mark. */
     CHECK(s.max_backlog < OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME);
+}
+
+/* As ob_tick, where reading ahead stops at half the group's input budget,
+ * short of the mark of input. */
+static void ahead_budget_tick(server_t *s)
+{
+    kvs_conn_t *c = &s->conn;
+    if (s->stopped || !(c->flags & KVS_CONN_OUTPUT_FULL) ||
+        (c->flags & (KVS_CONN_READING | KVS_CONN_YIELDED)))
+        return;
+    CHECK(kvs_conn_has_frame(c));
+    CHECK(kvs_frame_dec_pending(&c->dec) < c->high_water); /* the budget stopped it */
+    CHECK(s->group.input_used <= s->limits.input_budget / 2);
+    s->stopped = 1;
+    atomic_store(&s->drain, 1);
+}
+
+/* Peers that send without reading read ahead only into the first half of
+ * the group's input budget: the others' incomplete requests keep the rest
+ * (past it they are closed). Reaching it stops reading, and closes
+ * nothing: every frame is answered once the client reads. */
+KVS_TEST(reading_ahead_leaves_half_the_input_budget)
+{
+    server_t s;
+    server_init(&s, 0, client_flood_then_read);
+    s.use_group = 1;
+    s.limits.high_water = 1u << 20;
+    s.limits.input_budget = 512u * 1024u;
+    s.send_buffer = 16 * 1024;
+    s.client_rcvbuf = 16 * 1024;
+    s.on_frame = ob_frame;
+    s.on_tick = ahead_budget_tick;
+    s.tick_ms = 2;
+    server_run(&s);
+    CHECK(s.stopped);
+    CHECK_EQ(s.frames, OB_FRAMES);
 }
 
 /* Once delivery stopped at the cap: a reload of the group's limits keeps
@@ -2141,6 +2184,7 @@ KVS_TEST_MAIN(
     KVS_CASE(backpressure_stops_and_resumes_reading),
     KVS_CASE(pause_resume_delivers_buffered_frames),
     KVS_CASE(output_mark_stops_execution_not_just_reading),
+    KVS_CASE(reading_ahead_leaves_half_the_input_budget),
     KVS_CASE(output_cap_holds_across_a_reload_and_lifts),
     KVS_CASE(hard_limit_closes_with_held_output), KVS_CASE(output_larger_than_a_write_leaves_whole),
     KVS_CASE(buffers_shrink_after_a_burst), KVS_CASE(frame_timeout_closes_a_stalled_frame),
