@@ -344,6 +344,12 @@ int kvs_shardstate_open_reader(const char *path, const kvs_config_t *cfg, uint32
     return 0;
 }
 
+int kvs_shardstate_maps(const kvs_shardstate_t *s, const void *addr)
+{
+    uintptr_t a = (uintptr_t)addr, base = (uintptr_t)s->page;
+    return s->page != NULL && a >= base && a - base < s->size;
+}
+
 int kvs_shardstate_head(const kvs_shardstate_t *s, kvs_shardstate_head_t *h)
 {
     page_t *pg = s->page;

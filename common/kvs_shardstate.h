@@ -122,6 +122,10 @@ uint32_t kvs_shardstate_resized(const kvs_shardstate_t *s, uint32_t binding, uin
  * path's now to notice a page that was removed and created anew. */
 void kvs_shardstate_file(const kvs_shardstate_t *s, uint64_t *dev, uint64_t *ino);
 
+/* True when `addr` lies in the page's mapping (a fault's address: was it
+ * this file's?). */
+int kvs_shardstate_maps(const kvs_shardstate_t *s, const void *addr);
+
 /* Writer: clears `live` and releases the lock. Both: unmaps and closes.
  * NULL is allowed. */
 void kvs_shardstate_close(kvs_shardstate_t *s);

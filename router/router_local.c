@@ -56,6 +56,8 @@ typedef struct lshard_s {
     kvs_lmdb_ident_t seen; /* the files its worker named at the last look */
     kvs_lmdb_ident_t bad;  /* files a read of faulted on (has_bad): never opened again */
     int has_bad;
+    uint64_t state_retry_at; /* after its state page faulted: not mapped again before */
+    int state_warned;        /* ... which was logged, and no read went through since */
 } lshard_t;
 
 struct router_local_s {
@@ -88,7 +90,12 @@ struct router_local_s {
  * reading or our copy from the map, which hold no lock), and `faulted`
  * closes the shard's files and never opens those files again (by device
  * and inode: until its worker serves from other ones); its reads go to
- * the worker, which answers or fails as its own files allow. What the
+ * the worker, which answers or fails as its own files allow. A fault in
+ * the state page (its address, si_addr, is in the page's map) says
+ * nothing of data.mdb: only the page is closed, and mapped again a
+ * second later at the earliest (a page cut short is not mapped while it
+ * is short; a worker's next start writes it whole), so a page that
+ * faults for good costs a fault a second, logged once. What the
  * jump abandons: at most a read transaction LMDB was creating (its
  * memory, once per damaged file). A scan's cursor is the reader's until
  * the scan ends (kvs_lmdb_reader_close closes it), and an environment
@@ -101,6 +108,7 @@ struct router_local_s {
 
 static sigjmp_buf guard_jump;
 static volatile sig_atomic_t guard_armed;
+static void *volatile guard_addr;   /* the address of the fault that jumped */
 static pthread_t guard_thread;      /* the loop's: the only one that arms */
 static struct sigaction guard_prev; /* SIGBUS's disposition before ours */
 
@@ -110,6 +118,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
     int fault = si->si_code > 0; /* the kernel's (BUS_ADRERR, ...), not kill(2)'s */
     if (fault && guard_armed && pthread_equal(pthread_self(), guard_thread)) {
         guard_armed = 0;
+        guard_addr = si->si_addr;
         siglongjmp(guard_jump, 1);
     }
     sigaction(sig, &guard_prev, NULL); /* not ours: the access runs again, and meets it */
@@ -161,6 +170,8 @@ static int have_state(router_local_t *lc, lshard_t *ls)
     char path[4200];
     if (ls->state != NULL)
         return 1;
+    if (uv_now(lc->loop) < ls->state_retry_at)
+        return 0; /* it faulted a moment ago (faulted) */
     if (kvs_schema_state_path(path, sizeof(path), lc->cfg->data_dir, ls->id) != 0)
         return 0;
     return kvs_shardstate_open_reader(path, lc->cfg, ls->id, &ls->state) == 0;
@@ -232,6 +243,7 @@ static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
     if (h->tight)
         return 0; /* its disk is full: no snapshot here may pin what deletes free */
     ls->seen = h->ident;
+    ls->state_warned = 0; /* its page reads again */
     if (ls->env != NULL && same_files(kvs_lmdb_reader_ident(ls->env), &h->ident))
         return 1;
     return open_env(lc, ls, &h->ident);
@@ -407,13 +419,25 @@ static int serve_here(router_local_t *lc, lshard_t *ls, const Kvs__CommandReques
 static void faulted(router_local_t *lc, lshard_t *ls)
 {
     kvs_arena_reset(&lc->arena);
+    if (ls->state != NULL && kvs_shardstate_maps(ls->state, guard_addr)) {
+        close_env(ls); /* (ends the snapshot the read began) */
+        close_state(ls);
+        ls->state_retry_at = uv_now(lc->loop) + RETRY_MS;
+        if (!ls->state_warned)
+            kvs_error("shard %u: reading its state page faulted (SIGBUS: the file is shorter "
+                      "than the page: cut short or damaged); its reads go to its worker until "
+                      "the page reads again (a worker's start writes it whole)",
+                      ls->id);
+        ls->state_warned = 1;
+        return;
+    }
     ls->bad = ls->seen;
     ls->has_bad = 1;
     close_env(ls); /* touches no page of the map: ends the txn, unmaps */
     close_state(ls);
-    kvs_error("shard %u: reading its files faulted (SIGBUS: data.mdb or its state page is "
-              "shorter than the pages it names: cut short or damaged); they are not read here "
-              "again, its reads go to its worker until it serves from other files",
+    kvs_error("shard %u: reading its files faulted (SIGBUS: data.mdb is shorter than the "
+              "pages it names: cut short or damaged); they are not read here again, its reads "
+              "go to its worker until it serves from other files",
               ls->id);
 }
 

@@ -471,6 +471,34 @@ class LifecycleTest(LocalReadsCase):
         self.assertNotRegex(r.stderr(), r"router 0 \(pid \d+\) killed")
         self.assertEqual(r.stderr().count("reading its files faulted"), 1)
 
+    def test_a_state_page_cut_short_costs_only_until_it_is_whole(self):
+        """A state page cut short faults (SIGBUS) as a data.mdb does, and
+        the router took it for the data files': it read the shard's
+        data.mdb here no more until the worker served from other files,
+        so after the worker's next start (which writes the page whole, the
+        same data.mdb) every read of the shard still crossed to it. Only
+        the page is put aside now: once it reads again, so does data.mdb."""
+        r = self.local_router()
+        keys = self.fill(r, "t", 2)
+        state = os.path.join(r.data_dir, "shard-0.state")
+        with r.client() as c:
+            with stopped(r.worker_pid(0)):
+                os.truncate(state, 0)
+                self.assertUnavailable(c.hget("t", keys[0][0]), 0)  # faulted, to the worker
+            self.assertIn("shard 0: reading its state page faulted (SIGBUS", r.stderr())
+            self.assertNotIn("reading its files faulted", r.stderr())
+            worker = r.worker_pid(0)
+            os.kill(worker, signal.SIGKILL)  # its next start writes the page whole
+            self.assertTrue(wait_until(lambda: r.worker_pid(0) not in (None, worker), 15))
+            self.assertTrue(wait_until(lambda: os.path.getsize(state) > 0, 15))
+            self.assertTrue(wait_until(lambda: c.hget("t", keys[0][1]).status == 200, 15))
+            time.sleep(1.5)  # the router maps the page again a second after the fault
+            with stopped(r.worker_pid(0)):
+                got, el = self.timed(c.hget, "t", keys[0][0])
+                self.assertHere(el, "Hget of shard 0")
+                self.assertEqual(pyval(got.values[0]), b"v-" + keys[0][0])
+        self.assertEqual(r.stderr().count("reading its state page faulted"), 1)
+
     def test_a_sigbus_sent_by_kill_is_not_taken_for_a_fault(self):
         """The handler that catches a read of a data.mdb cut short must not
         swallow a SIGBUS someone sent (kill -BUS): that one ends the

@@ -67,6 +67,11 @@ KVS_TEST(published_state_is_read_back)
     CHECK_EQ(kvs_shardstate_open_reader(path, cfg, 1, &r), 0);
     CHECK_EQ(kvs_shardstate_head(r, &h), 0);
     CHECK_EQ(h.live, 0);
+    /* a fault's address: in this page's map or not (the router's guard) */
+    CHECK(kvs_shardstate_maps(r, &h) == 0);
+    CHECK(kvs_shardstate_maps(w, &h) == 0);
+    const char *p = NULL;
+    CHECK_EQ(kvs_shardstate_maps(r, p), 0);
     kvs_shardstate_publish(w, &id);
     kvs_shardstate_set_settle(w, 12345);
     kvs_shardstate_heartbeat(w, 999);
