@@ -586,16 +586,30 @@ static void conn_trim_idle(kvs_conn_t *c)
         conn_charge(c, 0);
 }
 
-/* Whether growing the decoder to `cap` fits the group's input budget. */
-static int conn_budget_allows(const kvs_conn_t *c, size_t cap)
+/* Whether growing the decoder to `cap` fits the group's input budget, or
+ * its 1/`share` (reading ahead: conn_reads_ahead). */
+static int conn_budget_share_allows(const kvs_conn_t *c, size_t cap, size_t share)
 {
     const kvs_conn_group_t *g = c->group;
     if (g == NULL || g->limits.input_budget == 0 || chargeable(cap) <= c->charged)
         return 1;
-    return g->input_used - c->charged + chargeable(cap) <= g->limits.input_budget;
+    return g->input_used - c->charged + chargeable(cap) <= g->limits.input_budget / share;
+}
+
+static int conn_budget_allows(const kvs_conn_t *c, size_t cap)
+{
+    return conn_budget_share_allows(c, cap, 1);
 }
 
 /* ---- reading ---------------------------------------------------------- */
+
+/* Delivery is stopped by something other than the output (see the file
+ * comment). */
+static int conn_held_back(const kvs_conn_t *c)
+{
+    return has(c, KVS_CONN_PAUSED | KVS_CONN_FRAME_ERROR | KVS_CONN_SHUTTING | KVS_CONN_LINGERING |
+                      KVS_CONN_CLOSING);
+}
 
 static int conn_can_deliver(const kvs_conn_t *c);
 
@@ -614,14 +628,8 @@ static size_t conn_ahead_room(const kvs_conn_t *c)
  * (which closes them). Reaching either bound stops reading, nothing more. */
 static int conn_reads_ahead(const kvs_conn_t *c)
 {
-    if (has(c, KVS_CONN_PAUSED | KVS_CONN_FRAME_ERROR | KVS_CONN_SHUTTING | KVS_CONN_LINGERING |
-                   KVS_CONN_CLOSING) ||
-        conn_ahead_room(c) == 0)
-        return 0;
-    const kvs_conn_group_t *g = c->group;
-    size_t want = chargeable(kvs_frame_dec_space_cap(&c->dec, READ_SIZE));
-    return g == NULL || g->limits.input_budget == 0 || want <= c->charged ||
-           g->input_used - c->charged + want <= g->limits.input_budget / 2;
+    return !conn_held_back(c) && conn_ahead_room(c) > 0 &&
+           conn_budget_share_allows(c, kvs_frame_dec_space_cap(&c->dec, READ_SIZE), 2);
 }
 
 /* A read's length, cut to the room left when reading ahead (at least one
@@ -790,10 +798,7 @@ static void conn_frame_error(kvs_conn_t *c, int err)
 
 static int conn_can_deliver(const kvs_conn_t *c)
 {
-    if (has(c, KVS_CONN_PAUSED | KVS_CONN_FRAME_ERROR | KVS_CONN_SHUTTING | KVS_CONN_LINGERING |
-                   KVS_CONN_CLOSING))
-        return 0;
-    return kvs_conn_pending(c) < c->high_water;
+    return !conn_held_back(c) && kvs_conn_pending(c) < c->high_water;
 }
 
 /* Whether c's group bounds its deliveries of a turn. */

@@ -45,7 +45,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -815,7 +814,7 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
             return 0;
         char why[300];
         /* A full disk or a size limit is 507 here as on every other write. */
-        bool full = rc == -ENOSPC || rc == -EDQUOT || rc == -EFBIG;
+        int full = node_store_err_code(-rc) == KVS_EFULL;
         if (rc == -EAGAIN)
             snprintf(why, sizeof(why),
                      "the cluster.nodes being taken gives shard %u to other nodes too, or not to "

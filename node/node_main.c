@@ -101,11 +101,12 @@ typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
-    node_reads_t *reads;     /* NULL when no table is bound */
-    node_writes_t *writes;   /* NULL when no table is bound or Kafka is off */
-    kvs_shardstate_t *state; /* the state page routers read; NULL if it cannot be had */
-    kvs_lmdb_ident_t last;   /* the files the last worker had, as its page says */
-    int had_last;            /* ... if it said */
+    node_reads_t *reads;         /* NULL when no table is bound */
+    node_writes_t *writes;       /* NULL when no table is bound or Kafka is off */
+    uint64_t produce_timeout_ms; /* its producer's message.timeout.ms, set at start */
+    kvs_shardstate_t *state;     /* the state page routers read; NULL if it cannot be had */
+    kvs_lmdb_ident_t last;       /* the files the last worker had, as its page says */
+    int had_last;                /* ... if it said */
     uv_signal_t sigterm, sigint;
     kvs_reload_sig_t sighup;
     node_bootstrap_t *boot; /* the snapshot copy while it runs, else NULL */
@@ -584,8 +585,10 @@ static int start_writes(node_main_t *m, const kvs_config_t *cfg, long shard, nod
         config_fatal(m, "%s", err);
     else if (rc != 0)
         kvs_error("%s", err);
-    if (rc == 0)
+    if (rc == 0) {
         node_server_set_writes(m->srv, m->writes);
+        m->produce_timeout_ms = node_produce_timeout_ms(cfg);
+    }
     return rc;
 }
 
@@ -643,13 +646,13 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, const node_args
 
 /* A reload that changed router.timeout: the producer of log-first writes
  * keeps the message.timeout.ms derived from it at start (librdkafka takes
- * it only when a producer is created), so say so. `old` holds the values
- * before the reload. */
+ * it only when a producer is created), so say so when the two differ.
+ * `old` holds the values before the reload. */
 static void warn_producer_timeout(const node_main_t *m, const kvs_config_t *old)
 {
-    uint64_t kept = node_produce_timeout_ms(old), now = node_produce_timeout_ms(m->cfg);
-    if (m->writes == NULL || kept == now)
-        return;
+    uint64_t kept = m->produce_timeout_ms, now = node_produce_timeout_ms(m->cfg);
+    if (m->writes == NULL || now == node_produce_timeout_ms(old) || kept == now)
+        return; /* (a reload back to the start's value: nothing kept) */
     for (size_t i = 0; i < m->cfg->n_kafka_properties; i++)
         if (strcmp(m->cfg->kafka_properties[i].key, "message.timeout.ms") == 0 ||
             strcmp(m->cfg->kafka_properties[i].key, "delivery.timeout.ms") == 0)

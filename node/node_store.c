@@ -211,8 +211,7 @@ static int drop_emptied(node_store_t *s);
 
 /* ---- errors --------------------------------------------------------- */
 
-/* kvs's error for an LMDB or system error code. */
-static int err_code(int rc)
+int node_store_err_code(int rc)
 {
     switch (rc) {
     case 0:
@@ -230,10 +229,10 @@ static int err_code(int rc)
     }
 }
 
-/* err_code, logging the failures that are the storage's (full, broken). */
+/* node_store_err_code, logging the failures that are the storage's (full, broken). */
 static int map_err(const char *what, int rc)
 {
-    int code = err_code(rc);
+    int code = node_store_err_code(rc);
     if (code == KVS_EFULL || code == KVS_ESTORE)
         kvs_error("%s: %s", what, mdb_strerror(rc));
     return code;
@@ -306,9 +305,9 @@ static int write_err(node_store_t *s, const char *what, int rc)
                       what);
         return KVS_EFULL;
     }
-    if (err_code(rc) == KVS_ESTORE)
+    if (node_store_err_code(rc) == KVS_ESTORE)
         snprintf(s->cause, sizeof(s->cause), "%s: %s", what, mdb_strerror(rc));
-    return log ? map_err(what, rc) : err_code(rc);
+    return log ? map_err(what, rc) : node_store_err_code(rc);
 }
 
 const char *node_store_cause(const node_store_t *s)
@@ -393,7 +392,7 @@ static int ask_room(node_store_t *s)
         s->room_end = used + DELETE_ROOM_PAGES;
         return 1;
     }
-    if (err_code(rc) == KVS_EFULL)
+    if (node_store_err_code(rc) == KVS_EFULL)
         return 0;
     if (rc == EOPNOTSUPP || rc == ENOSYS) { /* a file system without fallocate: no room kept */
         s->room_end = SIZE_MAX;

@@ -109,6 +109,11 @@ typedef struct node_store_opts_s {
  * what is wrong and what to do. */
 int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, size_t errlen);
 
+/* kvs's error for an LMDB or system error code (positive): KVS_EFULL for
+ * a full disk or a size limit (ENOSPC, EDQUOT, EFBIG), KVS_ENOTFOUND,
+ * KVS_ELIMIT (MDB_DBS_FULL), else KVS_ESTORE; 0 for 0. */
+int node_store_err_code(int rc);
+
 /* Sets the argument passed to fail_cb (for owners created after the store). */
 void node_store_set_fail_arg(node_store_t *s, void *arg);
 

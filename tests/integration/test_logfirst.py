@@ -487,6 +487,14 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         for w in (0, 1):
             self.assertRegex(r.stderr(), r"node\[%d\] WARN +reload: router.timeout changed, "
                                          r"but the Kafka producer of log-first writes" % w)
+        # Back to 2 s: what the producers have again, nothing to say (the
+        # value before the reload, 14,000 ms, was taken for the producers').
+        edit_config(r, "timeout: 20s", "timeout: 2s")
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: r.stderr().count("(router.timeout)") == 8, 20),
+                        r.stderr()[-3000:])
+        time.sleep(0.5)  # (a worker writes the warning just after its line)
+        self.assertEqual(r.stderr().count("keeps message.timeout.ms"), 2, r.stderr()[-3000:])
         with r.client() as c:  # the node serves on
             self.assertEqual(c.call(req_hset("vals", b"k", b"1")).status, 200)
 
