@@ -74,10 +74,16 @@ size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want)
     if (d->cap - end >= want)
         return d->cap;
     /* Grow by doubling, but never past what a maximal frame plus one read
-     * needs (more only if the owner left whole frames unconsumed). */
+     * needs. */
     size_t limit = (size_t)d->max + KVS_FRAME_HEADER + want;
-    if (limit < end + want)
-        limit = end + want;
+    if (end + want > limit) {
+        /* More only when the owner left whole frames unconsumed (a
+         * connection reading ahead of delivery), and then by half at
+         * least: grown by one read's length each read, the buffer would be
+         * copied whole once a read (quadratic in what is buffered). */
+        size_t grown = d->cap + d->cap / 2;
+        return grown > end + want ? grown : end + want;
+    }
     size_t cap = d->cap ? d->cap : 16384;
     while (cap - end < want)
         cap *= 2;

@@ -58,7 +58,8 @@ void kvs_frame_dec_skip_oversized(kvs_frame_dec_t *d);
 void kvs_frame_dec_close(kvs_frame_dec_t *d);
 
 /* Returns space to read at least `want` more bytes into (the buffer grows or
- * compacts as needed, never beyond what one maximal frame needs plus `want`).
+ * compacts as needed, never beyond what one maximal frame needs plus `want`
+ * unless whole frames left unconsumed fill that: then by half at least).
  * Returns 0 and sets *base and *len, or -ENOMEM. The space is valid until the
  * next call on the decoder. */
 int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len);
