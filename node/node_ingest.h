@@ -117,6 +117,11 @@ int node_ingest_want_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 struct rd_kafka_s;
 
+/* How long each later query of the brokers (ends, ranges) may take, as
+ * node_ingest_opts_t's ask_timeout_ms: a reload of router.timeout. A query
+ * in flight keeps the bound it started with. */
+void node_ingest_set_ask_timeout(node_ingest_t *in, int ms);
+
 /* The handle node_ingest_ask_end queries through (NULL: the consumer's
  * own). On the consumer's handle a query waits on the broker connection
  * behind the fetch the broker holds (up to fetch.wait.max.ms); the

@@ -614,6 +614,15 @@ static int start_reads(node_main_t *m, const kvs_config_t *cfg, long shard)
     return 0;
 }
 
+/* How long a query of the brokers for where partitions end (or start) may
+ * take: a read waiting on one waits node_wait_ms at most, and 2 s is
+ * plenty for one round trip to each leader. Follows reloads. */
+static int ask_timeout_ms(const kvs_config_t *cfg)
+{
+    uint64_t wait = node_wait_ms(cfg);
+    return wait < 2000 ? (int)wait : 2000;
+}
+
 /* Starts Kafka ingestion when brokers and bindings are configured. */
 static int start_ingest(node_main_t *m, const kvs_config_t *cfg, const node_args_t *args,
                         node_store_t *store)
@@ -629,7 +638,7 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, const node_args
         .state = m->state,
         .on_fatal = on_ingest_fatal,
         .on_answer = on_end_answer,
-        .ask_timeout_ms = node_wait_ms(cfg) < 2000 ? (int)node_wait_ms(cfg) : 2000,
+        .ask_timeout_ms = ask_timeout_ms(cfg),
         .restarted = args->spawn > 0,
         .arg = m,
     };
@@ -700,6 +709,7 @@ static int reload_config(node_main_t *m)
         kvs_info("configuration reloaded from %s (%s)", m->config_path,
                  changed[0] ? changed : "nothing changed");
         warn_producer_timeout(m, next);
+        node_ingest_set_ask_timeout(m->ingest, ask_timeout_ms(m->cfg));
     }
     kvs_config_free(next);
     kvs_mem_trim(); /* what reading the file took (kvs_mem.h) */

@@ -322,6 +322,32 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
                 self.assertIn("position ahead of the topic", resp.message)
                 self.assertLess(time.monotonic() - t0, bound)
 
+    def test_a_reload_of_router_timeout_bounds_the_next_end_question(self):
+        """The end question's bound follows router.timeout (4/5 of it, at
+        most 2 s) through a reload: started at 1 s, its question gave up
+        after 800 ms and every read past the end after a reload to 10 s
+        was still refused then, though it could wait 8 s for the brokers.
+        Now the question after the reload waits its 2 s."""
+        topic, parts = "users", 2
+        m = self.mock({topic: parts}, control=True)
+        key = keys_in_partition(1, parts, 1)[0]
+        kcat_produce(m.bootstrap, topic, [(key, b"v0")])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="1s")
+        self.wait_applied(r, 1, topic, 1, 1)
+        edit_config(r, "timeout: 1s", "timeout: 10s")
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: r.stderr().count("(router.timeout)") == 4, 20),
+                        r.stderr()[-3000:])
+        m.ctl("broker-down all")
+        with r.client(timeout=30) as c:
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 9)])))
+            took = time.monotonic() - t0
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("position ahead of the topic", resp.message)
+        self.assertGreater(took, 1.5, "the question kept the 800 ms bound of the start")
+        self.assertLess(took, 7.0)
+
     def test_waiting_reads_keep_their_order_and_others_are_served(self):
         topic, parts = "users", 2
         m = self.mock({topic: parts})
