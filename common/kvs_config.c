@@ -2731,6 +2731,14 @@ static int load_path(const char *path, int reload, kvs_config_t **out, char *err
     return rc;
 }
 
+const char *kvs_config_kafka_property(const kvs_config_t *cfg, const char *key)
+{
+    for (size_t i = cfg->n_kafka_properties; i > 0; i--)
+        if (strcmp(cfg->kafka_properties[i - 1].key, key) == 0)
+            return cfg->kafka_properties[i - 1].value;
+    return NULL;
+}
+
 int kvs_config_secret_key(const char *key)
 {
     size_t n = strlen(key);

@@ -423,6 +423,10 @@ const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *t
  * (cluster.remote form only; NULL for every shard with cluster.nodes). */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
 
+/* The value kafka.properties sets for `key` (the last one, as librdkafka
+ * applies them in order), or NULL when it sets none. */
+const char *kvs_config_kafka_property(const kvs_config_t *cfg, const char *key);
+
 /* True for a kafka.properties key whose value is a secret and must never
  * be logged or shown: *.password, sasl.*, ssl.key.* (librdkafka's
  * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,

@@ -77,10 +77,7 @@ size_t kvs_record_max(const kvs_config_t *cfg)
     /* librdkafka reads the value its own way (any base, trailing text
      * ignored, a range of its own): it is asked, so the router's check is
      * the producer's. */
-    const char *set = NULL;
-    for (size_t i = 0; i < cfg->n_kafka_properties; i++) /* the last one set wins */
-        if (strcmp(cfg->kafka_properties[i].key, "message.max.bytes") == 0)
-            set = cfg->kafka_properties[i].value;
+    const char *set = kvs_config_kafka_property(cfg, "message.max.bytes");
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char errstr[256], value[32] = "";
     size_t n = sizeof(value);

@@ -662,10 +662,9 @@ static void warn_producer_timeout(const node_main_t *m, const kvs_config_t *old)
     uint64_t kept = m->produce_timeout_ms, now = node_produce_timeout_ms(m->cfg);
     if (m->writes == NULL || now == node_produce_timeout_ms(old) || kept == now)
         return; /* (a reload back to the start's value: nothing kept) */
-    for (size_t i = 0; i < m->cfg->n_kafka_properties; i++)
-        if (strcmp(m->cfg->kafka_properties[i].key, "message.timeout.ms") == 0 ||
-            strcmp(m->cfg->kafka_properties[i].key, "delivery.timeout.ms") == 0)
-            return; /* kafka.properties sets it, not router.timeout */
+    if (kvs_config_kafka_property(m->cfg, "message.timeout.ms") != NULL ||
+        kvs_config_kafka_property(m->cfg, "delivery.timeout.ms") != NULL)
+        return; /* kafka.properties sets it, not router.timeout */
     kvs_warn("reload: router.timeout changed, but the Kafka producer of log-first writes keeps "
              "message.timeout.ms %llu ms (not %llu) until this worker restarts: a write answered "
              "503 \"may or may not have happened\" can still be written that long after it was "

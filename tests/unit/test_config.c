@@ -167,6 +167,8 @@ KVS_TEST(full_file_parses)
     CHECK_STR(c->kafka_properties[1].value, "50");
     CHECK_STR(c->kafka_properties[2].key, "enable.partition.eof");
     CHECK_STR(c->kafka_properties[2].value, "false");
+    CHECK_STR(kvs_config_kafka_property(c, "fetch.wait.max.ms"), "50");
+    CHECK(kvs_config_kafka_property(c, "fetch.wait.max") == NULL);
     CHECK_STR(c->log_level, "debug");
     kvs_config_free(c);
 }
