@@ -346,10 +346,11 @@ static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
     kvs_frame_dec_data(&c->dec, &p, &n);
     if (conn_codec_hello(c, p, n))
         return KVS_ETLSHELLO;
-    int rc = c->codec->next(c->codec->state, p, n, c->dec.max, &used);
+    int rc = c->codec->next(c->codec->state, p, n, c->dec.max, &used, 0);
     if (rc <= 0)
         return rc < 0 ? KVS_EPROTO : 0;
     c->flags |= KVS_CONN_START_SEEN;
+    c->flags &= ~KVS_CONN_HEAD_READY; /* the next message is asked about afresh */
     kvs_frame_dec_consume(&c->dec, used);
     *msg = p;
     *len = used;
@@ -357,19 +358,28 @@ static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
 }
 
 /* Whether a complete message (or an error) waits in the decoder. A codec
- * is asked by parsing (it keeps progress, so asking again is cheap). */
-static int conn_ready(const kvs_conn_t *c)
+ * is asked with peek (it keeps its progress and builds nothing), once: a
+ * message found whole stays whole whatever comes after it, until
+ * conn_next takes it. Asked at every read while requests wait (reading
+ * ahead), a codec that measured a whole message of a million arguments
+ * again each time made every byte a client trickled in cost milliseconds. */
+static int conn_ready(kvs_conn_t *c)
 {
     if (c->codec == NULL)
         return kvs_frame_dec_ready(&c->dec);
+    if (has(c, KVS_CONN_HEAD_READY))
+        return 1;
     const uint8_t *p;
     size_t n, used;
     kvs_frame_dec_data(&c->dec, &p, &n);
-    return n > 0 && (conn_codec_hello(c, p, n) ||
-                     c->codec->next(c->codec->state, p, n, c->dec.max, &used) != 0);
+    if (n == 0 || !(conn_codec_hello(c, p, n) ||
+                    c->codec->next(c->codec->state, p, n, c->dec.max, &used, 1) != 0))
+        return 0;
+    c->flags |= KVS_CONN_HEAD_READY;
+    return 1;
 }
 
-int kvs_conn_has_frame(const kvs_conn_t *c)
+int kvs_conn_has_frame(kvs_conn_t *c)
 {
     return !has(c, KVS_CONN_FRAME_ERROR) && conn_ready(c);
 }

@@ -128,6 +128,7 @@ enum {
                                          the kick */
     KVS_CONN_REFUSED = 1u << 19,      /* refused after it was accepted: lingers as kvs_conn_refuse's
                                          do, counted with them */
+    KVS_CONN_HEAD_READY = 1u << 20,   /* codec: the message at the head is whole (conn_ready) */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the
@@ -136,9 +137,13 @@ enum {
  * length in bytes (the message itself, parsed, is in the codec's state and
  * valid until the next call), 0 when more bytes are needed (progress may
  * be kept in the state, relative to p), or a negative error after which
- * the stream cannot go on. A message may be at most `max` bytes. */
+ * the stream cannot go on. A message may be at most `max` bytes. With
+ * `peek` it only tells whether a message (or an error) is there: nothing
+ * is built for it, and the progress is kept, so that asking again costs
+ * little and the call that takes the message (peek 0) goes on from there
+ * (kvs_conn asks so while requests wait, for every read). */
 typedef struct kvs_codec_s {
-    int (*next)(void *state, const uint8_t *p, size_t len, size_t max, size_t *used);
+    int (*next)(void *state, const uint8_t *p, size_t len, size_t max, size_t *used, int peek);
     void *state;
     /* The port has no TLS setting: a TLS handshake is input like any
      * other, for next() to refuse (otherwise it ends the input with
@@ -433,7 +438,7 @@ void kvs_conn_resume(kvs_conn_t *c);
 /* True when a complete frame waits in the decoder, not yet delivered: a
  * request received but not yet executed (paused, or held back by the output
  * limit). */
-int kvs_conn_has_frame(const kvs_conn_t *c);
+int kvs_conn_has_frame(kvs_conn_t *c);
 
 /* Closes once queued output is written (or at once if there is none).
  * No more frames are delivered. Unless the peer already sent EOF, the close

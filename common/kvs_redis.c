@@ -199,8 +199,10 @@ static void fill_args(kvs_redis_parser_t *ps, const uint8_t *p)
     }
 }
 
+/* `peek` (kvs_redis_complete): a complete request is only measured, and
+ * stays where parsing resumes, its arguments not built. */
 static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
-                       size_t *used)
+                       size_t *used, int peek)
 {
     while (ps->argc < ps->want) {
         size_t pos = ps->pos;
@@ -226,6 +228,10 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
             return 0; /* the bulk has not all arrived */
         ps->argc++;
         ps->pos = start + (size_t)n + 2; /* the CRLF after the data is skipped, as Redis does */
+    }
+    if (peek) {
+        *used = ps->pos;
+        return 1;
     }
     if (grow(ps, ps->argc) != 0)
         return -ENOMEM;
@@ -346,7 +352,7 @@ static int split_inline(kvs_redis_parser_t *ps, const uint8_t *s, size_t n)
  * Redis) and at most max_request (a client that has not authenticated may
  * send less). */
 static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
-                        size_t *used)
+                        size_t *used, int peek)
 {
     size_t lim = max_request < KVS_REDIS_MAX_INLINE ? max_request : KVS_REDIS_MAX_INLINE;
     const uint8_t *nl = memchr(p, '\n', len < lim + 2 ? len : lim + 2);
@@ -360,6 +366,10 @@ static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, si
         return fail(ps, "Protocol error: too big inline request");
     if (nl == NULL)
         return 0;
+    if (peek) { /* (unbalanced quotes are found when it is taken) */
+        *used = n + 1;
+        return 1;
+    }
     size_t line = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
     int rc = split_inline(ps, p, line);
     if (rc == 1)
@@ -380,8 +390,8 @@ static void shrink(kvs_redis_parser_t *ps)
         kvs_buf_free(&ps->scratch);
 }
 
-int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
-                    size_t *used)
+static int parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                 size_t *used, int peek)
 {
     *used = 0;
     ps->error = NULL;
@@ -391,16 +401,28 @@ int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t
         return 0;
     if (ps->want == 0 && p[0] != '*') {
         ps->argc = 0;
-        return parse_inline(ps, p, len, max_request, used);
+        return parse_inline(ps, p, len, max_request, used, peek);
     }
     int rc = ps->want == 0 ? parse_count(ps, p, len, used) : 2;
     if (rc == 2)
-        rc = parse_bulks(ps, p, len, max_request, used);
+        rc = parse_bulks(ps, p, len, max_request, used, peek);
     /* incomplete past the bound, in any part (a count line that never
      * ends, too) */
     if (rc == 0 && len > max_request)
         return too_large(ps, max_request, 0);
     return rc;
+}
+
+int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                    size_t *used)
+{
+    return parse(ps, p, len, max_request, used, 0);
+}
+
+int kvs_redis_complete(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                       size_t *used)
+{
+    return parse(ps, p, len, max_request, used, 1);
 }
 
 /* ---- arguments --------------------------------------------------------------------- */

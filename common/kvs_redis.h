@@ -74,6 +74,15 @@ void kvs_redis_parser_close(kvs_redis_parser_t *ps);
 int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
                     size_t *used);
 
+/* Whether p[0..len) starts with a whole request: what kvs_redis_parse
+ * would return (1 with *used, 0, -1 or -ENOMEM), but a request is only
+ * measured, its arguments not built (a multibulk of a million arguments
+ * takes no argument array), and the progress is kept: asking again, or
+ * kvs_redis_parse with the same bytes, goes on from there. An inline
+ * request's quotes are checked by kvs_redis_parse only. */
+int kvs_redis_complete(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                       size_t *used);
+
 /* Forgets a request in progress (the bytes it was reading went away). */
 void kvs_redis_parser_reset(kvs_redis_parser_t *ps);
 

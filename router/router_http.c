@@ -299,9 +299,10 @@ static int method_token(const uint8_t *p, size_t len)
 }
 
 /* kvs_conn's codec: feeds what the parser has not seen of p[0..len). */
-static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used)
+static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used, int peek)
 {
     http_conn_t *hc = state;
+    (void)peek; /* what it parsed stays parsed: asking again is cheap */
     if (hc->error)
         return -1;
     if (!hc->complete && len > hc->fed && hc->fed <= max) {

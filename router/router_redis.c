@@ -142,7 +142,7 @@ typedef struct scan_ctx_s {
 /* The parser's error when it ran out of memory (500, not a protocol error). */
 static const char redis_oom[] = "ERR the server is out of memory";
 
-static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used)
+static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used, int peek)
 {
     router_redis_t *rs = state;
     if (rs->quit) { /* after QUIT every byte is dropped, as one empty command */
@@ -150,7 +150,8 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
         *used = len;
         return len > 0;
     }
-    int rc = kvs_redis_parse(&rs->ps, p, len, max, used);
+    int rc = peek ? kvs_redis_complete(&rs->ps, p, len, max, used)
+                  : kvs_redis_parse(&rs->ps, p, len, max, used);
     if (rc == -ENOMEM) {
         rs->ps.error = redis_oom;
         return -1;

@@ -17,7 +17,7 @@ import unittest
 import redis
 
 from kvstest import SANITIZED, pb, pyval, req_hget, req_hmset
-from routertest import RouterTestCase, free_port, procs_for_config
+from routertest import RouterTestCase, free_port, procs_for_config, router_pids, stopped
 
 CLI = "redis-cli"
 BENCH = "redis-benchmark"
@@ -795,6 +795,69 @@ class TransactionTest(RespTestCase):
         self.assertEqual(self.redis().hget("h", "z"), b"1")
         # QUIT still quits, inside MULTI too
         self.assertEqual(self.exchange(s, b"MULTI\r\nQUIT\r\n"), b"+OK\r\n+OK\r\n")
+
+
+def cpu_seconds(pid):
+    """The user + system CPU time process pid has used, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class WaitingRequestTest(RespTestCase):
+    def trickle_behind(self, r, request, want):
+        """Sends HGETALL h (its worker stopped) and `request`, then 300
+        single bytes; returns the router's CPU seconds for those, after
+        checking that the answers are `want`."""
+        rp = router_pids(r)[0]
+        s = self.raw()
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with stopped(r.worker_pid(0)):
+            s.sendall(b"HGETALL h\r\n")
+            time.sleep(0.3)
+            s.sendall(request)
+            time.sleep(0.5)  # read whole, measured
+            before = cpu_seconds(rp)
+            for _ in range(300):
+                s.send(b"\r")
+                time.sleep(0.003)
+            time.sleep(0.2)
+            spent = cpu_seconds(rp) - before
+        s.settimeout(30)
+        got = b""
+        while len(got) < len(want):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(got, want)
+        return spent
+
+    def test_bytes_trickled_behind_a_waiting_multibulk_cost_little(self):
+        """A client's Hgetall waits at a stopped worker, the room kept for
+        its answer (max_frame) at the high-water mark: its requests wait,
+        and the router reads ahead. Next in line, a whole multibulk of
+        690,000 arguments; then the client trickles single bytes. Each
+        read asked the RESP parser whether a whole request waited, which
+        measured the 4 MB multibulk again and built its 11 MB argument
+        array, twice a read: 5 ms of the router's CPU a byte, so a client
+        sending 50 bytes a second took most of a core. The parser now only
+        measures, and the connection remembers the answer until the
+        request runs. The same for a multibulk whose last argument breaks
+        the protocol: found once."""
+        r = self.resp_router(shards=1, timeout="30s", extra="limits: {client_output: 16MiB}\n",
+                             router_yaml=["local_reads: false"])
+        self.assertEqual(self.exchange(self.raw(), b"HSET h f v\r\n", until=b"\r\n"), b":1\r\n")
+        n = 690000
+        head = b"*%d\r\n$4\r\nPING\r\n" % n + b"$0\r\n\r\n" * (n - 2)
+        hgetall = b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        spent = self.trickle_behind(
+            r, head + b"$0\r\n\r\n",
+            hgetall + b"-ERR wrong number of arguments for 'ping' command\r\n")
+        self.assertLess(spent, 0.4, "300 bytes cost the router %.2f s of CPU" % spent)
+        spent = self.trickle_behind(r, head + b"+x\r\n",
+                                    hgetall + b"-ERR Protocol error: expected '$', got '+'\r\n")
+        self.assertLess(spent, 0.4, "300 bytes behind a protocol error cost %.2f s of CPU" % spent)
 
 
 class RawProtocolTest(RespTestCase):

@@ -263,6 +263,53 @@ KVS_TEST(memory_follows_the_bytes_not_the_counts)
  * many arguments have: the caller's input budget counts those bytes, and
  * nothing else may grow with them. Complete, it has every argument, in
  * place, whatever their lengths. */
+/* kvs_redis_complete measures a whole request without building its
+ * arguments (a connection asks so at every read while its requests wait):
+ * a multibulk of 100,000 arguments takes no argument array, asking again
+ * does not scan it again, and kvs_redis_parse then takes it from there.
+ * An error and an inline request are told the same way. */
+KVS_TEST(complete_builds_nothing_and_parse_goes_on)
+{
+    setup();
+    enum { N = 100000 };
+    kvs_buf_t big;
+    kvs_buf_init(&big);
+    char hdr[32];
+    int n = snprintf(hdr, sizeof(hdr), "*%d\r\n$4\r\nPING\r\n", N);
+    CHECK_EQ(kvs_buf_append(&big, hdr, (size_t)n), 0);
+    for (int i = 1; i < N; i++)
+        CHECK_EQ(kvs_buf_append(&big, "$0\r\n\r\n", 6), 0);
+    size_t used;
+    CHECK_EQ(kvs_redis_complete(&ps, big.data, big.len - 1, MAXREQ, &used), 0); /* LF missing */
+    CHECK_EQ(kvs_redis_complete(&ps, big.data, big.len, MAXREQ, &used), 1);
+    CHECK_EQ(used, big.len);
+    CHECK_EQ(ps.cap, 0); /* no argument array */
+    CHECK_EQ(ps.argc, N);
+    /* Asked again (more bytes behind it): the progress answers, nothing
+     * is scanned. Spoiling the bytes already measured shows it. */
+    big.data[big.len - 6] = 'X';
+    CHECK_EQ(kvs_buf_append(&big, "*1\r\n", 5), 0);
+    CHECK_EQ(kvs_redis_complete(&ps, big.data, big.len, MAXREQ, &used), 1);
+    CHECK_EQ(used, big.len - 5);
+    big.data[big.len - 11] = '$';
+    CHECK_EQ(kvs_redis_parse(&ps, big.data, big.len, MAXREQ, &used), 1);
+    CHECK_EQ(used, big.len - 5);
+    CHECK_EQ(ps.argc, N);
+    ARG(0, "PING");
+    CHECK_EQ(ps.argv[N - 1].len, 0);
+    kvs_buf_free(&big);
+
+    const char in[] = "PING \"a\r\n"; /* unbalanced: found when taken */
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)in, sizeof(in) - 1, MAXREQ, &used), 1);
+    CHECK_EQ(used, sizeof(in) - 1);
+    CHECK_EQ(ps.scratch.cap, 0);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)in, sizeof(in) - 1, MAXREQ, &used), -1);
+    const char bad[] = "*2\r\n$4\r\nPING\r\n+x\r\n";
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)bad, sizeof(bad) - 1, MAXREQ, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: expected '$', got '+'");
+    teardown();
+}
+
 KVS_TEST(incomplete_request_holds_no_argument_memory)
 {
     setup();
@@ -657,6 +704,7 @@ KVS_TEST(glob_runs_of_stars_cost_their_length)
 
 KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_the_counts),
               KVS_CASE(incomplete_request_holds_no_argument_memory),
+              KVS_CASE(complete_builds_nothing_and_parse_goes_on),
               KVS_CASE(multibulk_byte_by_byte_keeps_progress),
               KVS_CASE(multibulk_survives_a_moved_buffer), KVS_CASE(pipeline_of_mixed_requests),
               KVS_CASE(inline_quoting_like_redis), KVS_CASE(inline_errors),
