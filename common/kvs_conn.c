@@ -522,6 +522,10 @@ static int group_check_output(kvs_conn_t *c)
 static void conn_output_drained(kvs_conn_t *c)
 {
     conn_count_output(c);
+    const kvs_conn_group_t *g = c->group;
+    if (g != NULL && g->limits.hard_limit != 0 && c->hard_limit > g->limits.hard_limit &&
+        kvs_conn_pending(c) + g->limits.hard_limit < c->hard_limit) /* (drain_past_limit) */
+        c->hard_limit = kvs_conn_pending(c) + g->limits.hard_limit;
     if (kvs_conn_pending(c) == 0)
         c->output_since_ms = 0; /* all taken: the output timeout starts over */
     if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
@@ -1893,10 +1897,17 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
             c->output_cap > 0) /* a client not authenticated keeps its cap */
             c->high_water = member_high_water(c, limits);
         c->hard_limit = limits->hard_limit;
+        if (g->drain_past_limit && c->hard_limit != 0)
+            c->hard_limit += kvs_conn_pending(c); /* down to the limit as it drains */
         if (!conn_check_hard(c))
             conn_output_drained(c);
     }
     group_relieve(g, NULL); /* a lower budget closes the members owed the most now */
+}
+
+void kvs_conn_group_drain_past_limit(kvs_conn_group_t *g)
+{
+    g->drain_past_limit = 1;
 }
 
 void kvs_conn_group_sweep_every(kvs_conn_group_t *g, uint64_t ms)

@@ -558,6 +558,7 @@ struct kvs_conn_group_s {
     uint64_t shared_slice_ns;
     const kvs_conn_t *last_member;
     uint64_t switch_ms;
+    int drain_past_limit; /* kvs_conn_group_drain_past_limit */
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -605,9 +606,19 @@ int kvs_conn_may_log(kvs_conn_t *c);
 
 /* New limits for a running group (a live reload): members keep their
  * connections; output limits apply to each at once (a member past the new
- * hard limit is closed when it next queues output), timeouts from the next
- * sweep, the input budget from the next read. */
+ * hard limit is closed, unless kvs_conn_group_drain_past_limit), timeouts
+ * from the next sweep, the input budget from the next read. */
 void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits);
+
+/* New hard limits (kvs_conn_group_set_limits) close none of g's members:
+ * each may owe what it owed then on top of the new limit, which comes
+ * down to the new limit as it drains (its high-water mark is the new one
+ * at once, so it is given no more work meanwhile). For connections that
+ * carry many peers' answers (a worker's unix socket: the node's own
+ * router processes' links), where a reload that lowered
+ * limits.client_output below what one held failed every client of the
+ * shard at once. */
+void kvs_conn_group_drain_past_limit(kvs_conn_group_t *g);
 
 /* Bounds the time the members' frames may take together in one loop
  * turn (from the end of one poll's callbacks to the end of the next:

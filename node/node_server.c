@@ -1412,6 +1412,8 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     for (int i = 0; rc == 0 && i < 2; i++) {
         kvs_conn_limits_t l = listener_limits(srv, i, &limits);
         rc = kvs_conn_group_init(&srv->groups[i], o->loop, &l, "client");
+        if (rc == 0 && srv->unix_listener[i])
+            kvs_conn_group_drain_past_limit(&srv->groups[i]); /* links survive a reload */
     }
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
         rc = add_listener(srv, &o->addrs[i], o->tls);

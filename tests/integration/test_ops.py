@@ -31,7 +31,8 @@ from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
 from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, encode, frame, pb, pyval, recv_to_eof,
                      req_hget, req_hmget, req_hmset, req_hset, req_ping, resp_exchange,
                      tls_context, tls_yaml)
-from routertest import RouterTestCase, config_place, edit_config, free_port, stopped
+from routertest import (RouterTestCase, config_place, edit_config, free_port, router_pids,
+                        stopped)
 from test_auth import USERS, req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
@@ -1881,6 +1882,43 @@ class ReloadTest(RouterTestCase):
             self.assertIn("no answer within router.timeout (1000 ms)", r.stderr())
             self.assertLess(elapsed, 4.0)
             self.assertEqual(a.recv().status, 503)  # the link was reset: it failed too
+
+    def test_a_lowered_client_output_leaves_the_workers_links_up(self):
+        """limits.client_output is for every connection, connected ones
+        included, but a worker's link from its router process carries
+        every client's answers: at 64 MiB it held 18.6 MB of them (its
+        high-water mark, 16 MiB, and the answer that passed it) while the
+        router process lagged, and a reload to 16 MiB closed it, every
+        request on it failing 503. The link now keeps what it owed on top
+        of the new limit, coming down to it as it drains."""
+        r = self.router(shards=1, partitions=8, timeout="20s", router_yaml=["local_reads: false"],
+                        extra_yaml="limits: {client_output: 64MiB}\n")
+        value = b"v" * (3 << 20)
+        with r.client(timeout=30) as c:
+            self.assertEqual(c.hset("t", "k", value).status, 200)
+        rp = router_pids(r)[0]
+        clients = [r.client(timeout=60) for _ in range(2)]
+        for c in clients:
+            self.addCleanup(c.close)
+        with stopped(rp):
+            with stopped(r.worker_pid(0)):
+                os.kill(rp, signal.SIGCONT)  # it forwards the reads to the stopped worker
+                for c in clients:
+                    c.send(*[req_hget("t", "k")] * 6)
+                time.sleep(0.5)
+                os.kill(rp, signal.SIGSTOP)
+            # The worker answers into the link up to its high-water mark.
+            time.sleep(1.0)
+            self.rewrite(r, "client_output: 64MiB", "client_output: 16MiB")
+            r.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: re.search(
+                r"node\[0\] INFO  configuration reloaded.*limits.client_output", r.stderr()), WAIT),
+                r.stderr()[-3000:])
+        answers = [c.recv() for c in clients for _ in range(6)]
+        self.assertEqual([a.status for a in answers], [200] * 12, answers[0].message)
+        self.assertEqual({len(pyval(a.values[0])) for a in answers}, {len(value)})
+        self.assertNotIn("closing unix socket peer", r.stderr())
+        self.assertNotRegex(r.stderr(), r"link to shard 0 .* down")
 
     def test_good_config_reaches_router_and_workers(self):
         r = self.metrics_router(shards=2, partitions=8, log="{level: warn, slow_threshold: off}")

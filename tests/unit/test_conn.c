@@ -91,6 +91,7 @@ struct server_s {
     size_t charged_at_full; /* the input charged when the output first reached the mark */
     int full_seen;
     size_t capped_backlog; /* max_backlog when the cap came off */
+    size_t min_hard;       /* the lowest hard limit a tick saw */
     atomic_int drain;
     int ticks_paused, resumed;
     int runs, run_frames, max_run;                   /* on_delivered: runs of frames */
@@ -1034,6 +1035,57 @@ KVS_TEST(output_cap_holds_across_a_reload_and_lifts)
     CHECK(s.stopped);
     CHECK(s.capped_backlog < OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME);
     CHECK(s.max_backlog > OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME); /* lifted: ran unread */
+}
+
+#define DRAIN_HARD (16u * 1024u)
+
+/* Once delivery stopped at the mark: a reload lowers the hard limit below
+ * what the connection owes, in a group whose members drain past it. */
+static void drain_tick(server_t *s)
+{
+    kvs_conn_t *c = &s->conn;
+    if (s->stopped) {
+        if (c->hard_limit < s->min_hard)
+            s->min_hard = c->hard_limit;
+        return;
+    }
+    if (!(c->flags & KVS_CONN_OUTPUT_FULL))
+        return;
+    size_t owed = kvs_conn_pending(c);
+    CHECK(owed > DRAIN_HARD);
+    kvs_conn_limits_t l = s->limits;
+    l.hard_limit = DRAIN_HARD;
+    l.high_water = DRAIN_HARD / 4;
+    kvs_conn_group_drain_past_limit(&s->group);
+    kvs_conn_group_set_limits(&s->group, &l); /* a live reload */
+    CHECK(!(c->flags & KVS_CONN_CLOSING));
+    CHECK_EQ(c->hard_limit, owed + DRAIN_HARD);
+    CHECK_EQ(c->high_water, DRAIN_HARD / 4);
+    s->stopped = 1;
+    s->min_hard = c->hard_limit;
+    atomic_store(&s->drain, 1);
+}
+
+/* A member past a lowered hard limit in a group that lets its members
+ * drain (a worker's unix socket: its router's links) is not closed: it
+ * owes what it owed on top of the new limit, which comes down to the
+ * limit as it drains; every frame is answered. */
+KVS_TEST(a_lowered_hard_limit_lets_a_draining_member_finish)
+{
+    server_t s;
+    server_init(&s, 0, client_flood_then_read);
+    s.use_group = 1;
+    s.limits.high_water = OB_HIGH_WATER;
+    s.limits.hard_limit = 4 * OB_HIGH_WATER;
+    s.send_buffer = 16 * 1024;
+    s.client_rcvbuf = 16 * 1024;
+    s.on_frame = echo_frame;
+    s.on_tick = drain_tick;
+    s.tick_ms = 2;
+    server_run(&s);
+    CHECK(s.stopped);
+    CHECK_EQ(s.frames, OB_FRAMES);
+    CHECK_EQ(s.min_hard, DRAIN_HARD); /* drained: the new limit alone */
 }
 
 /* Echo that also holds bytes for the peer, as the router holds answers
@@ -2196,6 +2248,7 @@ KVS_TEST_MAIN(
     KVS_CASE(output_mark_stops_execution_not_just_reading),
     KVS_CASE(reading_ahead_leaves_half_the_input_budget),
     KVS_CASE(output_cap_holds_across_a_reload_and_lifts),
+    KVS_CASE(a_lowered_hard_limit_lets_a_draining_member_finish),
     KVS_CASE(hard_limit_closes_with_held_output), KVS_CASE(output_larger_than_a_write_leaves_whole),
     KVS_CASE(buffers_shrink_after_a_burst), KVS_CASE(frame_timeout_closes_a_stalled_frame),
     KVS_CASE(frame_timeout_spares_a_frame_that_completes),
