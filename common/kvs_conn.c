@@ -138,6 +138,8 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
 
 void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame)
 {
+    if (c->dec.max != max_frame)
+        c->flags &= ~KVS_CONN_HEAD_READY; /* (an error under the old limit may not be one now) */
     c->dec.max = max_frame;
 }
 
@@ -343,6 +345,7 @@ static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
         return kvs_frame_dec_next(&c->dec, msg, len);
     const uint8_t *p;
     size_t n, used = 0;
+    c->flags &= ~KVS_CONN_HEAD_READY; /* what this finds is what counts */
     kvs_frame_dec_data(&c->dec, &p, &n);
     if (conn_codec_hello(c, p, n))
         return KVS_ETLSHELLO;
@@ -350,7 +353,6 @@ static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
     if (rc <= 0)
         return rc < 0 ? KVS_EPROTO : 0;
     c->flags |= KVS_CONN_START_SEEN;
-    c->flags &= ~KVS_CONN_HEAD_READY; /* the next message is asked about afresh */
     kvs_frame_dec_consume(&c->dec, used);
     *msg = p;
     *len = used;
@@ -656,6 +658,24 @@ static size_t conn_read_len(const kvs_conn_t *c, size_t len)
     return room == 0 ? 1 : room < len ? room : len;
 }
 
+/* Room in the decoder for `want` more bytes, charged to the group: 0 with
+ * the space, 1 when not even the least growth fits the input budget, or
+ * -ENOMEM. The decoder grows by half at a time past a maximal frame
+ * (kvs_frame_dec_space_cap); when the budget refuses that, by what the
+ * read needs, as a connection is closed only for what it must have. */
+static int conn_dec_space(kvs_conn_t *c, size_t want, uint8_t **base, size_t *len)
+{
+    int least = !conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, want));
+    if (least && !conn_budget_allows(c, kvs_frame_dec_space_cap_least(&c->dec, want)))
+        return 1;
+    int rc = least ? kvs_frame_dec_space_least(&c->dec, want, base, len)
+                   : kvs_frame_dec_space(&c->dec, want, base, len);
+    if (rc != 0)
+        return rc;
+    conn_charge(c, c->dec.cap);
+    return 0;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     kvs_conn_t *c = h->data;
@@ -677,12 +697,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         }
         return;
     }
-    size_t cap = kvs_frame_dec_space_cap(&c->dec, READ_SIZE);
-    if (!conn_budget_allows(c, cap))
+    if (conn_dec_space(c, READ_SIZE, &base, &len) != 0)
         return;
-    if (kvs_frame_dec_space(&c->dec, READ_SIZE, &base, &len) != 0)
-        return;
-    conn_charge(c, c->dec.cap);
     buf->base = (char *)base;
     buf->len = conn_read_len(c, len);
 }
@@ -768,7 +784,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0)
         return; /* EAGAIN */
-    if (n == UV_ENOBUFS && !conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, READ_SIZE))) {
+    if (n == UV_ENOBUFS &&
+        !conn_budget_allows(c, kvs_frame_dec_space_cap_least(&c->dec, READ_SIZE))) {
         conn_over_budget(c);
         return;
     }
@@ -1414,14 +1431,14 @@ static int conn_tls_decrypt(kvs_conn_t *c)
     for (;;) {
         uint8_t *base;
         size_t len, got;
-        if (!conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, TLS_RECORD))) {
+        int rc = conn_dec_space(c, TLS_RECORD, &base, &len);
+        if (rc > 0) {
             conn_over_budget(c);
             return KVS_ELIMIT;
         }
-        if (kvs_frame_dec_space(&c->dec, TLS_RECORD, &base, &len) != 0)
-            return -ENOMEM;
-        conn_charge(c, c->dec.cap);
-        int rc = kvs_tls_read(c->tls, base, len, &got);
+        if (rc != 0)
+            return rc;
+        rc = kvs_tls_read(c->tls, base, len, &got);
         if (rc != 0)
             return rc;
         kvs_frame_dec_commit(&c->dec, got);
@@ -1886,6 +1903,21 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
     return 0;
 }
 
+/* A member's hard limit once its group's is `hard`: that, or in a group
+ * whose members drain past it, what it owes on top of that, down to it as
+ * it drains (conn_output_drained), but never more than it had: reloads
+ * do not add up. 0: none. */
+static size_t drained_limit(const kvs_conn_t *c, size_t hard)
+{
+    if (!c->group->drain_past_limit || hard == 0)
+        return hard;
+    size_t had = c->hard_limit != 0 ? c->hard_limit : SIZE_MAX;
+    size_t grace = kvs_conn_pending(c) + hard;
+    if (grace > had)
+        grace = had;
+    return grace > hard ? grace : hard;
+}
+
 void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits)
 {
     g->limits = *limits;
@@ -1896,9 +1928,7 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
         if (limits->high_water > 0 ||
             c->output_cap > 0) /* a client not authenticated keeps its cap */
             c->high_water = member_high_water(c, limits);
-        c->hard_limit = limits->hard_limit;
-        if (g->drain_past_limit && c->hard_limit != 0)
-            c->hard_limit += kvs_conn_pending(c); /* down to the limit as it drains */
+        c->hard_limit = drained_limit(c, limits->hard_limit);
         if (!conn_check_hard(c))
             conn_output_drained(c);
     }

@@ -615,7 +615,8 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
  * down to the new limit as it drains (its high-water mark is the new one
  * at once, so it is given no more work meanwhile). For connections that
  * carry many peers' answers (a worker's unix socket: the node's own
- * router processes' links), where a reload that lowered
+ * router processes' links; never more than the member had, so reloads do
+ * not add up), where a reload that lowered
  * limits.client_output below what one held failed every client of the
  * shard at once. */
 void kvs_conn_group_drain_past_limit(kvs_conn_group_t *g);

@@ -68,7 +68,8 @@ static size_t end_after_compaction(const kvs_frame_dec_t *d, size_t want)
     return d->end;
 }
 
-size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want)
+/* kvs_frame_dec_space_cap, or with `least` kvs_frame_dec_space_cap_least. */
+static size_t grown_cap(const kvs_frame_dec_t *d, size_t want, int least)
 {
     size_t end = end_after_compaction(d, want);
     if (d->cap - end >= want)
@@ -82,7 +83,7 @@ size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want)
          * least: grown by one read's length each read, the buffer would be
          * copied whole once a read (quadratic in what is buffered). */
         size_t grown = d->cap + d->cap / 2;
-        return grown > end + want ? grown : end + want;
+        return grown > end + want && !least ? grown : end + want;
     }
     size_t cap = d->cap ? d->cap : 16384;
     while (cap - end < want)
@@ -90,9 +91,20 @@ size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want)
     return cap > limit ? limit : cap;
 }
 
-int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len)
+size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want)
 {
-    size_t cap = kvs_frame_dec_space_cap(d, want);
+    return grown_cap(d, want, 0);
+}
+
+size_t kvs_frame_dec_space_cap_least(const kvs_frame_dec_t *d, size_t want)
+{
+    return grown_cap(d, want, 1);
+}
+
+/* kvs_frame_dec_space, or with `least` kvs_frame_dec_space_least. */
+static int space(kvs_frame_dec_t *d, size_t want, int least, uint8_t **base, size_t *len)
+{
+    size_t cap = grown_cap(d, want, least);
     size_t end = end_after_compaction(d, want);
     if (end != d->end) {
         if (end > 0)
@@ -110,6 +122,16 @@ int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t 
     *base = d->buf + d->end;
     *len = d->cap - d->end;
     return 0;
+}
+
+int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len)
+{
+    return space(d, want, 0, base, len);
+}
+
+int kvs_frame_dec_space_least(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len)
+{
+    return space(d, want, 1, base, len);
 }
 
 void kvs_frame_dec_commit(kvs_frame_dec_t *d, size_t n)

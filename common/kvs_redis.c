@@ -12,7 +12,7 @@
  *    Redis's quoting rules (sdssplitargs).
  * Multibulk progress survives across calls as an offset from the request's
  * first byte (the caller's buffer may be compacted in between) and a count:
- * each call resumes at `pos` with `argc` arguments read so far. Nothing is
+ * each call resumes at `pos` with `got` arguments read so far. Nothing is
  * kept per argument until the request is complete (then one pass over its
  * headers fills argv), so an incomplete request costs its bytes, which the
  * caller's input budget counts, and nothing more: a million empty
@@ -52,7 +52,7 @@ void kvs_redis_parser_reset(kvs_redis_parser_t *ps)
 {
     ps->want = 0;
     ps->pos = 0;
-    ps->argc = 0;
+    ps->got = 0;
 }
 
 static int fail(kvs_redis_parser_t *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -159,7 +159,7 @@ static const uint8_t *line_end(const uint8_t *p, size_t len, size_t pos)
 
 /* ---- multibulk ---------------------------------------------------------------- */
 
-static int parse_count(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t *used)
+static int parse_count(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t *used, int peek)
 {
     const uint8_t *cr = line_end(p, len, 0);
     if (cr == NULL) {
@@ -172,14 +172,15 @@ static int parse_count(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
         return fail(ps, "Protocol error: invalid multibulk length");
     size_t at = (size_t)(cr - p) + 2;
     if (n <= 0) { /* an empty request: nothing to run */
-        ps->argc = 0;
+        if (!peek)
+            ps->argc = 0;
         *used = at;
         return 1;
     }
     /* Room for the arguments grows as they arrive: a count costs nothing
      * until the bytes it announces are here. */
     ps->want = (size_t)n;
-    ps->argc = 0;
+    ps->got = 0;
     ps->pos = at;
     return 2; /* go on with the bulks */
 }
@@ -204,7 +205,7 @@ static void fill_args(kvs_redis_parser_t *ps, const uint8_t *p)
 static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
                        size_t *used, int peek)
 {
-    while (ps->argc < ps->want) {
+    while (ps->got < ps->want) {
         size_t pos = ps->pos;
         const uint8_t *cr = line_end(p, len, pos);
         if (cr == NULL) {
@@ -226,19 +227,19 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
             return too_large(ps, max_request, 0);
         if (len < start + (size_t)n + 2)
             return 0; /* the bulk has not all arrived */
-        ps->argc++;
+        ps->got++;
         ps->pos = start + (size_t)n + 2; /* the CRLF after the data is skipped, as Redis does */
     }
     if (peek) {
         *used = ps->pos;
         return 1;
     }
-    if (grow(ps, ps->argc) != 0)
+    if (grow(ps, ps->got) != 0)
         return -ENOMEM;
+    ps->argc = ps->got;
     fill_args(ps, p);
     *used = ps->pos;
-    ps->want = 0;
-    ps->pos = 0;
+    kvs_redis_parser_reset(ps);
     return 1;
 }
 
@@ -395,15 +396,16 @@ static int parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t ma
 {
     *used = 0;
     ps->error = NULL;
-    if (ps->want == 0)
-        shrink(ps);
+    if (ps->want == 0 && !peek)
+        shrink(ps); /* (a peek leaves argv to the request it holds) */
     if (ps->want == 0 && len == 0)
         return 0;
     if (ps->want == 0 && p[0] != '*') {
-        ps->argc = 0;
+        if (!peek)
+            ps->argc = 0;
         return parse_inline(ps, p, len, max_request, used, peek);
     }
-    int rc = ps->want == 0 ? parse_count(ps, p, len, used) : 2;
+    int rc = ps->want == 0 ? parse_count(ps, p, len, used, peek) : 2;
     if (rc == 2)
         rc = parse_bulks(ps, p, len, max_request, used, peek);
     /* incomplete past the bound, in any part (a count line that never

@@ -44,7 +44,8 @@ typedef struct kvs_redis_arg_s {
 typedef struct kvs_redis_parser_s {
     /* The request last parsed: argv[0..argc). Multibulk arguments point into
      * the bytes given to kvs_redis_parse, inline ones into `scratch`; both
-     * stay valid until the next call. */
+     * stay valid until the next kvs_redis_parse (kvs_redis_complete leaves
+     * them). */
     size_t argc;
     kvs_redis_arg_t *argv;
     const char *error; /* after -1: the message, e.g. "Protocol error: ..." */
@@ -52,9 +53,10 @@ typedef struct kvs_redis_parser_s {
 
     /* Progress through a multibulk not yet complete (an offset from the
      * start of the request, so the caller may move the bytes between calls;
-     * argc counts the arguments read so far, and nothing else is kept per
+     * got counts the arguments read so far, and nothing else is kept per
      * argument until the request is complete). */
     size_t want; /* arguments announced, 0 = no multibulk in progress */
+    size_t got;  /* arguments read so far */
     size_t pos;  /* where parsing resumes */
     size_t cap;  /* capacity of argv */
     kvs_buf_t scratch;
@@ -78,8 +80,10 @@ int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t
  * would return (1 with *used, 0, -1 or -ENOMEM), but a request is only
  * measured, its arguments not built (a multibulk of a million arguments
  * takes no argument array), and the progress is kept: asking again, or
- * kvs_redis_parse with the same bytes, goes on from there. An inline
- * request's quotes are checked by kvs_redis_parse only. */
+ * kvs_redis_parse with the same bytes, goes on from there. argc, argv and
+ * the scratch (the request kvs_redis_parse returned last, which may still
+ * be running) are left as they are. An inline request's quotes are
+ * checked by kvs_redis_parse only. */
 int kvs_redis_complete(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
                        size_t *used);
 

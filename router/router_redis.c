@@ -146,7 +146,8 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
 {
     router_redis_t *rs = state;
     if (rs->quit) { /* after QUIT every byte is dropped, as one empty command */
-        rs->ps.argc = 0;
+        if (!peek)
+            rs->ps.argc = 0;
         *used = len;
         return len > 0;
     }

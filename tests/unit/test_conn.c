@@ -1061,6 +1061,8 @@ static void drain_tick(server_t *s)
     CHECK(!(c->flags & KVS_CONN_CLOSING));
     CHECK_EQ(c->hard_limit, owed + DRAIN_HARD);
     CHECK_EQ(c->high_water, DRAIN_HARD / 4);
+    kvs_conn_group_set_limits(&s->group, &l); /* reloads do not add up */
+    CHECK_EQ(c->hard_limit, owed + DRAIN_HARD);
     s->stopped = 1;
     s->min_hard = c->hard_limit;
     atomic_store(&s->drain, 1);

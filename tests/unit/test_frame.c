@@ -728,6 +728,8 @@ KVS_TEST(growth_past_a_maximal_frame_is_geometric)
     kvs_frame_put_header(frame, PAYLOAD);
     for (int i = 0; i < READS; i++) {
         size_t cap = kvs_frame_dec_space_cap(&d, READ);
+        size_t least = kvs_frame_dec_space_cap_least(&d, READ); /* by what the read needs */
+        CHECK(least == cap || (least == d.end + READ && least < cap));
         CHECK_EQ(kvs_frame_dec_space(&d, READ, &base, &len), 0);
         CHECK_EQ(d.cap, cap);
         CHECK(len >= READ);

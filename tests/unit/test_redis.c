@@ -284,7 +284,8 @@ KVS_TEST(complete_builds_nothing_and_parse_goes_on)
     CHECK_EQ(kvs_redis_complete(&ps, big.data, big.len, MAXREQ, &used), 1);
     CHECK_EQ(used, big.len);
     CHECK_EQ(ps.cap, 0); /* no argument array */
-    CHECK_EQ(ps.argc, N);
+    CHECK_EQ(ps.argc, 0);
+    CHECK_EQ(ps.got, N);
     /* Asked again (more bytes behind it): the progress answers, nothing
      * is scanned. Spoiling the bytes already measured shows it. */
     big.data[big.len - 6] = 'X';
@@ -307,6 +308,40 @@ KVS_TEST(complete_builds_nothing_and_parse_goes_on)
     const char bad[] = "*2\r\n$4\r\nPING\r\n+x\r\n";
     CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)bad, sizeof(bad) - 1, MAXREQ, &used), -1);
     CHECK_STR(ps.error, "Protocol error: expected '$', got '+'");
+    teardown();
+}
+
+/* A peek while the request kvs_redis_parse returned last still runs (a
+ * connection asks about the next one from inside its handler) leaves that
+ * request's argc and argv alone, even an argument array large enough
+ * that the next kvs_redis_parse gives it back. */
+KVS_TEST(complete_leaves_the_running_request_alone)
+{
+    setup();
+    enum { N = 2000 };
+    kvs_buf_t first;
+    kvs_buf_init(&first);
+    char hdr[32];
+    int n = snprintf(hdr, sizeof(hdr), "*%d\r\n$5\r\nHMGET\r\n", N);
+    CHECK_EQ(kvs_buf_append(&first, hdr, (size_t)n), 0);
+    for (int i = 1; i < N; i++)
+        CHECK_EQ(kvs_buf_append(&first, "$1\r\nk\r\n", 7), 0);
+    size_t used;
+    CHECK_EQ(kvs_redis_parse(&ps, first.data, first.len, MAXREQ, &used), 1);
+    CHECK(ps.cap > KVS_REDIS_KEEP_ARGS);
+    const kvs_redis_arg_t *argv = ps.argv;
+    const char next[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\nb\r\nPING\r\n";
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)next, 12, MAXREQ, &used), 0);
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)next, sizeof(next) - 1, MAXREQ, &used), 1);
+    kvs_redis_parser_reset(&ps); /* (other bytes below: no progress to go on from) */
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)"PING\r\n", 6, MAXREQ, &used), 1);
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)"*0\r\n", 4, MAXREQ, &used), 1);
+    CHECK(kvs_redis_complete(&ps, (const uint8_t *)"*1\r\n+x\r\n", 8, MAXREQ, &used) == -1);
+    CHECK(ps.argv == argv);
+    CHECK_EQ(ps.argc, N);
+    ARG(0, "HMGET");
+    ARG(N - 1, "k");
+    kvs_buf_free(&first);
     teardown();
 }
 
@@ -705,6 +740,7 @@ KVS_TEST(glob_runs_of_stars_cost_their_length)
 KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_the_counts),
               KVS_CASE(incomplete_request_holds_no_argument_memory),
               KVS_CASE(complete_builds_nothing_and_parse_goes_on),
+              KVS_CASE(complete_leaves_the_running_request_alone),
               KVS_CASE(multibulk_byte_by_byte_keeps_progress),
               KVS_CASE(multibulk_survives_a_moved_buffer), KVS_CASE(pipeline_of_mixed_requests),
               KVS_CASE(inline_quoting_like_redis), KVS_CASE(inline_errors),
