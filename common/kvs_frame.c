@@ -74,6 +74,8 @@ static size_t grown_cap(const kvs_frame_dec_t *d, size_t want, int least)
     size_t end = end_after_compaction(d, want);
     if (d->cap - end >= want)
         return d->cap;
+    if (least)
+        return end + want;
     /* Grow by doubling, but never past what a maximal frame plus one read
      * needs. */
     size_t limit = (size_t)d->max + KVS_FRAME_HEADER + want;

@@ -105,9 +105,9 @@ int kvs_frame_dec_ready(const kvs_frame_dec_t *d);
  * allocation happens. */
 size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want);
 
-/* As kvs_frame_dec_space and its _cap, but growing past what a maximal
- * frame needs by only what the read needs: for an owner whose budget
- * refuses the larger growth, before it refuses the read. */
+/* As kvs_frame_dec_space and its _cap, but growing by only what the read
+ * needs (no doubling): for an owner whose budget refuses the larger
+ * growth, before it refuses the read. */
 int kvs_frame_dec_space_least(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len);
 size_t kvs_frame_dec_space_cap_least(const kvs_frame_dec_t *d, size_t want);
 

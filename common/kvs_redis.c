@@ -396,8 +396,8 @@ static int parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t ma
 {
     *used = 0;
     ps->error = NULL;
-    if (ps->want == 0 && !peek)
-        shrink(ps); /* (a peek leaves argv to the request it holds) */
+    if (!peek)
+        shrink(ps); /* (a peek leaves argv to the request it holds; progress needs none) */
     if (ps->want == 0 && len == 0)
         return 0;
     if (ps->want == 0 && p[0] != '*') {

@@ -341,6 +341,14 @@ KVS_TEST(complete_leaves_the_running_request_alone)
     CHECK_EQ(ps.argc, N);
     ARG(0, "HMGET");
     ARG(N - 1, "k");
+    /* Once it is done, the next request, peeked at in pieces before it is
+     * taken, gives the large array back (a peek's progress kept it). */
+    kvs_redis_parser_reset(&ps);
+    CHECK_EQ(kvs_redis_complete(&ps, (const uint8_t *)next, 6, MAXREQ, &used), 0);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)next, sizeof(next) - 1, MAXREQ, &used), 1);
+    CHECK(ps.cap <= KVS_REDIS_KEEP_ARGS);
+    CHECK_EQ(ps.argc, 3);
+    ARG(0, "SET");
     kvs_buf_free(&first);
     teardown();
 }
