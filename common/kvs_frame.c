@@ -85,7 +85,7 @@ static size_t grown_cap(const kvs_frame_dec_t *d, size_t want, int least)
          * least: grown by one read's length each read, the buffer would be
          * copied whole once a read (quadratic in what is buffered). */
         size_t grown = d->cap + d->cap / 2;
-        return grown > end + want && !least ? grown : end + want;
+        return grown > end + want ? grown : end + want;
     }
     size_t cap = d->cap ? d->cap : 16384;
     while (cap - end < want)

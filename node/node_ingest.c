@@ -93,6 +93,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,9 +298,10 @@ struct node_ingest_s {
     uint64_t ask_started, ask_done; /* queries started, and answered or failed */
     uint64_t ask_failed_ms;         /* uv_now when a query last went unanswered; 0 never */
     rd_kafka_t *asker;              /* the handle they go through (NULL: rk) */
-    int one_cluster;    /* test hook: cluster ids not compared (each mock has its own) */
-    int ask_timeout_ms; /* how long a query may take (node_ingest_set_ask_timeout) */
-    int ask_job_ms;     /* ... the end query in flight, as it started */
+    int one_cluster; /* test hook: cluster ids not compared (each mock has its own) */
+    /* How long a query may take (node_ingest_set_ask_timeout): read by the
+     * thread pool as each query starts, set by a reload on the loop. */
+    _Atomic int ask_timeout_ms;
     struct ask_s {
         offq_t q; /* q.off: the end */
         part_t *part;
@@ -311,7 +313,6 @@ struct node_ingest_s {
      * query at a time, in the thread pool. */
     uv_work_t range_work;
     int range_busy;
-    int range_job_ms; /* how long the query in flight may take, as it started */
     struct range_s {
         offq_t q;
         topic_t *t;
@@ -1164,19 +1165,16 @@ static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m)
     range_start(in);
 }
 
-static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t stride, size_t n,
-                         int timeout_ms);
+static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t stride, size_t n);
 
 /* In the thread pool: where every partition asked about starts and ends. */
 static void range_work(uv_work_t *w)
 {
     node_ingest_t *in = w->data;
-    list_offsets(in, RD_KAFKA_OFFSET_BEGINNING, in->ranges, sizeof(*in->ranges), in->n_ranges,
-                 in->range_job_ms);
+    list_offsets(in, RD_KAFKA_OFFSET_BEGINNING, in->ranges, sizeof(*in->ranges), in->n_ranges);
     for (size_t i = 0; i < in->n_ranges; i++)
         in->ranges[i].lo = in->ranges[i].q.off;
-    list_offsets(in, RD_KAFKA_OFFSET_END, in->ranges, sizeof(*in->ranges), in->n_ranges,
-                 in->range_job_ms);
+    list_offsets(in, RD_KAFKA_OFFSET_END, in->ranges, sizeof(*in->ranges), in->n_ranges);
     for (size_t i = 0; i < in->n_ranges; i++)
         in->ranges[i].hi = in->ranges[i].q.off;
 }
@@ -1475,7 +1473,6 @@ static void range_start(node_ingest_t *in)
         return;
     in->range_asked_ms = now;
     in->range_busy = 1;
-    in->range_job_ms = in->ask_timeout_ms; /* the thread's copy: a reload may change it */
     in->range_work.data = in;
     uv_queue_work(in->loop, &in->range_work, range_work, range_done);
 }
@@ -1852,15 +1849,14 @@ static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
 /* In the thread pool: where logical position `want` (RD_KAFKA_OFFSET_END,
  * _BEGINNING) of each of the n partitions at items, stride bytes apart
  * (each starting with its offq_t), is: one ListOffsets round trip per
- * leader, at most timeout_ms in all, through the asker handle (the
+ * leader, at most ask_timeout_ms in all, through the asker handle (the
  * consumer's would wait behind the fetch its broker holds). A partition not
  * answered gets -1. rd_kafka_offsets_for_times, not
  * rd_kafka_query_watermark_offsets, because the latter (librdkafka before
  * 2.3) ignores its timeout while the leader is down: it would wait for the
  * brokers to come back, every later question behind it, and the loop
  * (uv_run waits for the work) would never let the worker stop. */
-static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t stride, size_t n,
-                         int timeout_ms)
+static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t stride, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         ((offq_t *)((char *)items + i * stride))->off = -1;
@@ -1872,7 +1868,8 @@ static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t st
         rd_kafka_topic_partition_list_add(l, q->topic, q->p)->offset = want;
     }
     rd_kafka_t *rk = in->asker != NULL ? in->asker : in->rk;
-    if (rd_kafka_offsets_for_times(rk, l, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (rd_kafka_offsets_for_times(rk, l, atomic_load(&in->ask_timeout_ms)) ==
+        RD_KAFKA_RESP_ERR_NO_ERROR) {
         for (size_t i = 0; i < n; i++) {
             offq_t *q = (offq_t *)((char *)items + i * stride);
             rd_kafka_topic_partition_t *e = rd_kafka_topic_partition_list_find(l, q->topic, q->p);
@@ -1892,7 +1889,7 @@ static void ask_work(uv_work_t *w)
             in->asks[i].q.off = -1; /* the test hook: nobody answered */
         return;
     }
-    list_offsets(in, RD_KAFKA_OFFSET_END, in->asks, sizeof(*in->asks), in->n_asks, in->ask_job_ms);
+    list_offsets(in, RD_KAFKA_OFFSET_END, in->asks, sizeof(*in->asks), in->n_asks);
 }
 
 static void ask_start(node_ingest_t *in);
@@ -1958,7 +1955,6 @@ static void ask_start(node_ingest_t *in)
         kvs_warn("test hook: end question %llu goes unanswered (KVS_TEST_ASKS_UNANSWERED)",
                  (unsigned long long)in->ask_started);
     }
-    in->ask_job_ms = in->ask_timeout_ms; /* the thread's copy: a reload may change it */
     in->ask_work.data = in;
     uv_queue_work(in->loop, &in->ask_work, ask_work, ask_done);
 }
@@ -2051,7 +2047,7 @@ uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t
 void node_ingest_set_ask_timeout(node_ingest_t *in, int ms)
 {
     if (in != NULL)
-        in->ask_timeout_ms = ms > 0 ? ms : 1000; /* the next query's (threads keep a copy) */
+        atomic_store(&in->ask_timeout_ms, ms > 0 ? ms : 1000); /* the next query's */
 }
 
 void node_ingest_set_asker(node_ingest_t *in, rd_kafka_t *rk)
@@ -2712,7 +2708,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->serving = o->restarted;
     in->on_answer = o->on_answer;
     in->arg = o->arg;
-    in->ask_timeout_ms = o->ask_timeout_ms > 0 ? o->ask_timeout_ms : 1000;
+    node_ingest_set_ask_timeout(in, o->ask_timeout_ms);
     in->pipefd[0] = in->pipefd[1] = -1;
     in->started_ms = uv_now(in->loop);
     in->group = node_ingest_group(in->cfg);

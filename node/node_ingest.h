@@ -117,9 +117,9 @@ int node_ingest_want_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 struct rd_kafka_s;
 
-/* How long each later query of the brokers (ends, ranges) may take, as
- * node_ingest_opts_t's ask_timeout_ms: a reload of router.timeout. A query
- * in flight keeps the bound it started with. */
+/* How long each later request to the brokers about where partitions end
+ * or start may take, as node_ingest_opts_t's ask_timeout_ms: a reload of
+ * router.timeout. A request already sent keeps the bound it was sent with. */
 void node_ingest_set_ask_timeout(node_ingest_t *in, int ms);
 
 /* The handle node_ingest_ask_end queries through (NULL: the consumer's

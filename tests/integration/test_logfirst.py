@@ -53,6 +53,12 @@ def with_options(req, position=b"", stale=False):
     return req
 
 
+def read_past_the_end(key):
+    """An Hget of key in table users whose position (offset 9 of users'
+    partition 1) is past that partition's end."""
+    return with_options(req_hget("users", key), pos_token([("users", 1, 9)]))
+
+
 class FreshnessFixtures(KafkaFixtures):
     def worker_parts(self, router, shard, topic):
         """Per-partition Info of `topic` straight from worker `shard` (its
@@ -299,6 +305,18 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
             self.assertEqual(pyval(resp.values[0]), b"v1")
             self.assertLess(time.monotonic() - t0, 7.0)
 
+    def one_record_router(self, timeout):
+        """A mock whose brokers can be taken down, topic users (2
+        partitions) holding one record, at offset 0 of partition 1, and a
+        router (router.timeout `timeout`) that applied it; returns the
+        mock, the router and the record's key."""
+        m = self.mock({"users": 2}, control=True)
+        key = keys_in_partition(1, 2, 1)[0]
+        kcat_produce(m.bootstrap, "users", [(key, b"v0")])
+        r = self.router(m, [("users", "users", "raw", 2)], shards=2, timeout=timeout)
+        self.wait_applied(r, 1, "users", 1, 1)
+        return m, r, key
+
     def test_a_position_past_the_end_with_the_brokers_down_waits_one_bounded_question(self):
         """With every broker down, the question a read past the end asks
         (where does the partition end?) gives up after its own timeout
@@ -307,17 +325,12 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
         after a question went unanswered none is asked: the next such read
         is refused at once (each would otherwise hold its connection, and
         through a router the shard's link, for another 2 s)."""
-        topic, parts = "users", 2
-        m = self.mock({topic: parts}, control=True)
-        key = keys_in_partition(1, parts, 1)[0]
-        kcat_produce(m.bootstrap, topic, [(key, b"v0")])
-        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="10s")
-        self.wait_applied(r, 1, topic, 1, 1)
+        m, r, key = self.one_record_router("10s")
         m.ctl("broker-down all")
         with r.client() as c:
             for bound in (5.0, 1.0):
                 t0 = time.monotonic()
-                resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 9)])))
+                resp = c.call(read_past_the_end(key))
                 self.assertEqual(resp.status, 503, resp.message)
                 self.assertIn("position ahead of the topic", resp.message)
                 self.assertLess(time.monotonic() - t0, bound)
@@ -328,12 +341,7 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
         after 800 ms and every read past the end after a reload to 10 s
         was still refused then, though it could wait 8 s for the brokers.
         Now the question after the reload waits its 2 s."""
-        topic, parts = "users", 2
-        m = self.mock({topic: parts}, control=True)
-        key = keys_in_partition(1, parts, 1)[0]
-        kcat_produce(m.bootstrap, topic, [(key, b"v0")])
-        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="1s")
-        self.wait_applied(r, 1, topic, 1, 1)
+        m, r, key = self.one_record_router("1s")
         edit_config(r, "timeout: 1s", "timeout: 10s")
         r.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(lambda: r.stderr().count("(router.timeout)") == 4, 20),
@@ -341,7 +349,7 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
         m.ctl("broker-down all")
         with r.client(timeout=30) as c:
             t0 = time.monotonic()
-            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 9)])))
+            resp = c.call(read_past_the_end(key))
             took = time.monotonic() - t0
         self.assertEqual(resp.status, 503, resp.message)
         self.assertIn("position ahead of the topic", resp.message)

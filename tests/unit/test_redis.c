@@ -259,10 +259,17 @@ KVS_TEST(memory_follows_the_bytes_not_the_counts)
     teardown();
 }
 
-/* A request that has not all arrived holds nothing but its bytes, however
- * many arguments have: the caller's input budget counts those bytes, and
- * nothing else may grow with them. Complete, it has every argument, in
- * place, whatever their lengths. */
+/* Appends a multibulk of n arguments: `first`, then n - 1 of `each`
+ * (each a whole bulk, "$1\r\nk\r\n"). */
+static void multibulk(kvs_buf_t *b, int n, const char *first, const char *each)
+{
+    char hdr[48];
+    int k = snprintf(hdr, sizeof(hdr), "*%d\r\n$%zu\r\n%s\r\n", n, strlen(first), first);
+    CHECK_EQ(kvs_buf_append(b, hdr, (size_t)k), 0);
+    for (int i = 1; i < n; i++)
+        CHECK_EQ(kvs_buf_append(b, each, strlen(each)), 0);
+}
+
 /* kvs_redis_complete measures a whole request without building its
  * arguments (a connection asks so at every read while its requests wait):
  * a multibulk of 100,000 arguments takes no argument array, asking again
@@ -274,11 +281,7 @@ KVS_TEST(complete_builds_nothing_and_parse_goes_on)
     enum { N = 100000 };
     kvs_buf_t big;
     kvs_buf_init(&big);
-    char hdr[32];
-    int n = snprintf(hdr, sizeof(hdr), "*%d\r\n$4\r\nPING\r\n", N);
-    CHECK_EQ(kvs_buf_append(&big, hdr, (size_t)n), 0);
-    for (int i = 1; i < N; i++)
-        CHECK_EQ(kvs_buf_append(&big, "$0\r\n\r\n", 6), 0);
+    multibulk(&big, N, "PING", "$0\r\n\r\n");
     size_t used;
     CHECK_EQ(kvs_redis_complete(&ps, big.data, big.len - 1, MAXREQ, &used), 0); /* LF missing */
     CHECK_EQ(kvs_redis_complete(&ps, big.data, big.len, MAXREQ, &used), 1);
@@ -321,11 +324,7 @@ KVS_TEST(complete_leaves_the_running_request_alone)
     enum { N = 2000 };
     kvs_buf_t first;
     kvs_buf_init(&first);
-    char hdr[32];
-    int n = snprintf(hdr, sizeof(hdr), "*%d\r\n$5\r\nHMGET\r\n", N);
-    CHECK_EQ(kvs_buf_append(&first, hdr, (size_t)n), 0);
-    for (int i = 1; i < N; i++)
-        CHECK_EQ(kvs_buf_append(&first, "$1\r\nk\r\n", 7), 0);
+    multibulk(&first, N, "HMGET", "$1\r\nk\r\n");
     size_t used;
     CHECK_EQ(kvs_redis_parse(&ps, first.data, first.len, MAXREQ, &used), 1);
     CHECK(ps.cap > KVS_REDIS_KEEP_ARGS);
@@ -353,6 +352,10 @@ KVS_TEST(complete_leaves_the_running_request_alone)
     teardown();
 }
 
+/* A request that has not all arrived holds nothing but its bytes, however
+ * many arguments have: the caller's input budget counts those bytes, and
+ * nothing else may grow with them. Complete, it has every argument, in
+ * place, whatever their lengths. */
 KVS_TEST(incomplete_request_holds_no_argument_memory)
 {
     setup();
