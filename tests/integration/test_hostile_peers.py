@@ -22,6 +22,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -39,12 +40,23 @@ class FakePeer(LoopbackServer):
     def __init__(self, answer):
         self.answer = answer
         self.requests = []
+        self.closing = threading.Event()
         super().__init__(self._first_frame, port=free_port())
 
     def _first_frame(self, c):
         (n,) = struct.unpack(">I", recv_exact(c, 4))
         self.requests.append(pb.CommandRequest.FromString(recv_exact(c, n)))
         self.answer(c)
+
+    def hang(self, seconds):
+        """Says nothing for `seconds`, or until close(): an answer that
+        hangs longer than the test looks ends at its cleanup, which would
+        otherwise wait for it (close() joins the thread that answers)."""
+        self.closing.wait(seconds)
+
+    def close(self):
+        self.closing.set()
+        super().close()
 
 
 class Worker(Managed):
@@ -199,7 +211,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
 
         def silent(c):
             asked.append(time.monotonic())
-            time.sleep(12)
+            peer.hang(12)
 
         peer = self.peer(silent)
         w = self.worker(0, peer.port, frame_timeout="30s")
@@ -243,7 +255,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         def answer(c):
             sent.append(1)
             c.sendall(chunk_frame(b"x" * 1000))
-            time.sleep(60)  # then silent: given up after frame_timeout (30 s)
+            peer.hang(60)  # then silent: given up after frame_timeout (30 s)
 
         peer = self.peer(answer)  # on 127.0.0.1 only: nothing listens on ::1 at its port
         w = self.worker(0, peer.port, frame_timeout="30s", env=env, peer_host=host)
