@@ -9,6 +9,7 @@
 #include "kvs_log.h"
 #include "kvs_lookup.h"
 #include "kvs_msg.h"
+#include "kvs_testhook.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -383,6 +384,12 @@ int node_ack_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard, nod
     *out = NULL;
     if (cfg->node_name[0] == '\0')
         return 0;
+    uint64_t ms;
+    if (kvs_test_hook_u64("KVS_TEST_ACK_ATTEMPT_MS", &ms) && ms > 0 && ms <= UINT32_MAX) {
+        attempt_ms = (uint32_t)ms;
+        kvs_warn("test hook: an acknowledgement's attempt has %u ms (KVS_TEST_ACK_ATTEMPT_MS)",
+                 attempt_ms);
+    }
     node_ack_t *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return -ENOMEM;

@@ -57,6 +57,7 @@
 #include "kvs_schema.h"
 #include "kvs_shardstate.h"
 #include "kvs_signals.h"
+#include "kvs_testhook.h"
 #include "node_ack.h"
 #include "node_bootstrap.h"
 #include "kvs_plugins.h"
@@ -120,6 +121,7 @@ typedef struct node_main_s {
     const char *reload_from; /* --reload-from, or NULL */
     kvs_config_t *cfg;       /* the running config (live reload changes its live keys in place) */
     uv_timer_t drain;
+    uint64_t drain_ms;              /* how long clients get to drain at a stop */
     uv_timer_t files_watch;         /* watch_files */
     char shard_dir[4200];           /* <data_dir>/shard-N */
     const kvs_lmdb_ident_t *opened; /* the files the store has open */
@@ -402,7 +404,7 @@ static void on_stopped(void *arg)
 static void on_drain_timeout(uv_timer_t *t)
 {
     node_main_t *m = t->data;
-    kvs_warn("clients did not drain within %d ms; closing them", DRAIN_TIMEOUT_MS);
+    kvs_warn("clients did not drain within %llu ms; closing them", (unsigned long long)m->drain_ms);
     node_server_abort_clients(m->srv);
 }
 
@@ -416,9 +418,13 @@ static void begin_shutdown(node_main_t *m)
     node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
+    m->drain_ms = DRAIN_TIMEOUT_MS;
+    if (kvs_test_hook_u64("KVS_TEST_DRAIN_MS", &m->drain_ms))
+        kvs_warn("test hook: clients get %llu ms to drain (KVS_TEST_DRAIN_MS)",
+                 (unsigned long long)m->drain_ms);
     uv_timer_init(m->loop, &m->drain);
     m->drain.data = m;
-    uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
+    uv_timer_start(&m->drain, on_drain_timeout, m->drain_ms, 0);
     uv_unref((uv_handle_t *)&m->drain);
     node_server_stop(m->srv, on_stopped, m);
 }

@@ -16,7 +16,8 @@ sanitizer build (KVS_TEST_SANITIZED=1: the same skips, the same margins),
 runs each integration test once with its own GCOV_PREFIX and
 KVS_LEAK_REPORT (so every node stops with SIGTERM and writes its counts);
 gcov's JSON gives each test's set of lines and branches taken; a greedy
-weighted set cover picks tests by new lines and branches per second.
+weighted set cover picks tests by new lines and branches per second, and
+then drops, dearest first, each one the others chosen make unneeded.
 
     tests/coverage/asan_select.sh    # builds build-cov, runs, rewrites the list
 
@@ -123,6 +124,23 @@ def select(sets, cost, must):
         have |= sets[best]
 
 
+def prune(sets, cost, must, chosen):
+    """Drops from a cover the tests it does not need, dearest first: the
+    greedy choice keeps an early pick whose lines and branches later picks
+    all run as well."""
+    times = {}  # how many chosen tests run each line or branch
+    for n in chosen:
+        for i in sets[n]:
+            times[i] = times.get(i, 0) + 1
+    kept = set(chosen)
+    for n in sorted(chosen - set(must), key=lambda n: (-cost[n], n)):
+        if all(times[i] > 1 for i in sets[n]):
+            kept.discard(n)
+            for i in sets[n]:
+                times[i] -= 1
+    return kept
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("build")
@@ -147,7 +165,7 @@ def main():
     keep = set(m for m in a.keep.split(",") if m)
     # A test that failed here may have stopped before reaching its lines: kept.
     must = [n for n in names if n.split(".")[0] in keep or rc[n] != 0]
-    chosen = select(sets, cost, must)
+    chosen = prune(sets, cost, must, select(sets, cost, must))
     left = sorted(set(names) - chosen)
     universe = set().union(*sets.values())
     print("%d lines and branches; %d tests run them all (%.0f s here), %d are left out "

@@ -490,18 +490,15 @@ class AuthTest(RouterTestCase):
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
 
-    def slow_checks_router(self, iterations):
-        """A one-shard router at max_clients 20 with a user whose token
-        hash takes `iterations` PBKDF2 rounds: every check costs that much
-        (a failure is checked against the dearest hash)."""
-        users = dict(USERS)
-        users["slow"] = ("slow-pw", {"*": ["read"]})
-        token_hash("slow-pw")
-        slow = subprocess.run([CLI, "hash-token", "-", str(iterations)], input=b"slow-pw",
-                              capture_output=True, timeout=30, check=True)
-        _HASHES["slow-pw"] = slow.stdout.decode().strip()
+    def slow_checks_router(self, check_ms):
+        """A one-shard router at max_clients 20 whose every token check
+        takes `check_ms` ms more (the test hook KVS_TEST_AUTH_CHECK_MS: a
+        dear hash without its CPU, so the checks take as long under a
+        sanitizer or on a loaded machine, and the decoy the router makes
+        at start costs nothing)."""
         return self.router(shards=1, partitions=8,
-                           extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+                           extra_yaml=users_yaml(limits="max_clients: 20, auth_timeout: 60s"),
+                           env={"KVS_TEST_AUTH_CHECK_MS": str(check_ms)})
 
     def test_auths_being_checked_do_not_stop_eviction(self):
         # At limits.max_clients a client whose token is being checked right
@@ -509,7 +506,10 @@ class AuthTest(RouterTestCase):
         # is parked behind its own address's: otherwise one address that
         # keeps Auths waiting (one check at a time per address) would keep
         # every user out for as long as its checks took.
-        r = self.slow_checks_router(2000000)  # every check costs ~1 s
+        # Every check takes a minute: the one being checked is still being
+        # checked at the end (the test never waits for a check; the router
+        # is killed at cleanup).
+        r = self.slow_checks_router(60000)
         frame = req_auth("alice", "wrong").SerializeToString()
         # one checked, 16 waiting for it (one address, one check)
         checking = [self.plain_socket(r, struct.pack(">I", len(frame)) + frame) for _ in range(17)]
@@ -537,7 +537,8 @@ class AuthTest(RouterTestCase):
         # try: shut out. An Auth waiting its turn in the first lane (its
         # address failed nothing lately) is now spared like one being
         # checked; the flood's connections that sent nothing make room.
-        r = self.slow_checks_router(1000000)  # every check costs ~0.5 s
+        # Every check takes 1.5 s, on a loaded machine too (a test hook).
+        r = self.slow_checks_router(1500)
         frame = req_auth("alice", "wrong").SerializeToString()
         wrong = struct.pack(">I", len(frame)) + frame
 
@@ -554,9 +555,10 @@ class AuthTest(RouterTestCase):
         for i in range(6):  # two checked, four waiting, each its own address
             from_addr("127.0.1.%d" % (i + 1), wrong)
         time.sleep(0.3)
-        # Its turn comes after three rounds of the two checks (~1.5 s here;
-        # a loaded machine has been seen taking ~10 s a check): wait for it
-        # as long as it takes. Being shut out is seen at once (EOFError).
+        # Its turn comes after three rounds of the two checks (4.5 s; the
+        # flood below takes well under 1 s, and the fifth connection past
+        # max_clients closes it if it is not spared): wait for it as long
+        # as it takes. Being shut out is seen at once (EOFError).
         user = r.client(timeout=180)
         self.addCleanup(user.close)
         user.send(req_auth("alice", USERS["alice"][0]))

@@ -22,6 +22,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -39,12 +40,23 @@ class FakePeer(LoopbackServer):
     def __init__(self, answer):
         self.answer = answer
         self.requests = []
+        self.closing = threading.Event()
         super().__init__(self._first_frame, port=free_port())
 
     def _first_frame(self, c):
         (n,) = struct.unpack(">I", recv_exact(c, 4))
         self.requests.append(pb.CommandRequest.FromString(recv_exact(c, n)))
         self.answer(c)
+
+    def hang(self, seconds):
+        """Says nothing for `seconds`, or until close(): an answer that
+        hangs longer than the test looks ends at its cleanup, which would
+        otherwise wait for it (close() joins the thread that answers)."""
+        self.closing.wait(seconds)
+
+    def close(self):
+        self.closing.set()
+        super().close()
 
 
 class Worker(Managed):
@@ -199,7 +211,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
 
         def silent(c):
             asked.append(time.monotonic())
-            time.sleep(12)
+            peer.hang(12)
 
         peer = self.peer(silent)
         w = self.worker(0, peer.port, frame_timeout="30s")
@@ -243,7 +255,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         def answer(c):
             sent.append(1)
             c.sendall(chunk_frame(b"x" * 1000))
-            time.sleep(60)  # then silent: given up after frame_timeout (30 s)
+            peer.hang(60)  # then silent: given up after frame_timeout (30 s)
 
         peer = self.peer(answer)  # on 127.0.0.1 only: nothing listens on ::1 at its port
         w = self.worker(0, peer.port, frame_timeout="30s", env=env, peer_host=host)
@@ -325,14 +337,16 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         # drops connection attempts, on 127.0.0.1 the peer's worker
         # listens. The first answer's 5 s ran out on the first address,
         # and every round asked it again, never the second; so did the
-        # acknowledgement's 10 s. Each address now gets its own time.
+        # acknowledgement's 10 s (3 s here, through the test hook). Each
+        # address now gets its own time.
         other = self.managed(Node())
         with other.client() as c:
             self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
         black_hole(self, "::1", other.port)
         host = "dual-hole.kvs.test"
-        w = self.worker(0, other.port, env=slow_resolver_env(host, 10), peer_host=host,
-                        frame_timeout="30s")
+        env = slow_resolver_env(host, 10)
+        env["KVS_TEST_ACK_ATTEMPT_MS"] = "3000"
+        w = self.worker(0, other.port, env=env, peer_host=host, frame_timeout="30s")
         self.assertTrue(wait_until(w.serves, 3 * TIMEOUT), w.stderr())
         self.assertNotIn("snapshot from peer failed", w.stderr())
         with Client(w.addr) as c:
