@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rewrites tests/asan_covered.txt: the integration tests the sanitizer build
 # leaves out of CI because the tests it runs cover every line and branch
-# they run (tests/coverage/asan_select.py says how). Takes some 10 minutes
+# they run (tests/coverage/asan_select.py says how). Takes some 16 minutes
 # on 2 cores. Run it when the suite or the code changed much; a test added
 # since the last run is simply run in both builds.
 #   tests/coverage/asan_select.sh [BUILD_DIR [WORK_DIR]]
