@@ -543,10 +543,11 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         import redis
         from routertest import free_port
         parts = 4
-        m = self.mock({"vl": parts})
+        m = self.mock({"vl": parts, "vl-slow": parts})
+        # The previous values stored when a write is checked: ingestion at
+        # full speed (each write below is answered once applied).
         rport = free_port()
         self.router(m, [("vl", "vals", "value", parts)], shards=2, max_frame=64 * 1024,
-                    env={"KVS_TEST_INGEST_DELAY_MS": "150"},
                     router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
         c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
         self.addCleanup(c.close)
@@ -561,6 +562,17 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertEqual(c.hdel("vals", *(fields + [b"none"])), 5)
         self.assertEqual(c.hmget("vals", fields), [None] * 5)
 
+        # The values writes still on their way through Kafka leave behind:
+        # ingestion slowed down (one record per 150 ms) so that the two
+        # writes are not applied yet when the third is checked. A router of
+        # its own, on a topic of its own: it does not ingest the records
+        # above at that pace (nor share their consumer group).
+        rport = free_port()
+        self.router(m, [("vl-slow", "vals", "value", parts)], shards=2, max_frame=64 * 1024,
+                    env={"KVS_TEST_INGEST_DELAY_MS": "150"}, group_id="kvs-slow",
+                    router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
+        self.addCleanup(c.close)
         k0 = next(k for k in (b"a%d" % i for i in range(100)) if partition_of(k, parts) % 2 == 0)
         k1 = next(k for k in (b"b%d" % i for i in range(100)) if partition_of(k, parts) % 2 == 1)
         huge = b"x" * (40 * 1024)
@@ -1081,7 +1093,7 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                               b"not run Hget on table \"users\": it needs read\r\n")
 
     def test_session_reads_wait_for_an_acknowledged_write(self):
-        parts = 4
+        parts = 2  # one per shard (see the next test)
         m = self.mock({"users": parts})
         # applying takes 2.5 s per record, longer than a write may wait:
         # the write's answer is 503 with its position (Kafka has it)
@@ -1103,7 +1115,10 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertEqual(pyval(resp.values[0]), b"new")
 
     def test_position_from_another_connection_never_reads_stale(self):
-        parts = 4
+        # One partition per shard: the test hook paces a partition's end
+        # (the event saying a worker reached it) like a record, so each more
+        # partition a worker owns can hold the write's record up 2.5 s more.
+        parts = 2
         m = self.mock({"users": parts})
         # applying takes 2.5 s per record, longer than a write may wait
         # (router.timeout 2 s: 1.6 s): the write's answer is 503, with its
