@@ -407,16 +407,28 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             conn[0].close()
 
         threads = [threading.Thread(target=writer, args=(r,), daemon=True) for r in (a, b)]
+        def acked_through(router):
+            with lock:
+                return sum(1 for r in acked.values() if r is router)
+
+        def refused_by_b():
+            with lock:
+                return [r for r in refused if r[0]]
         for t in threads:
             t.start()
         try:
-            time.sleep(0.5)
+            # Writes through both nodes are acknowledged before the move
+            # (polled: the writers run on until the end).
+            self.assertTrue(wait_until(lambda: acked_through(a) and acked_through(b), 10),
+                            (len(acked), refused[:3]))
             moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
             set_map(a, moved, bases)
             self.reload(a, 1)
             self.assertIn("shard 2 has no data yet: copying a snapshot from node b", a.stderr())
             self.assertIn("shard 2 was copied to", b.stderr())
-            time.sleep(0.5)
+            # b's worker refuses the writes through b from now until b
+            # reloads: wait for one such refusal, not a fixed time.
+            self.assertTrue(wait_until(refused_by_b, 10), refused[:3])
             self.restart_worker(b, 2)
             with Client(b.socket_path(2)) as w:
                 resp = w.call(req_hset("plain", next(keys), "x"))
@@ -426,15 +438,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertIn("nothing was written", resp.message)
             set_map(b, moved, bases)
             self.reload(b, 1)
-            with lock:
-                before = len(acked)
-            time.sleep(0.5)
+            # b's router writes to a now: polled until a write through b
+            # is acknowledged after the reload.
+            before = acked_through(b)
+            self.assertTrue(wait_until(lambda: acked_through(b) > before, 10), refused[-3:])
         finally:
             stop.set()
             for t in threads:
                 t.join(30)
+        self.assertGreater(acked_through(b), before)  # b's router writes to a now
         with lock:
-            self.assertGreater(len(acked), before)  # b's router writes to a now
             self.assertTrue(refused, "no write was refused between the copy and b's reload")
             self.assertEqual({r[1] for r in refused}, {503}, refused[:3])
         for router in (a, b):
