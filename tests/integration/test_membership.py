@@ -90,6 +90,11 @@ class MoveTraffic(ClientThreads):
                          for r in range(readers)]
 
 
+    def since(self, t):
+        """(writes acknowledged at or after monotonic time t, reads so far)."""
+        with self.lock:
+            return sum(1 for v in self.acked.values() if v[2] >= t), self.reads
+
     def call(self, conn, req):
         """conn: a one-element list holding the thread's Client (or None)."""
         for _ in range(20):
@@ -329,7 +334,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # asking a for shard 0).
         set_map(b, moved, bases)
         self.reload(b, 1)
-        time.sleep(0.5)
+        # Traffic goes on through a once b took the map: polled until a
+        # write was acknowledged and a read answered since (and more than
+        # the 20 writes checked below were acknowledged in all).
+        t, reads = time.monotonic(), traffic.reads
+        self.assertTrue(wait_until(lambda: traffic.since(t)[0] and traffic.since(t)[1] > reads
+                                   and len(traffic.acked) > 20, 10), traffic.errors[:3])
         traffic.finish()
         self.assertEqual(traffic.errors, [])
         self.assertGreater(len(traffic.acked), 20)
