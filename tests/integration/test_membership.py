@@ -65,6 +65,14 @@ def snapshot_req(installed=b"", node="d"):
     return req
 
 
+def sighup_pending(pid):
+    """Whether a SIGHUP sent to process pid waits on it (blocked)."""
+    with open("/proc/%d/status" % pid) as f:
+        pending = [int(line.split()[1], 16) for line in f
+                   if line.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(p & (1 << (signal.SIGHUP - 1)) for p in pending)
+
+
 class MoveTraffic(ClientThreads):
     """Writers and readers through one node while its router processes are
     replaced. A client whose connection the node closes (a drained router
@@ -194,7 +202,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertTrue(wait_until(
                 lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
                 10), a.stderr()[-3000:])
-            time.sleep(1.5)  # past the hold: the worker, still copying, got it
+            # Past the supervisor's hold (until the worker is 1 s old): the
+            # worker, still copying, got it; it blocks SIGHUP until it
+            # serves, so the signal shows as pending on it.
+            worker = a.workers()[0]
+            self.assertTrue(wait_until(lambda: sighup_pending(worker), 10),
+                            a.stderr()[-3000:])
         except BaseException:
             os.kill(source, signal.SIGCONT)
             raise
