@@ -73,6 +73,14 @@ def sighup_pending(pid):
     return any(p & (1 << (signal.SIGHUP - 1)) for p in pending)
 
 
+def age(pid):
+    """Seconds since process pid started."""
+    with open("/proc/%d/stat" % pid) as f:
+        start = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - start / os.sysconf("SC_CLK_TCK")
+
+
 class MoveTraffic(ClientThreads):
     """Writers and readers through one node while its router processes are
     replaced. A client whose connection the node closes (a drained router
@@ -1570,7 +1578,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 req.slowlog.reset = False
                 return [e.command for e in c.call(req).ops.slowlog].count("Hget")
 
-        time.sleep(1.1)  # every process past the supervisor's hold of a young one's SIGHUP
+        # Every process past the supervisor's hold of a young one's SIGHUP
+        # (until it is 1 s old): polled on their ages, not slept.
+        self.assertTrue(wait_until(lambda: min(age(p) for p in list(router_procs(a))
+                                               + list(a.workers().values())) > 1.1, 10))
         a.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
             lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
