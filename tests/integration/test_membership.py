@@ -1441,7 +1441,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         notify = NotifySocket()
         self.addCleanup(notify.close)
         _, bases, mport, a, b = self.a_and_b(layout, env={"NOTIFY_SOCKET": notify.path},
-                                             router_yaml=("ready_timeout: 4s",))
+                                             router_yaml=("ready_timeout: 3s",))
         self.assertIsNotNone(notify.wait_for("READY", 20), a.stderr()[-3000:])
         gen0 = router_procs(a)
         self.assertEqual(sorted(a.workers()), [0, 1])
