@@ -221,15 +221,17 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             raise
         return source
 
-    def a_and_b(self, layout, names=("a", "b"), processes=1, env=None, router_yaml=()):
+    def a_and_b(self, layout, names=("a", "b"), processes=1, env=None, router_yaml=(),
+                b_yaml=""):
         """Nodes a and b of `layout`, started (base ports for every name in
-        `names`); a serves /metrics. Returns (mock, bases, mport, a, b)."""
+        `names`); a serves /metrics; b_yaml: more YAML for b's config.
+        Returns (mock, bases, mport, a, b)."""
         mock = self.mock()
         bases = self.bases(list(names))
         mport = free_port()
         a = self.node(mock, "a", layout, bases, processes=processes, env=env,
                       router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),) + router_yaml)
-        b = self.node(mock, "b", layout, bases)
+        b = self.node(mock, "b", layout, bases, extra_yaml=b_yaml)
         self.start_all(a, b)
         return mock, bases, mport, a, b
 
@@ -637,9 +639,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # slowly) when a's new worker asks: 503. Starting empty would
         # drop the unbound table's rows for good; a asks again until b
         # sends it one.
+        # b's sender holds back at a quarter of limits.client_output (1 MiB
+        # here, 16 MiB by default; max_frame 1 MiB lets it be that small):
+        # 6 MB are more than its buffers (that, a chunk of at most 1 MiB
+        # read ahead, the pipe and the socket's), so the stream to the
+        # slow receiver cannot end (else a is not told "busy", which the
+        # test asserts).
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
-        _, bases, _, a, b = self.a_and_b(layout)
-        keys = self.keys_on(2, b"q", 400)  # 24 MB: more than the sender buffers
+        _, bases, _, a, b = self.a_and_b(
+            layout, b_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n")
+        keys = self.keys_on(2, b"q", 100)
         self.write_all(b, keys, "x" * 60000)
         req = pb.CommandRequest()
         req.snapshot.SetInParent()
