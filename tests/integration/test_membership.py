@@ -177,6 +177,15 @@ class MoveTraffic(ClientThreads):
 
 class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
+    def mock(self):
+        """ReplicaFixtures.mock, killed at cleanup once the nodes are gone
+        (cleanups run last first): its exit on SIGTERM, which destroys
+        librdkafka's mock cluster, often takes a second, and no test here
+        is about it."""
+        m = super().mock()
+        self.addCleanup(lambda: m.proc.poll() is None and m.proc.kill())
+        return m
+
     def metrics(self, port):
         status, _, body = http_get(port)
         self.assertEqual(status, 200, body)
