@@ -65,6 +65,22 @@ def snapshot_req(installed=b"", node="d"):
     return req
 
 
+def sighup_pending(pid):
+    """Whether a SIGHUP sent to process pid waits on it (blocked)."""
+    with open("/proc/%d/status" % pid) as f:
+        pending = [int(line.split()[1], 16) for line in f
+                   if line.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(p & (1 << (signal.SIGHUP - 1)) for p in pending)
+
+
+def age(pid):
+    """Seconds since process pid started."""
+    with open("/proc/%d/stat" % pid) as f:
+        start = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - start / os.sysconf("SC_CLK_TCK")
+
+
 class MoveTraffic(ClientThreads):
     """Writers and readers through one node while its router processes are
     replaced. A client whose connection the node closes (a drained router
@@ -89,6 +105,11 @@ class MoveTraffic(ClientThreads):
         self.threads += [threading.Thread(target=self.reader, args=(r,), daemon=True)
                          for r in range(readers)]
 
+
+    def since(self, t):
+        """(writes acknowledged at or after monotonic time t, reads so far)."""
+        with self.lock:
+            return sum(1 for v in self.acked.values() if v[2] >= t), self.reads
 
     def call(self, conn, req):
         """conn: a one-element list holding the thread's Client (or None)."""
@@ -156,6 +177,15 @@ class MoveTraffic(ClientThreads):
 
 class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
+    def mock(self):
+        """ReplicaFixtures.mock, killed at cleanup once the nodes are gone
+        (cleanups run last first): its exit on SIGTERM, which destroys
+        librdkafka's mock cluster, often takes a second, and no test here
+        is about it."""
+        m = super().mock()
+        self.addCleanup(lambda: m.proc.poll() is None and m.proc.kill())
+        return m
+
     def metrics(self, port):
         status, _, body = http_get(port)
         self.assertEqual(status, 200, body)
@@ -189,21 +219,28 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertTrue(wait_until(
                 lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
                 10), a.stderr()[-3000:])
-            time.sleep(1.5)  # past the hold: the worker, still copying, got it
+            # Past the supervisor's hold (until the worker is 1 s old): the
+            # worker, still copying, got it; it blocks SIGHUP until it
+            # serves, so the signal shows as pending on it.
+            worker = a.workers()[0]
+            self.assertTrue(wait_until(lambda: sighup_pending(worker), 10),
+                            a.stderr()[-3000:])
         except BaseException:
             os.kill(source, signal.SIGCONT)
             raise
         return source
 
-    def a_and_b(self, layout, names=("a", "b"), processes=1, env=None, router_yaml=()):
+    def a_and_b(self, layout, names=("a", "b"), processes=1, env=None, router_yaml=(),
+                b_yaml=""):
         """Nodes a and b of `layout`, started (base ports for every name in
-        `names`); a serves /metrics. Returns (mock, bases, mport, a, b)."""
+        `names`); a serves /metrics; b_yaml: more YAML for b's config.
+        Returns (mock, bases, mport, a, b)."""
         mock = self.mock()
         bases = self.bases(list(names))
         mport = free_port()
         a = self.node(mock, "a", layout, bases, processes=processes, env=env,
                       router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),) + router_yaml)
-        b = self.node(mock, "b", layout, bases)
+        b = self.node(mock, "b", layout, bases, extra_yaml=b_yaml)
         self.start_all(a, b)
         return mock, bases, mport, a, b
 
@@ -329,7 +366,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # asking a for shard 0).
         set_map(b, moved, bases)
         self.reload(b, 1)
-        time.sleep(0.5)
+        # Traffic goes on through a once b took the map: polled until a
+        # write was acknowledged and a read answered since (and more than
+        # the 20 writes checked below were acknowledged in all).
+        t, reads = time.monotonic(), traffic.reads
+        self.assertTrue(wait_until(lambda: traffic.since(t)[0] and traffic.since(t)[1] > reads
+                                   and len(traffic.acked) > 20, 10), traffic.errors[:3])
         traffic.finish()
         self.assertEqual(traffic.errors, [])
         self.assertGreater(len(traffic.acked), 20)
@@ -407,16 +449,28 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             conn[0].close()
 
         threads = [threading.Thread(target=writer, args=(r,), daemon=True) for r in (a, b)]
+        def acked_through(router):
+            with lock:
+                return sum(1 for r in acked.values() if r is router)
+
+        def refused_by_b():
+            with lock:
+                return [r for r in refused if r[0]]
         for t in threads:
             t.start()
         try:
-            time.sleep(0.5)
+            # Writes through both nodes are acknowledged before the move
+            # (polled: the writers run on until the end).
+            self.assertTrue(wait_until(lambda: acked_through(a) and acked_through(b), 10),
+                            (len(acked), refused[:3]))
             moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
             set_map(a, moved, bases)
             self.reload(a, 1)
             self.assertIn("shard 2 has no data yet: copying a snapshot from node b", a.stderr())
             self.assertIn("shard 2 was copied to", b.stderr())
-            time.sleep(0.5)
+            # b's worker refuses the writes through b from now until b
+            # reloads: wait for one such refusal, not a fixed time.
+            self.assertTrue(wait_until(refused_by_b, 10), refused[:3])
             self.restart_worker(b, 2)
             with Client(b.socket_path(2)) as w:
                 resp = w.call(req_hset("plain", next(keys), "x"))
@@ -426,15 +480,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertIn("nothing was written", resp.message)
             set_map(b, moved, bases)
             self.reload(b, 1)
-            with lock:
-                before = len(acked)
-            time.sleep(0.5)
+            # b's router writes to a now: polled until a write through b
+            # is acknowledged after the reload.
+            before = acked_through(b)
+            self.assertTrue(wait_until(lambda: acked_through(b) > before, 10), refused[-3:])
         finally:
             stop.set()
             for t in threads:
                 t.join(30)
+        self.assertGreater(acked_through(b), before)  # b's router writes to a now
         with lock:
-            self.assertGreater(len(acked), before)  # b's router writes to a now
             self.assertTrue(refused, "no write was refused between the copy and b's reload")
             self.assertEqual({r[1] for r in refused}, {503}, refused[:3])
         for router in (a, b):
@@ -593,9 +648,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # slowly) when a's new worker asks: 503. Starting empty would
         # drop the unbound table's rows for good; a asks again until b
         # sends it one.
+        # b's sender holds back at a quarter of limits.client_output (1 MiB
+        # here, 16 MiB by default; max_frame 1 MiB lets it be that small):
+        # 6 MB are more than its buffers (that, a chunk of at most 1 MiB
+        # read ahead, the pipe and the socket's), so the stream to the
+        # slow receiver cannot end (else a is not told "busy", which the
+        # test asserts).
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
-        _, bases, _, a, b = self.a_and_b(layout)
-        keys = self.keys_on(2, b"q", 400)  # 24 MB: more than the sender buffers
+        _, bases, _, a, b = self.a_and_b(
+            layout, b_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n")
+        keys = self.keys_on(2, b"q", 100)
         self.write_all(b, keys, "x" * 60000)
         req = pb.CommandRequest()
         req.snapshot.SetInParent()
@@ -933,7 +995,11 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         both = {"a": [0, 1, 2, 3], "b": [2, 3]}
         beside = {"a": [0, 1, 2], "b": [2, 3]}
         moved = {"a": [0, 1, 2], "b": [3]}
-        _, bases, _, a, b = self.a_and_b(start, router_yaml=("ready_timeout: 6s",))
+        # The change is abandoned at router.ready_timeout (shard 3's new
+        # worker never serves); shard 2's copy and b's acknowledgement take
+        # a tenth of a second of it (the test of a move abandoned after its
+        # copy relies on 3 s for a copy as well).
+        _, bases, _, a, b = self.a_and_b(start, router_yaml=("ready_timeout: 3s",))
         rows = self.keys_on(2, b"v", 10)
         self.write_all(b, rows, "kept")
         blocker = socket.socket()
@@ -1393,7 +1459,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         notify = NotifySocket()
         self.addCleanup(notify.close)
         _, bases, mport, a, b = self.a_and_b(layout, env={"NOTIFY_SOCKET": notify.path},
-                                             router_yaml=("ready_timeout: 4s",))
+                                             router_yaml=("ready_timeout: 3s",))
         self.assertIsNotNone(notify.wait_for("READY", 20), a.stderr()[-3000:])
         gen0 = router_procs(a)
         self.assertEqual(sorted(a.workers()), [0, 1])
@@ -1534,7 +1600,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 req.slowlog.reset = False
                 return [e.command for e in c.call(req).ops.slowlog].count("Hget")
 
-        time.sleep(1.1)  # every process past the supervisor's hold of a young one's SIGHUP
+        # Every process past the supervisor's hold of a young one's SIGHUP
+        # (until it is 1 s old): polled on their ages, not slept.
+        self.assertTrue(wait_until(lambda: min(age(p) for p in list(router_procs(a))
+                                               + list(a.workers().values())) > 1.1, 10))
         a.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
             lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
