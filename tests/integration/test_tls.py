@@ -22,7 +22,7 @@ import warnings
 from kvstest import (BUILD_DIR, SANITIZED, NodeTestCase, cert_path, encode, pb, pyval, req_hget,
                      req_ping, tls_context, tls_yaml)
 from kafkatest import wait_until
-from routertest import (RouterTestCase, edit_config, free_port_range, keys_by_shard, router_pids,
+from routertest import (RouterTestCase, free_port_range, keys_by_shard, router_pids,
                         shard_of)
 
 SHARDS = 4
