@@ -519,15 +519,29 @@ static int group_check_output(kvs_conn_t *c)
     return 0;
 }
 
+/* A member's hard limit once its group's is `hard`: that, or in a group
+ * whose members drain past it, what it owes on top of that, down to it as
+ * it drains (conn_output_drained), but never more than it had: reloads
+ * do not add up. 0: none. */
+static size_t drained_limit(const kvs_conn_t *c, size_t hard)
+{
+    if (!c->group->drain_past_limit || hard == 0)
+        return hard;
+    size_t had = c->hard_limit != 0 ? c->hard_limit : SIZE_MAX;
+    size_t grace = kvs_conn_pending(c) + hard;
+    if (grace > had)
+        grace = had;
+    return grace > hard ? grace : hard;
+}
+
 /* Pending output went down: if delivery stopped at the high-water mark and
  * may go on now, schedule it (never deliver from here: see invariants). */
 static void conn_output_drained(kvs_conn_t *c)
 {
     conn_count_output(c);
     const kvs_conn_group_t *g = c->group;
-    if (g != NULL && g->limits.hard_limit != 0 && c->hard_limit > g->limits.hard_limit &&
-        kvs_conn_pending(c) + g->limits.hard_limit < c->hard_limit) /* (drain_past_limit) */
-        c->hard_limit = kvs_conn_pending(c) + g->limits.hard_limit;
+    if (g != NULL && c->hard_limit > g->limits.hard_limit) /* draining past a lowered limit */
+        c->hard_limit = drained_limit(c, g->limits.hard_limit);
     if (kvs_conn_pending(c) == 0)
         c->output_since_ms = 0; /* all taken: the output timeout starts over */
     if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
@@ -1901,21 +1915,6 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
     uv_timer_start(&g->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     uv_unref((uv_handle_t *)&g->sweep); /* never keeps the loop alive by itself */
     return 0;
-}
-
-/* A member's hard limit once its group's is `hard`: that, or in a group
- * whose members drain past it, what it owes on top of that, down to it as
- * it drains (conn_output_drained), but never more than it had: reloads
- * do not add up. 0: none. */
-static size_t drained_limit(const kvs_conn_t *c, size_t hard)
-{
-    if (!c->group->drain_past_limit || hard == 0)
-        return hard;
-    size_t had = c->hard_limit != 0 ? c->hard_limit : SIZE_MAX;
-    size_t grace = kvs_conn_pending(c) + hard;
-    if (grace > had)
-        grace = had;
-    return grace > hard ? grace : hard;
 }
 
 void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits)

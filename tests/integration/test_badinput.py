@@ -476,6 +476,7 @@ class BadInputTest(NodeTestCase):
         # A stuck client delays a clean stop by at most the drain timeout
         # (10 s; DRAIN_MS here); a second SIGTERM ends it at once. Exit code
         # 0 both times.
+        drained = "clients did not drain within %d ms" % DRAIN_MS
         for second_signal in (True, False):
             for i in range(50):
                 self.good_write("wide", "w%02d" % i, b"w" * 1000)
@@ -483,7 +484,7 @@ class BadInputTest(NodeTestCase):
             stuck.send(*[req_hgetall("wide")] * 2000)  # ~100 MB of answers, never read
             time.sleep(0.3)
             idle = self.n.client()
-            ends_before = self.n.stderr().count("clients did not drain")
+            ends_before = self.n.stderr().count(drained)
             t0 = time.monotonic()
             self.n.proc.send_signal(signal.SIGTERM)
             self.assertTrue(idle.at_eof(), "an idle client is closed on SIGTERM")
@@ -496,7 +497,6 @@ class BadInputTest(NodeTestCase):
             idle.close()
             self.assertEqual(rc, 0, self.n.stderr())
             self.assertLess(took, 3.0 if second_signal else DRAIN_MS / 1000 + 3.0)
-            drained = "clients did not drain within %d ms" % DRAIN_MS
             # The drain's end closed it (not the second signal, nor the client).
             self.assertEqual(self.n.stderr().count(drained) - ends_before,
                              0 if second_signal else 1, self.n.stderr())

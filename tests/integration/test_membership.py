@@ -105,11 +105,10 @@ class MoveTraffic(ClientThreads):
         self.threads += [threading.Thread(target=self.reader, args=(r,), daemon=True)
                          for r in range(readers)]
 
-
-    def since(self, t):
-        """(writes acknowledged at or after monotonic time t, reads so far)."""
+    def acked_since(self, t):
+        """Writes acknowledged at or after monotonic time t."""
         with self.lock:
-            return sum(1 for v in self.acked.values() if v[2] >= t), self.reads
+            return sum(1 for v in self.acked.values() if v[2] >= t)
 
     def call(self, conn, req):
         """conn: a one-element list holding the thread's Client (or None)."""
@@ -370,7 +369,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # write was acknowledged and a read answered since (and more than
         # the 20 writes checked below were acknowledged in all).
         t, reads = time.monotonic(), traffic.reads
-        self.assertTrue(wait_until(lambda: traffic.since(t)[0] and traffic.since(t)[1] > reads
+        self.assertTrue(wait_until(lambda: traffic.acked_since(t) and traffic.reads > reads
                                    and len(traffic.acked) > 20, 10), traffic.errors[:3])
         traffic.finish()
         self.assertEqual(traffic.errors, [])
@@ -448,7 +447,6 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 time.sleep(0.002)
             conn[0].close()
 
-        threads = [threading.Thread(target=writer, args=(r,), daemon=True) for r in (a, b)]
         def acked_through(router):
             with lock:
                 return sum(1 for r in acked.values() if r is router)
@@ -456,6 +454,8 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         def refused_by_b():
             with lock:
                 return [r for r in refused if r[0]]
+
+        threads = [threading.Thread(target=writer, args=(r,), daemon=True) for r in (a, b)]
         for t in threads:
             t.start()
         try:
